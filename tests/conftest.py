@@ -1,0 +1,24 @@
+"""Shared test fixtures: optional dependencies skip cleanly, GPU tests need a working GPU."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from bert_from_scratch.xp import gpu_available
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_TRANSFORMERS = HAS_TORCH and importlib.util.find_spec("transformers") is not None
+
+requires_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install -e '.[reference]')")
+requires_transformers = pytest.mark.skipif(
+    not HAS_TRANSFORMERS, reason="torch + transformers are not installed (pip install -e '.[reference]')")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CuPy can actually use a CUDA device."""
+    if any("gpu" in item.keywords for item in items) and not gpu_available():
+        skip = pytest.mark.skip(reason="no usable CUDA GPU (CuPy missing or no device)")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)

@@ -1,0 +1,203 @@
+r"""The building blocks of BERT, each a forward/backward pair written next to each other.
+
+Conventions (after llm.c and numpy-ml):
+
+- ``*_forward(...)`` returns ``(out, cache)``; the cache holds exactly what the backward needs.
+- ``*_backward(dout, cache)`` returns the gradient of the input(s) and of the parameters.
+- ``N`` is any number of leading dimensions (``B, T`` in BERT); ``C`` the feature size.
+- Every function takes its array module from its inputs (``xp``), so it runs on NumPy or CuPy.
+"""
+from __future__ import annotations
+
+import math
+
+from .xp import erf, get_array_module, is_cupy_array
+
+
+# ---------------------------------------------------------------------------------------
+# Linear:  y = x W^T + b      (W is [out, in], as torch.nn.Linear / Hugging Face)
+# ---------------------------------------------------------------------------------------
+def linear_forward(x, weight, bias):
+    """x: (N..., in), weight: (out, in), bias: (out,)  ->  y: (N..., out)."""
+    y = x @ weight.T
+    y += bias
+    return y, (x, weight)
+
+
+def linear_backward(dy, cache):
+    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,)."""
+    x, weight = cache
+    # forward: y = x W^T + b
+    dy2 = dy.reshape(-1, dy.shape[-1])              # (N, out)
+    x2 = x.reshape(-1, x.shape[-1])                 # (N, in)
+    dx = dy @ weight                                # (N..., in)
+    dweight = dy2.T @ x2                            # (out, in)
+    dbias = dy2.sum(axis=0)                         # (out,)
+    return dx, dweight, dbias
+
+
+# ---------------------------------------------------------------------------------------
+# GELU, the exact one:  gelu(x) = x * Phi(x) = 0.5 x (1 + erf(x / sqrt(2)))
+# ---------------------------------------------------------------------------------------
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def gelu_forward(x):
+    """Exact (erf) GELU, as BERT and Hugging Face's ``hidden_act="gelu"``."""
+    cdf = 0.5 * (1.0 + erf(x * x.dtype.type(_INV_SQRT2)))     # Phi(x)
+    return x * cdf, (x, cdf)
+
+
+def gelu_backward(dy, cache):
+    """d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)."""
+    x, cdf = cache
+    xp = get_array_module(x)
+    pdf = xp.exp(-0.5 * x * x) * x.dtype.type(_INV_SQRT_2PI)
+    return dy * (cdf + x * pdf)
+
+
+# ---------------------------------------------------------------------------------------
+# LayerNorm over the last axis:  y = (x - mean) / sqrt(var + eps) * gamma + beta
+# ---------------------------------------------------------------------------------------
+def layernorm_forward(x, gamma, beta, eps=1e-12):
+    """x: (N..., C) -> y: (N..., C). Biased variance, as torch and TensorFlow."""
+    mean = x.mean(axis=-1, keepdims=True)                # (N..., 1)
+    xc = x - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)         # (N..., 1)
+    rstd = 1.0 / (var + x.dtype.type(eps)) ** 0.5        # (N..., 1)
+    xhat = xc * rstd                                     # (N..., C)
+    y = xhat * gamma + beta
+    return y, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dy, cache):
+    r"""dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dy * gamma.
+
+    The two mean terms come from the dependence of the mean and of the variance on every x.
+    """
+    xhat, rstd, gamma = cache
+    C = xhat.shape[-1]
+    dgamma = (dy * xhat).reshape(-1, C).sum(axis=0)      # (C,)
+    dbeta = dy.reshape(-1, C).sum(axis=0)                # (C,)
+    dxhat = dy * gamma                                   # (N..., C)
+    dx = dxhat - dxhat.mean(axis=-1, keepdims=True) - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    dx *= rstd
+    return dx, dgamma, dbeta
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
+# ---------------------------------------------------------------------------------------
+def dropout_forward(x, p, rng, training=True):
+    """Inverted dropout. ``rng`` is a ``numpy.random.Generator``: it draws a seed, so the
+    same model seed gives the same masks on NumPy; on CuPy the mask is drawn on the GPU."""
+    if not training or p == 0.0:
+        return x, None
+    xp = get_array_module(x)
+    seed = int(rng.integers(0, 2**63 - 1))
+    gen = xp.random.default_rng(seed)
+    keep = gen.random(x.shape, dtype=x.dtype) >= x.dtype.type(p)
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    return x * keep * scale, (keep, scale)
+
+
+def dropout_backward(dy, cache):
+    if cache is None:
+        return dy
+    keep, scale = cache
+    return dy * keep * scale
+
+
+# ---------------------------------------------------------------------------------------
+# Softmax over the last axis (used by the heads' losses; attention has its own core)
+# ---------------------------------------------------------------------------------------
+def softmax_forward(x):
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    p = e / e.sum(axis=-1, keepdims=True)
+    return p, p
+
+
+def softmax_backward(dp, cache):
+    """dx = p * (dp - sum(dp * p)): the row sum is the softmax's normalisation at work."""
+    p = cache
+    return p * (dp - (dp * p).sum(axis=-1, keepdims=True))
+
+
+# ---------------------------------------------------------------------------------------
+# Cross-entropy with an ignore index, mean over the counted rows (torch's default)
+# ---------------------------------------------------------------------------------------
+IGNORE_INDEX = -100
+
+
+def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX):
+    """logits: (N, K), labels: (N,) ints, ``ignore_index`` rows don't count.
+
+    loss = mean over counted rows of  logsumexp(logits_i) - logits_i[label_i].
+    Returns (loss as a 0-d array, cache). A batch with no counted row has loss 0.
+    """
+    xp = get_array_module(logits)
+    valid = labels != ignore_index                            # (N,)
+    n_valid = int(valid.sum())
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    logsumexp = xp.log(xp.exp(shifted).sum(axis=-1, keepdims=True))
+    log_probs = shifted - logsumexp                           # (N, K)
+    safe_labels = xp.where(valid, labels, 0)
+    picked = xp.take_along_axis(log_probs, safe_labels[:, None], axis=-1)[:, 0]   # (N,)
+    loss = -(picked * valid).sum() / max(n_valid, 1)
+    return loss, (log_probs, safe_labels, valid, n_valid)
+
+
+def cross_entropy_backward(dloss, cache):
+    """d loss / d logits = (softmax(logits) - onehot(label)) / n_valid on counted rows, else 0."""
+    log_probs, safe_labels, valid, n_valid = cache
+    xp = get_array_module(log_probs)
+    dlogits = xp.exp(log_probs)
+    rows = xp.arange(dlogits.shape[0])
+    dlogits[rows, safe_labels] -= 1.0
+    dlogits *= (valid[:, None] * (float(dloss) / max(n_valid, 1))).astype(dlogits.dtype)
+    return dlogits
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding lookup:  y = W[ids];  its backward is a scatter-add into the table's rows
+# ---------------------------------------------------------------------------------------
+def embedding_forward(ids, weight):
+    """ids: (N...) ints, weight: (V, C) -> (N..., C)."""
+    return weight[ids], (ids, weight.shape)
+
+
+def embedding_backward(dy, cache):
+    """dW[v] = sum of dy over every position whose id is v (a repeated id gets the SUM)."""
+    ids, shape = cache
+    xp = get_array_module(dy)
+    dweight = xp.zeros(shape, dtype=dy.dtype)
+    scatter_add_rows(dweight, ids.reshape(-1), dy.reshape(-1, shape[1]))
+    return dweight
+
+
+def scatter_add_rows(target, rows, values):
+    """target[rows[i]] += values[i] for every i, with repeats accumulated (unlike target[rows] += ...)."""
+    if is_cupy_array(target):
+        import cupyx  # type: ignore
+
+        cupyx.scatter_add(target, rows, values)
+    else:
+        import numpy as np
+
+        np.add.at(target, rows, values)
+
+
+# ---------------------------------------------------------------------------------------
+# tanh (the pooler's activation)
+# ---------------------------------------------------------------------------------------
+def tanh_forward(x):
+    xp = get_array_module(x)
+    y = xp.tanh(x)
+    return y, y
+
+
+def tanh_backward(dy, cache):
+    y = cache
+    return dy * (1.0 - y * y)

@@ -1,0 +1,210 @@
+"""Every layer's backward against central differences in float64, and the checker rejecting planted bugs.
+
+Tolerance: with inputs of order 1 and h = 1e-5, central differences are accurate to ~1e-10
+relative in float64 (truncation h^2 ~ 1e-10, rounding 1e-16/h ~ 1e-11), so a correct backward
+shows relative errors around 1e-9 and we demand <= 1e-7; the planted bugs are off by 1e-2 to 1.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from bert_from_scratch import layers
+from bert_from_scratch.attention import (MASK_VALUE, attention_backward_reference, attention_forward_reference,
+                                         dropout_keep_mask)
+from bert_from_scratch.gradcheck import gradcheck
+
+TOL = 1e-7
+H_STEP = 1e-5
+
+
+def check_layer(forward, backward, inputs, grad_names, seed=0):
+    """loss = sum(forward(**inputs) * R) for a fixed random R; compare backward(R) with finite differences.
+
+    forward(**inputs) -> (out, cache); backward(R, cache) -> tuple of grads in the order of grad_names.
+    """
+    rng = np.random.default_rng(seed + 100)
+    out, _ = forward(**inputs)
+    R = rng.normal(size=np.shape(out))
+
+    def loss():
+        return float(np.sum(forward(**inputs)[0] * R))
+
+    _, cache = forward(**inputs)
+    grads = backward(R, cache)
+    grads = grads if isinstance(grads, tuple) else (grads,)
+    analytic = dict(zip(grad_names, grads))
+    return gradcheck(loss, {n: inputs[n] for n in grad_names}, analytic, h=H_STEP, tol=TOL, max_entries=40)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_linear(rng):
+    inputs = {"x": rng.normal(size=(2, 3, 5)), "weight": rng.normal(size=(4, 5)), "bias": rng.normal(size=4)}
+    check_layer(layers.linear_forward, layers.linear_backward, inputs, ["x", "weight", "bias"]).assert_ok()
+
+
+def test_gelu_is_exact_erf_and_backward(rng):
+    x = rng.normal(size=(4, 7)) * 3
+    y, _ = layers.gelu_forward(x)
+    expected = np.vectorize(lambda v: 0.5 * v * (1 + math.erf(v / math.sqrt(2))))(x)
+    np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-15)
+    # the tanh approximation differs by up to ~1e-3: make sure we are not it
+    tanh_approx = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    assert np.abs(y - tanh_approx).max() > 1e-5
+    check_layer(lambda x: layers.gelu_forward(x), layers.gelu_backward, {"x": x}, ["x"]).assert_ok()
+
+
+def test_layernorm(rng):
+    inputs = {"x": rng.normal(size=(3, 4, 8)), "gamma": rng.normal(size=8), "beta": rng.normal(size=8)}
+    rep = check_layer(lambda x, gamma, beta: layers.layernorm_forward(x, gamma, beta, 1e-12),
+                      layers.layernorm_backward, inputs, ["x", "gamma", "beta"])
+    rep.assert_ok()
+    y, _ = layers.layernorm_forward(inputs["x"], np.ones(8), np.zeros(8), 1e-12)
+    np.testing.assert_allclose(y.mean(-1), 0, atol=1e-12)
+    np.testing.assert_allclose(y.var(-1), 1, rtol=1e-10)
+
+
+def test_softmax(rng):
+    check_layer(layers.softmax_forward, layers.softmax_backward, {"x": rng.normal(size=(3, 6))}, ["x"]).assert_ok()
+
+
+def test_tanh(rng):
+    check_layer(layers.tanh_forward, layers.tanh_backward, {"x": rng.normal(size=(3, 6))}, ["x"]).assert_ok()
+
+
+def test_dropout_is_inverted_seeded_and_its_backward_uses_the_same_mask(rng):
+    x = rng.normal(size=(50, 40))
+    y1, c1 = layers.dropout_forward(x, 0.1, np.random.default_rng(3), training=True)
+    y2, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(3), training=True)
+    np.testing.assert_array_equal(y1, y2)                           # seeded
+    kept = y1 != 0
+    assert abs(kept.mean() - 0.9) < 0.02                            # drops ~10%
+    np.testing.assert_allclose(y1[kept], x[kept] / 0.9)              # inverted scaling
+    y_eval, c_eval = layers.dropout_forward(x, 0.1, np.random.default_rng(3), training=False)
+    assert y_eval is x and c_eval is None
+    check_layer(lambda x: layers.dropout_forward(x, 0.3, np.random.default_rng(7)), layers.dropout_backward,
+                {"x": x[:4, :5].copy()}, ["x"]).assert_ok()
+
+
+def test_cross_entropy_with_ignore_index(rng):
+    logits = rng.normal(size=(6, 5))
+    labels = np.array([1, -100, 4, 0, -100, 2])
+    loss, _ = layers.cross_entropy_forward(logits, labels)
+    keep = labels != -100
+    lp = logits[keep] - np.log(np.exp(logits[keep]).sum(-1, keepdims=True))
+    assert math.isclose(float(loss), -lp[np.arange(keep.sum()), labels[keep]].mean(), rel_tol=1e-13)
+
+    def fwd(logits):
+        return layers.cross_entropy_forward(logits, labels)
+
+    rep = check_layer(fwd, lambda d, c: layers.cross_entropy_backward(float(d), c), {"logits": logits}, ["logits"])
+    rep.assert_ok()
+
+
+def test_embedding_repeated_ids_get_the_sum(rng):
+    W = rng.normal(size=(10, 4))
+    ids = np.array([[1, 3, 1], [1, 9, 3]])                          # id 1 three times, 3 twice
+    check_layer(lambda weight: layers.embedding_forward(ids, weight), layers.embedding_backward,
+                {"weight": W}, ["weight"]).assert_ok()
+    dy = np.ones((2, 3, 4))
+    _, cache = layers.embedding_forward(ids, W)
+    dW = layers.embedding_backward(dy, cache)
+    np.testing.assert_array_equal(dW[:, 0], [0, 3, 0, 2, 0, 0, 0, 0, 0, 1])
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_attention_reference(rng, dropout_p):
+    B, Hh, T, d = 2, 3, 5, 4
+    q, k, v = (rng.normal(size=(B, Hh, T, d)) for _ in range(3))
+    mask = np.ones((B, T))
+    mask[1, 3:] = 0
+
+    def fwd(q, k, v):
+        return attention_forward_reference(q, k, v, mask, dropout_p, seed=11)
+
+    check_layer(fwd, attention_backward_reference, {"q": q, "k": k, "v": v}, ["q", "k", "v"]).assert_ok()
+    out, cache = fwd(q, k, v)
+    # padded keys get (numerically) zero probability; every row sums to one
+    assert cache["probs"][1, :, :, 3:].max() == 0.0                  # exp(-10000) underflows to 0
+    np.testing.assert_allclose(cache["probs"].sum(-1), 1.0, rtol=1e-12)
+    # against a direct float64 computation
+    scores = q @ k.swapaxes(-1, -2) / math.sqrt(d) + (1 - mask)[:, None, None, :] * MASK_VALUE
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    if dropout_p:
+        p = p * dropout_keep_mask(11, B, Hh, T, T, dropout_p) / (1 - dropout_p)
+    np.testing.assert_allclose(out, p @ v, rtol=1e-12, atol=1e-14)
+
+
+def test_dropout_hash_mask_rate_and_determinism():
+    m1 = dropout_keep_mask(5, 2, 4, 64, 64, 0.1)
+    m2 = dropout_keep_mask(5, 2, 4, 64, 64, 0.1)
+    m3 = dropout_keep_mask(6, 2, 4, 64, 64, 0.1)
+    np.testing.assert_array_equal(m1, m2)
+    assert (m1 != m3).mean() > 0.1                                   # another seed, another mask
+    assert abs(m1.mean() - 0.9) < 0.005                              # 32k draws: sd ~0.002
+    assert abs(m1[0, 0].mean() - m1[1, 3].mean()) < 0.03             # heads are not copies
+    assert (m1[0, 0] != m1[0, 1]).any()
+
+
+# --------------------------------------------------------------------------------------------
+# The checker must REJECT wrong backwards
+# --------------------------------------------------------------------------------------------
+def layernorm_backward_missing_mean_term(dy, cache):
+    xhat, rstd, gamma = cache
+    dxhat = dy * gamma
+    dx = (dxhat - xhat * (dxhat * xhat).mean(-1, keepdims=True)) * rstd      # BUG: no "- mean(dxhat)"
+    return dx, (dy * xhat).reshape(-1, xhat.shape[-1]).sum(0), dy.reshape(-1, xhat.shape[-1]).sum(0)
+
+
+def softmax_backward_missing_row_sum(dp, p):
+    return p * dp                                                            # BUG: no "- sum(dp * p)"
+
+
+def embedding_backward_overwrites(dy, cache):
+    ids, shape = cache
+    dW = np.zeros(shape)
+    dW[ids.reshape(-1)] = dy.reshape(-1, shape[1])                           # BUG: repeats overwrite
+    return dW
+
+
+def gelu_backward_tanh_approx(dy, cache):
+    x, _ = cache
+    c = math.sqrt(2 / math.pi)
+    t = np.tanh(c * (x + 0.044715 * x**3))
+    return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * c * (1 + 3 * 0.044715 * x**2))   # BUG: wrong function
+
+
+def test_gradcheck_rejects_planted_bugs(rng):
+    x = rng.normal(size=(3, 8))
+    g, b = rng.normal(size=8), rng.normal(size=8)
+    rep = check_layer(lambda x, gamma, beta: layers.layernorm_forward(x, gamma, beta),
+                      layernorm_backward_missing_mean_term, {"x": x, "gamma": g, "beta": b}, ["x", "gamma", "beta"])
+    assert not rep.ok and rep.worst.name == "x" and rep.worst.rel_error > 1e-3
+    with pytest.raises(AssertionError, match="gradient check failed.*x"):
+        rep.assert_ok()
+
+    rep = check_layer(layers.softmax_forward, softmax_backward_missing_row_sum, {"x": x}, ["x"])
+    assert not rep.ok and rep.worst.rel_error > 1e-2
+
+    ids = np.array([[1, 3, 1], [1, 9, 3]])
+    rep = check_layer(lambda weight: layers.embedding_forward(ids, weight), embedding_backward_overwrites,
+                      {"weight": rng.normal(size=(10, 4))}, ["weight"])
+    assert not rep.ok
+
+    rep = check_layer(lambda x: layers.gelu_forward(x), gelu_backward_tanh_approx, {"x": x * 2}, ["x"])
+    assert not rep.ok, "the checker must see the difference between exact and tanh GELU"
+
+
+def test_gradcheck_validates_its_arguments(rng):
+    from bert_from_scratch.gradcheck import gradcheck as gc
+    x32 = rng.normal(size=3).astype(np.float32)
+    with pytest.raises(ValueError, match="float64"):
+        gc(lambda: float(x32.sum()), {"x": x32}, {"x": np.ones(3)})
+    x = rng.normal(size=3)
+    with pytest.raises(ValueError, match="shape"):
+        gc(lambda: float(x.sum()), {"x": x}, {"x": np.ones(4)})

@@ -1,0 +1,177 @@
+"""Benchmark: one forward + backward of BertForPreTraining, ours (NumPy) against Hugging Face (torch eager).
+
+    python -m bert_from_scratch.bench_train            # or: bert-from-scratch bench train-step
+
+"mini" config: 4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, T=128, B=32, float32, CPU.
+
+- equal work: every position is an MLM target, so both compute the vocabulary projection at all
+  B*T positions (what Hugging Face always does);
+- default: ~20 masked positions per sequence, where our head runs (as google-research/bert).
+
+Prints median seconds, tokens/s, model GFLOP/s, the fraction of the machine's measured
+``np.matmul`` float32 rate, and ours/torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+from .config import BertConfig
+from .model import BertForPreTraining
+from .perf import keep_freed_memory
+
+MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
+
+
+def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int) -> float:
+    """Forward + backward FLOPs (2 per multiply-add; backward = 2x forward) of the matmuls."""
+    H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
+    per_token = L * (2 * (4 * H * H + 2 * H * I) + 4 * T * H)         # linears + QK^T and PV
+    mlm = n_predicted * 2 * (H * H + H * V)                           # transform + tied decoder
+    pooler_nsp = B * 2 * (H * H + 2 * H)
+    return 3.0 * (B * T * per_token + mlm + pooler_nsp)
+
+
+def matmul_gflops(repeats: int = 5) -> float:
+    a = np.random.default_rng(0).standard_normal((4096, 256), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((256, 1024), dtype=np.float32)
+    out = np.empty((4096, 1024), np.float32)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        for _ in range(10):
+            np.matmul(a, b, out=out)
+        times.append((time.perf_counter() - t) / 10)
+    return 2 * 4096 * 256 * 1024 / statistics.median(times[1:]) / 1e9
+
+
+def make_batch(cfg, B, T, n_masked, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(1000, cfg.vocab_size, (B, T))
+    tt = np.zeros((B, T), dtype=np.int64)
+    tt[:, T // 2:] = 1
+    mask = np.ones((B, T), dtype=np.int64)
+    if n_masked is None:                                   # every position is a target
+        labels = rng.integers(1000, cfg.vocab_size, (B, T))
+    else:
+        labels = np.full((B, T), -100)
+        for b in range(B):
+            pos = rng.choice(np.arange(1, T - 1), size=n_masked, replace=False)
+            labels[b, pos] = ids[b, pos]
+    nsl = rng.integers(0, 2, B)
+    return ids, tt, mask, labels, nsl
+
+
+def time_ours(cfg, batch, repeats, attention_backend):
+    cfg.attention_backend = attention_backend
+    model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
+    times = []
+    for _ in range(repeats + 1):                           # first run: warm-up (numba compile, page faults)
+        t = time.perf_counter()
+        model.forward(*batch, training=True)
+        model.backward()
+        times.append(time.perf_counter() - t)
+    return times[1:]
+
+
+def time_torch(cfg, batch, repeats):
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
+    model = transformers.BertForPreTraining(hcfg).train()
+    ids, tt, mask, labels, nsl = (torch.tensor(a) for a in batch)
+    times = []
+    for _ in range(repeats + 1):
+        t = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels, next_sentence_label=nsl)
+        out.loss.backward()
+        times.append(time.perf_counter() - t)
+    return times[1:]
+
+
+def profile_ours(cfg, batch, attention_backend):
+    """cProfile one step; returns the top entries by cumulative time as text."""
+    import cProfile
+    import io
+    import pstats
+    cfg.attention_backend = attention_backend
+    model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
+    model.forward(*batch, training=True)
+    model.backward()
+    pr = cProfile.Profile()
+    pr.enable()
+    model.forward(*batch, training=True)
+    model.backward()
+    pr.disable()
+    s = io.StringIO()
+    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
+    return s.getvalue()
+
+
+def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=True, profile=False,
+        keep_memory=True, out_json=None):
+    if keep_memory:
+        keep_freed_memory()
+    cfg = BertConfig(**MINI, max_position_embeddings=max(512, T))
+    peak = matmul_gflops()
+    rows = []
+    cases = [("equal work (MLM at all positions)", None), (f"default (MLM at {masked} masked/seq)", masked)]
+    for label, n_masked in cases:
+        batch = make_batch(cfg, B, T, n_masked)
+        n_pred = int((batch[3] != -100).sum())
+        flops = model_flops(cfg, B, T, n_pred)
+        ours = statistics.median(time_ours(cfg, batch, repeats, attention_backend))
+        theirs = None
+        if torch_too:
+            try:
+                theirs = statistics.median(time_torch(cfg, batch, repeats))
+            except ImportError:
+                torch_too = False
+        rows.append({"case": label, "gflop": flops / 1e9, "ours_s": ours, "torch_s": theirs,
+                     "tokens_per_s": B * T / ours, "gflops": flops / ours / 1e9, "matmul_peak_gflops": peak,
+                     "fraction_of_matmul": flops / ours / 1e9 / peak,
+                     "ours_over_torch": None if theirs is None else ours / theirs})
+    print(f"BertForPreTraining forward+backward, mini config (L=4, H=256, heads=4, FFN=1024, V=30522), "
+          f"B={B}, T={T}, float32, attention backend={attention_backend}; np.matmul float32: {peak:.0f} GFLOP/s")
+    head = f"{'case':<36} {'GFLOP':>6} {'ours s':>7} {'torch s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'%matmul':>8} {'ours/torch':>10}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ts = f"{r['torch_s']:.2f}" if r["torch_s"] else "-"
+        ratio = f"{r['ours_over_torch']:.2f}x" if r["ours_over_torch"] else "-"
+        print(f"{r['case']:<36} {r['gflop']:>6.0f} {r['ours_s']:>7.2f} {ts:>8} {r['tokens_per_s']:>7.0f} "
+              f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>7.0f}% {ratio:>10}")
+    if profile:
+        print(profile_ours(cfg, make_batch(cfg, B, T, None), attention_backend))
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--masked", type=int, default=20, help="masked positions per sequence in the default case")
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "numpy", "numba"])
+    p.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
+    p.add_argument("--profile", action="store_true", help="print a cProfile of one equal-work step")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="leave glibc's malloc as it is (by default freed memory is kept, see perf.py)")
+    p.add_argument("--out", help="write the rows as JSON here")
+    a = p.parse_args(argv)
+    run(a.batch, a.seq, a.repeats, a.masked, a.attention_backend, not a.no_torch, a.profile, not a.default_malloc,
+        a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,430 @@
+"""Pretraining instances for BERT's two tasks, by the google-research/bert recipe.
+
+``create_pretraining_data.py`` of google-research/bert turns documents into training pairs:
+
+**Segment pairs (next-sentence prediction, NSP).** A document is a list of sentences, each a
+list of word pieces. Walk through it, gathering sentences into a *chunk* until the chunk holds
+``target_seq_length`` tokens (``max_seq_length - 3``, the room left by ``[CLS] A [SEP] B
+[SEP]``; with probability ``short_seq_prob`` a random length in ``[2, max_seq_length - 3]``, so
+the model also sees short inputs). Then split the chunk at a random sentence boundary into
+``A`` (the first ``a_end`` sentences) and ``B`` (the rest), and:
+
+- with probability 1/2 (always, if the chunk is a single sentence) replace ``B`` by a run of
+  sentences starting at a random sentence of a random *other* document (``is_random_next``,
+  label 1), and put the unused sentences of the chunk back so that they start the next chunk;
+- otherwise keep the true continuation (label 0, "IsNext").
+
+``truncate_seq_pair`` then drops tokens, one at a time, from the front or the back (a coin
+flip) of the longer side until ``len(A) + len(B) <= max_seq_length - 3``.
+
+**Masked language model (MLM).** Choose ``n = min(max_predictions_per_seq, max(1,
+round(len(tokens) * masked_lm_prob)))`` positions uniformly among all but ``[CLS]``/``[SEP]``;
+each chosen token becomes ``[MASK]`` with probability 0.8, a random vocabulary token with 0.1,
+and stays itself with 0.1 (so the model cannot learn that only ``[MASK]`` needs predicting).
+With ``whole_word_mask`` the candidates are whole words (a piece and its ``##`` continuations
+are chosen together), and a word that would overshoot ``n`` is skipped.
+
+``dupe_factor`` repeats the whole pass with fresh randomness (different pairs and masks of
+the same text); the documents are shuffled first and the instances at the end.
+
+Two deliberate differences from the original, both documented where they happen: a random
+next segment is drawn from a *different* document for sure (the original retries 10 times),
+and a random replacement token is never a bracketed entry (``[CLS]``, ``[PAD]``,
+``[unused7]`` ...), only a real word piece.
+
+``instances_to_arrays`` packs instances into padded NumPy arrays for the model, and
+``check_instances`` is a statistical test of all the above (used by the tests, and shown there
+to reject broken recipes).
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+IGNORE_INDEX = -100         # label at positions without an MLM prediction (Hugging Face convention)
+
+
+@dataclass
+class Instance:
+    """One pretraining example ``[CLS] A [SEP] B [SEP]`` after masking.
+
+    ``tokens`` are the (masked) word pieces; ``masked_lm_positions`` (increasing) index the
+    predicted positions and ``masked_lm_labels`` hold the original pieces there.
+    ``doc_index_a`` / ``doc_index_b`` are the input documents that ``A`` and ``B`` come from.
+    """
+    tokens: list[str]
+    segment_ids: list[int]
+    is_random_next: bool
+    masked_lm_positions: list[int]
+    masked_lm_labels: list[str]
+    doc_index_a: int
+    doc_index_b: int
+
+
+def tokenize_documents(docs, tokenizer) -> list[list[list[str]]]:
+    """Documents -> sentences -> word pieces; empty sentences and documents are dropped.
+
+    ``docs`` is a list of ``corpora.Document`` (their ``.sentences`` are used), or a list of
+    lists of sentence strings.
+    """
+    out = []
+    for doc in docs:
+        sentences = doc.sentences if hasattr(doc, "sentences") else doc
+        if isinstance(sentences, str):
+            raise TypeError("each document must be a list of sentences (or have .sentences), not a str")
+        pieces = [tokenizer.tokenize(s) for s in sentences]
+        pieces = [p for p in pieces if p]
+        if pieces:
+            out.append(pieces)
+    return out
+
+
+def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random) -> None:
+    """Shorten the longer of ``A``/``B`` (ties: ``B``) by one token, from its front or back at
+    random, until ``len(A) + len(B) <= max_num_tokens`` (in place).
+
+    Cutting at either end at random, rather than always the end, avoids a bias: otherwise the
+    ends of segments would be systematically missing.
+    """
+    while len(tokens_a) + len(tokens_b) > max_num_tokens:
+        longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+def _replacement_vocab(tokenizer) -> list[str]:
+    """Word pieces a random replacement may draw from: the vocabulary minus ``[...]`` entries."""
+    words = [t for t in tokenizer.ids_to_tokens if not (t.startswith("[") and t.endswith("]") and len(t) > 2)]
+    if not words:
+        raise ValueError("the vocabulary has no ordinary word pieces to draw random replacements from")
+    return words
+
+
+def create_masked_lm_predictions(tokens: list[str], masked_lm_prob: float, max_predictions_per_seq: int,
+                                 replacement_words: Sequence[str], rng: random.Random,
+                                 whole_word_mask: bool = False) -> tuple[list[str], list[int], list[str]]:
+    """Mask ``tokens`` (with ``[CLS]``/``[SEP]`` in place): return (masked tokens, positions, labels)."""
+    candidates: list[list[int]] = []        # each entry: the positions of one unit (piece or word)
+    for i, token in enumerate(tokens):
+        if token in ("[CLS]", "[SEP]"):
+            continue
+        # (a "##" piece right after [SEP] lost its word start to truncation: a unit of its own;
+        # the original would glue it to the last piece of A)
+        if whole_word_mask and candidates and token.startswith("##") and candidates[-1][-1] == i - 1:
+            candidates[-1].append(i)
+        else:
+            candidates.append([i])
+    rng.shuffle(candidates)
+
+    output = list(tokens)
+    num_to_predict = min(max_predictions_per_seq, max(1, int(round(len(tokens) * masked_lm_prob))))
+    masked: list[tuple[int, str]] = []
+    for unit in candidates:
+        if len(masked) >= num_to_predict:
+            break
+        if len(masked) + len(unit) > num_to_predict:    # a whole word that would overshoot: skip it
+            continue
+        for index in unit:
+            if rng.random() < 0.8:
+                replacement = "[MASK]"
+            elif rng.random() < 0.5:
+                replacement = tokens[index]                                  # 10%: keep
+            else:
+                replacement = replacement_words[rng.randint(0, len(replacement_words) - 1)]  # 10%: random
+            output[index] = replacement
+            masked.append((index, tokens[index]))
+    masked.sort()
+    return output, [p for p, _ in masked], [t for _, t in masked]
+
+
+def _instances_from_document(documents: list[list[list[str]]], doc_ids: list[int], k: int,
+                             max_seq_length: int, short_seq_prob: float, masked_lm_prob: float,
+                             max_predictions_per_seq: int, replacement_words: Sequence[str],
+                             whole_word_mask: bool, rng: random.Random) -> list[Instance]:
+    """All instances whose ``A`` segment comes from ``documents[k]`` (one pass)."""
+    document = documents[k]
+    max_num_tokens = max_seq_length - 3                 # room for [CLS] A [SEP] B [SEP]
+    target_seq_length = max_num_tokens
+    if rng.random() < short_seq_prob:
+        target_seq_length = rng.randint(2, max_num_tokens)
+
+    instances: list[Instance] = []
+    chunk: list[list[str]] = []
+    chunk_length = 0
+    i = 0
+    while i < len(document):
+        chunk.append(document[i])
+        chunk_length += len(document[i])
+        if i == len(document) - 1 or chunk_length >= target_seq_length:
+            # A = chunk[:a_end]; B = chunk[a_end:] or a random run from another document
+            a_end = rng.randint(1, len(chunk) - 1) if len(chunk) >= 2 else 1
+            tokens_a = [t for sentence in chunk[:a_end] for t in sentence]
+            tokens_b: list[str] = []
+            if len(chunk) == 1 or rng.random() < 0.5:
+                is_random_next = True
+                target_b_length = target_seq_length - len(tokens_a)
+                # Deviation: the original retries 10 times to avoid the own document;
+                # we draw uniformly among the *other* documents, so a negative is always foreign.
+                other = rng.randint(0, len(documents) - 2)
+                if other >= k:
+                    other += 1
+                random_document = documents[other]
+                for j in range(rng.randint(0, len(random_document) - 1), len(random_document)):
+                    tokens_b.extend(random_document[j])
+                    if len(tokens_b) >= target_b_length:
+                        break
+                # the sentences of the chunk that B did not use are put back for the next chunk
+                i -= len(chunk) - a_end
+                doc_b = other
+            else:
+                is_random_next = False
+                tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
+                doc_b = k
+            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            if not tokens_a or not tokens_b:            # cannot happen for non-empty sentences
+                raise AssertionError("an empty segment after truncation")
+
+            tokens = ["[CLS]"] + tokens_a + ["[SEP]"] + tokens_b + ["[SEP]"]
+            segment_ids = [0] * (len(tokens_a) + 2) + [1] * (len(tokens_b) + 1)
+            tokens, positions, labels = create_masked_lm_predictions(
+                tokens, masked_lm_prob, max_predictions_per_seq, replacement_words, rng, whole_word_mask)
+            instances.append(Instance(tokens, segment_ids, is_random_next, positions, labels,
+                                      doc_ids[k], doc_ids[doc_b]))
+            chunk = []
+            chunk_length = 0
+        i += 1
+    return instances
+
+
+def create_pretraining_instances(documents: list[list[list[str]]], tokenizer, max_seq_length: int = 128,
+                                 short_seq_prob: float = 0.1, masked_lm_prob: float = 0.15,
+                                 max_predictions_per_seq: int = 20, dupe_factor: int = 1,
+                                 whole_word_mask: bool = False, seed: int = 12345) -> list[Instance]:
+    """Documents (docs -> sentences -> word pieces) -> shuffled list of ``Instance``.
+
+    The recipe is in the module docstring. All randomness comes from ``random.Random(seed)``:
+    the same inputs and seed give the same instances. ``Instance.doc_index_a/b`` index
+    ``documents`` as given (empty documents are skipped but keep their index).
+    """
+    if max_seq_length < 5:
+        raise ValueError(f"max_seq_length={max_seq_length} is too small: [CLS] A [SEP] B [SEP] needs at least 5")
+    if not 0.0 <= masked_lm_prob <= 1.0:
+        raise ValueError(f"masked_lm_prob={masked_lm_prob} must be in [0, 1]")
+    if not 0.0 <= short_seq_prob <= 1.0:
+        raise ValueError(f"short_seq_prob={short_seq_prob} must be in [0, 1]")
+    if max_predictions_per_seq < 1:
+        raise ValueError(f"max_predictions_per_seq={max_predictions_per_seq} must be at least 1")
+    if dupe_factor < 1:
+        raise ValueError(f"dupe_factor={dupe_factor} must be at least 1")
+    kept: list[list[list[str]]] = []
+    doc_ids: list[int] = []
+    for d, doc in enumerate(documents):
+        if isinstance(doc, str) or any(isinstance(s, str) for s in doc):
+            raise TypeError(f"document {d} must be a list of sentences, each a list of word pieces "
+                            f"(use tokenize_documents first)")
+        sentences = [list(s) for s in doc if len(s) > 0]
+        if sentences:
+            kept.append(sentences)
+            doc_ids.append(d)
+    if len(kept) < 2:
+        raise ValueError(f"need at least 2 non-empty documents for random next segments, got {len(kept)}")
+
+    rng = random.Random(seed)
+    replacement_words = _replacement_vocab(tokenizer)
+    order = list(range(len(kept)))
+    rng.shuffle(order)                                  # as the original shuffles its documents
+    shuffled = [kept[o] for o in order]
+    shuffled_ids = [doc_ids[o] for o in order]
+    instances: list[Instance] = []
+    for _ in range(dupe_factor):
+        for k in range(len(shuffled)):
+            instances.extend(_instances_from_document(
+                shuffled, shuffled_ids, k, max_seq_length, short_seq_prob, masked_lm_prob,
+                max_predictions_per_seq, replacement_words, whole_word_mask, rng))
+    rng.shuffle(instances)
+    return instances
+
+
+def instances_to_arrays(instances: Sequence[Instance], tokenizer, max_seq_length: int,
+                        max_predictions_per_seq: int = 20) -> dict[str, np.ndarray]:
+    """Pack instances into padded arrays (N instances, T = max_seq_length, P = max_predictions_per_seq).
+
+    - ``input_ids`` (N, T) int64, padded with ``[PAD]``; ``token_type_ids`` (N, T) int64;
+      ``attention_mask`` (N, T) int64, 1 on real tokens.
+    - ``labels`` (N, T) int64: the original token id at masked positions, -100 elsewhere
+      (what Hugging Face's ``BertForPreTraining`` takes; the MLM loss ignores -100).
+    - ``masked_lm_positions``, ``masked_lm_ids`` (N, P) int64 and ``masked_lm_weights`` (N, P)
+      float32 (1 for a real prediction, 0 for padding): google-research/bert's format, which
+      lets the MLM head project only the ~20 masked positions onto the vocabulary.
+    - ``next_sentence_labels`` (N,) int64: 0 = B follows A ("IsNext"), 1 = B is random.
+    """
+    N, T, P = len(instances), max_seq_length, max_predictions_per_seq
+    if N == 0:
+        raise ValueError("no instances to pack")
+    input_ids = np.full((N, T), tokenizer.pad_token_id, dtype=np.int64)     # (N, T)
+    token_type_ids = np.zeros((N, T), dtype=np.int64)                       # (N, T)
+    attention_mask = np.zeros((N, T), dtype=np.int64)                       # (N, T)
+    labels = np.full((N, T), IGNORE_INDEX, dtype=np.int64)                  # (N, T)
+    masked_lm_positions = np.zeros((N, P), dtype=np.int64)                  # (N, P)
+    masked_lm_ids = np.zeros((N, P), dtype=np.int64)                        # (N, P)
+    masked_lm_weights = np.zeros((N, P), dtype=np.float32)                  # (N, P)
+    next_sentence_labels = np.zeros((N,), dtype=np.int64)                   # (N,)
+    for n, inst in enumerate(instances):
+        L, M = len(inst.tokens), len(inst.masked_lm_positions)
+        if L > T:
+            raise ValueError(f"instance {n} has {L} tokens, more than max_seq_length={T}")
+        if M > P:
+            raise ValueError(f"instance {n} has {M} masked positions, more than max_predictions_per_seq={P}")
+        ids = tokenizer.convert_tokens_to_ids(inst.tokens)
+        label_ids = tokenizer.convert_tokens_to_ids(inst.masked_lm_labels)
+        input_ids[n, :L] = ids
+        token_type_ids[n, :L] = inst.segment_ids
+        attention_mask[n, :L] = 1
+        if M:
+            labels[n, inst.masked_lm_positions] = label_ids
+            masked_lm_positions[n, :M] = inst.masked_lm_positions
+            masked_lm_ids[n, :M] = label_ids
+            masked_lm_weights[n, :M] = 1.0
+        next_sentence_labels[n] = 1 if inst.is_random_next else 0
+    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask,
+            "labels": labels, "masked_lm_positions": masked_lm_positions, "masked_lm_ids": masked_lm_ids,
+            "masked_lm_weights": masked_lm_weights, "next_sentence_labels": next_sentence_labels}
+
+
+# ----------------------------------------------------------------------------------------------
+# statistical check of a set of instances against the recipe
+
+def instance_statistics(instances: Sequence[Instance]) -> dict[str, float]:
+    """Counts and rates: tokens, predictions, the [MASK]/random/kept split, the NSP balance."""
+    n_tokens = sum(len(x.tokens) for x in instances)
+    n_pred = n_mask = n_keep = 0
+    for x in instances:
+        for pos, label in zip(x.masked_lm_positions, x.masked_lm_labels):
+            n_pred += 1
+            if x.tokens[pos] == "[MASK]":
+                n_mask += 1
+            elif x.tokens[pos] == label:
+                n_keep += 1
+    n_random_next = sum(x.is_random_next for x in instances)
+    return {
+        "instances": len(instances), "tokens": n_tokens, "predictions": n_pred,
+        "masked_rate": n_pred / max(n_tokens, 1),
+        "frac_mask": n_mask / max(n_pred, 1), "frac_keep": n_keep / max(n_pred, 1),
+        "frac_random": (n_pred - n_mask - n_keep) / max(n_pred, 1),
+        "frac_random_next": n_random_next / max(len(instances), 1),
+        "mean_length": n_tokens / max(len(instances), 1),
+    }
+
+
+def _within(observed: float, expected: float, n: int, z: float) -> bool:
+    """|observed - expected| within z binomial standard errors (plus 0.002 for rounding)."""
+    return abs(observed - expected) <= z * math.sqrt(expected * (1 - expected) / max(n, 1)) + 0.002
+
+
+def check_instances(instances: Sequence[Instance], documents: list[list[list[str]]], max_seq_length: int,
+                    masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20,
+                    whole_word_mask: bool = False, nsp_random_range: tuple[float, float] = (0.45, 0.65),
+                    z: float = 5.0) -> list[str]:
+    """Check instances against the recipe; return the list of failures (empty = all good).
+
+    Exact checks, per instance: ``[CLS] A [SEP] B [SEP]`` layout and segment ids, length
+    ``<= max_seq_length``, non-empty A and B, positions increasing and never on ``[CLS]``/
+    ``[SEP]``, the number of predictions (= ``min(P, max(1, round(len·p)))``; with whole-word
+    masking at most that, and every masked word masked whole); ``A`` and ``B`` (unmasked) are
+    contiguous runs of their documents; IsNext ⇔ ``B`` from A's document, after ``A``; a random
+    ``B`` from another document; no random replacement is a bracketed token.
+    Statistical checks, over all predictions, within ``z`` standard errors: 80% ``[MASK]``,
+    10% random, 10% kept; the fraction of random next segments in ``nsp_random_range`` (above
+    1/2: a one-sentence chunk always gets a random B).
+    """
+    failures: list[str] = []
+    n_instance_failures = 0
+
+    def fail(msg: str) -> None:                 # per-instance problems: keep the first 20
+        nonlocal n_instance_failures
+        n_instance_failures += 1
+        if n_instance_failures <= 20:
+            failures.append(msg)
+
+    streams = ["\x00" + "\x00".join(t for s in doc for t in s) + "\x00" for doc in documents]
+
+    def locate(doc: int, segment: list[str]) -> int:
+        return streams[doc].find("\x00" + "\x00".join(segment) + "\x00")
+
+    n_expected_total = 0
+    for n, x in enumerate(instances):
+        L = len(x.tokens)
+        if L > max_seq_length:
+            fail(f"instance {n}: {L} tokens > max_seq_length={max_seq_length}")
+        positions = x.masked_lm_positions
+        if (positions != sorted(set(positions)) or len(positions) != len(x.masked_lm_labels)
+                or (positions and not 0 <= positions[0] <= positions[-1] < L)):
+            fail(f"instance {n}: masked positions not increasing, unique and inside the sequence")
+            continue
+        original = list(x.tokens)                           # the instance before masking
+        for pos, label in zip(positions, x.masked_lm_labels):
+            original[pos] = label
+        seps = [i for i, s in enumerate(x.segment_ids) if i > 0 and s != x.segment_ids[i - 1]]
+        if (len(x.segment_ids) != L or original[0] != "[CLS]" or original[-1] != "[SEP]" or len(seps) != 1
+                or x.segment_ids[0] != 0 or x.segment_ids[-1] != 1 or original[seps[0] - 1] != "[SEP]"):
+            fail(f"instance {n}: not laid out as [CLS] A [SEP] B [SEP] with segment ids 0…0 1…1")
+            continue
+        a_end = seps[0] - 1                                 # index of the first [SEP]
+        if a_end < 2 or L - a_end < 3:
+            fail(f"instance {n}: an empty segment")
+        special_positions = {0, a_end, L - 1}
+        if special_positions & set(positions) or any(t in ("[CLS]", "[SEP]") for t in x.masked_lm_labels):
+            fail(f"instance {n}: a [CLS]/[SEP] token is masked")
+            continue
+        expected = min(max_predictions_per_seq, max(1, int(round(L * masked_lm_prob))))
+        n_expected_total += expected
+        if (len(positions) != expected) if not whole_word_mask else (len(positions) > expected):
+            fail(f"instance {n}: {len(positions)} predictions, the recipe gives {expected}")
+        for pos, label in zip(positions, x.masked_lm_labels):
+            token = x.tokens[pos]
+            if token not in ("[MASK]", label) and token.startswith("[") and token.endswith("]"):
+                fail(f"instance {n}: random replacement {token!r} is a special token")
+        if whole_word_mask:
+            masked = set(positions)
+            for i in range(1, L):
+                if original[i].startswith("##") and i - 1 not in special_positions and (
+                        (i in masked) != (i - 1 in masked)):
+                    fail(f"instance {n}: word pieces {original[i - 1]!r} {original[i]!r} of one word "
+                         f"masked apart (whole-word masking)")
+                    break
+        seg_a, seg_b = original[1:a_end], original[a_end + 1:L - 1]
+        if x.is_random_next != (x.doc_index_a != x.doc_index_b):
+            fail(f"instance {n}: is_random_next={x.is_random_next} but A from document {x.doc_index_a}, "
+                 f"B from document {x.doc_index_b}")
+        at_a, at_b = locate(x.doc_index_a, seg_a), locate(x.doc_index_b, seg_b)
+        if at_a < 0:
+            fail(f"instance {n}: segment A is not a contiguous run of document {x.doc_index_a}")
+        if at_b < 0:
+            fail(f"instance {n}: segment B is not a contiguous run of document {x.doc_index_b}")
+        if not x.is_random_next and at_a >= 0 and at_b >= 0:
+            a_string = "\x00" + "\x00".join(seg_a) + "\x00"
+            b_string = "\x00" + "\x00".join(seg_b) + "\x00"
+            if streams[x.doc_index_a].find(b_string, at_a + len(a_string) - 1) < 0:
+                fail(f"instance {n}: IsNext but B does not come after A in the document")
+
+    if n_instance_failures > 20:
+        failures.append(f"... and {n_instance_failures - 20} more per-instance failures")
+    stats = instance_statistics(instances)
+    n_pred = int(stats["predictions"])
+    fail = failures.append                  # aggregate problems: always reported
+    if whole_word_mask and n_pred < 0.9 * n_expected_total:
+        fail(f"whole-word masking predicted {n_pred} tokens, under 90% of the {n_expected_total} expected")
+    for key, expected in (("frac_mask", 0.8), ("frac_random", 0.1), ("frac_keep", 0.1)):
+        if not _within(stats[key], expected, n_pred, z):
+            fail(f"{key} = {stats[key]:.4f} over {n_pred} predictions, expected {expected} "
+                 f"(80% [MASK] / 10% random / 10% kept)")
+    lo, hi = nsp_random_range
+    if not lo <= stats["frac_random_next"] <= hi:
+        fail(f"fraction of random next segments {stats['frac_random_next']:.3f} outside [{lo}, {hi}]")
+    return failures

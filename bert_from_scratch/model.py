@@ -361,6 +361,14 @@ class _Encoder:
             dx = self._attention_backward(i, dx, c_att, grads)
         self._embeddings_backward(dx, c_emb, grads)
 
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
+               output_hidden_states=False, output_attentions=False) -> BertModelOutput:
+        """Run the encoder and pooler only (no task head): for embeddings, probing and plots.
+        Keeps no backward cache (a following ``backward()`` belongs to the last ``forward()``)."""
+        seq, pooled, hs, att, _, _ = self._encode(input_ids, token_type_ids, attention_mask, training,
+                                                  output_hidden_states, output_attentions)
+        return BertModelOutput(seq, pooled, hs, att)
+
     def attention_grads(self):
         """dL/dP for every layer's attention probabilities, (B, nh, T, T) each, from the last backward.
 

@@ -1,0 +1,132 @@
+r"""Fused attention on the GPU: ``attention.cu`` loaded with ``cupy.RawModule``.
+
+Same algorithm and same dropout hash as ``numba_attention`` (see the comments at the top of
+``attention.cu``): the forward keeps only the per-row maximum and ``1/sum`` of the softmax,
+the backward recomputes the probabilities tile by tile in two kernels (dQ with one thread
+per query row, dK/dV with one thread per key row), so no ``T x T`` array is ever stored.
+
+The CUDA source is compiled by NVRTC the first time a head size is used
+(``-DHEAD_DIM=<d>`` makes the per-thread rows fixed-size register arrays); CuPy caches the
+binary on disk. The plain CuPy path (matmul + softmax) is the NumPy reference itself, which
+runs unchanged on CuPy arrays: ``bert_from_scratch.attention.attention_forward_reference``.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..attention import MASK_VALUE
+from .numba_attention import BUG_NONE, BUG_SKIP_DROPOUT_RESCALE, seed_hash
+from ..attention import dropout_threshold
+
+CUDA_SOURCE = Path(__file__).with_name("attention.cu")
+
+#: threads per block; must match ROWS_PER_BLOCK in attention.cu
+ROWS_PER_BLOCK = 64
+
+#: largest head size we compile for (per-thread register arrays of this length)
+MAX_HEAD_DIM = 128
+
+_modules: dict[int, object] = {}
+
+
+def _cupy():
+    try:
+        import cupy  # type: ignore
+    except ImportError as exc:  # pragma: no cover - depends on the machine
+        raise ValueError("the 'cupy' attention backend needs CuPy (pip install cupy-cuda12x) and a CUDA GPU") from exc
+    return cupy
+
+
+def load_module(head_dim: int):
+    """The compiled ``attention.cu`` for one head size (compiled once, then cached)."""
+    if head_dim not in _modules:
+        cp = _cupy()
+        source = CUDA_SOURCE.read_text()
+        _modules[head_dim] = cp.RawModule(code=source, options=("-std=c++14", f"-DHEAD_DIM={head_dim}"))
+    return _modules[head_dim]
+
+
+def _suffix(dtype) -> str:
+    return "f32" if dtype == np.float32 else "f64"
+
+
+def _check_inputs(q, k, v, mask, dropout_p):
+    cp = _cupy()
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(a, cp.ndarray):
+            raise ValueError(f"cupy attention needs CuPy arrays; {name} is {type(a).__name__}")
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
+    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"cupy attention supports float32 or float64 with one dtype for q, k, v; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
+        raise ValueError(f"cupy attention supports head sizes 1..{MAX_HEAD_DIM}; got {q.shape[-1]}")
+    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+
+
+def _dropout_args(dropout_p, seed, planted_bug):
+    if dropout_p <= 0.0:
+        return 0, 0, 1.0
+    keep_scale = 1.0 if planted_bug == BUG_SKIP_DROPOUT_RESCALE else 1.0 / (1.0 - dropout_p)
+    return seed_hash(seed), dropout_threshold(dropout_p), keep_scale
+
+
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=BUG_NONE):
+    """Fused attention forward on the GPU. q, k, v: CuPy (B, H, T, d); mask: (B, T) or None.
+
+    Returns ``(out, cache)``; ``planted_bug`` (tests only) as in ``numba_attention``.
+    """
+    cp = _cupy()
+    _check_inputs(q, k, v, mask, dropout_p)
+    B, H, T, d = q.shape
+    dtype = q.dtype
+    q3, k3, v3 = (cp.ascontiguousarray(a).reshape(B * H, T, d) for a in (q, k, v))
+    if mask is None:
+        key_bias = cp.zeros((B, T), dtype)
+    else:  # exactly the reference's (1 - mask) * -10000
+        key_bias = cp.ascontiguousarray((1.0 - cp.asarray(mask).astype(dtype)) * dtype.type(MASK_VALUE))
+    seed_h, threshold, keep_scale = _dropout_args(dropout_p, seed, planted_bug)
+    out = cp.empty((B * H, T, d), dtype)
+    row_max = cp.empty((B * H, T), dtype)
+    row_inv_sum = cp.empty((B * H, T), dtype)
+    scale = 1.0 / math.sqrt(d)
+    kernel = load_module(d).get_function(f"attention_forward_{_suffix(dtype)}")
+    grid = ((T + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
+    kernel(grid, (ROWS_PER_BLOCK,),
+           (q3, k3, v3, key_bias, out, row_max, row_inv_sum, np.int32(T), np.int32(H), np.float64(scale),
+            np.uint32(seed_h), np.uint32(threshold), np.float64(keep_scale), np.int32(planted_bug)))
+    cache = {"backend": "cupy", "q": q3, "k": k3, "v": v3, "out": out, "key_bias": key_bias,
+             "row_max": row_max, "row_inv_sum": row_inv_sum, "shape": (B, H, T, d),
+             "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug}
+    return out.reshape(B, H, T, d), cache
+
+
+def attention_backward(dout, cache):
+    """Fused attention backward on the GPU: dout (B, H, T, d) -> (dq, dk, dv)."""
+    cp = _cupy()
+    B, H, T, d = cache["shape"]
+    q3 = cache["q"]
+    if not isinstance(dout, cp.ndarray) or dout.shape != (B, H, T, d):
+        raise ValueError(f"dout must be a CuPy array of shape {(B, H, T, d)}; got {getattr(dout, 'shape', type(dout))}")
+    dtype = q3.dtype
+    dout3 = cp.ascontiguousarray(dout.astype(dtype, copy=False)).reshape(B * H, T, d)
+    delta = cp.ascontiguousarray((dout3 * cache["out"]).sum(axis=-1))      # D_i = rowsum(dO * O): (B*H, T)
+    seed_h, threshold, keep_scale = _dropout_args(cache["dropout_p"], cache["seed"], cache["planted_bug"])
+    dq, dk, dv = (cp.empty((B * H, T, d), dtype) for _ in range(3))
+    module = load_module(d)
+    grid = ((T + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
+    common = (cache["key_bias"], cache["row_max"], cache["row_inv_sum"], delta)
+    tail = (np.int32(T), np.int32(H), np.float64(cache["scale"]), np.uint32(seed_h), np.uint32(threshold),
+            np.float64(keep_scale))
+    module.get_function(f"attention_backward_dq_{_suffix(dtype)}")(
+        grid, (ROWS_PER_BLOCK,), (q3, cache["k"], cache["v"], dout3) + common + (dq,) + tail)
+    module.get_function(f"attention_backward_dkdv_{_suffix(dtype)}")(
+        grid, (ROWS_PER_BLOCK,), (q3, cache["k"], cache["v"], dout3) + common + (dk, dv) + tail)
+    return dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, d)

@@ -1,0 +1,155 @@
+"""GPU tests (``pytest -m gpu``): the CUDA attention kernel against the float64 reference,
+identical dropout masks, and a tiny whole model trained a few steps on the GPU vs the CPU.
+
+Every test here is marked ``gpu``; tests/conftest.py skips them cleanly where CuPy cannot use
+a CUDA device. Comparisons use the same ``assert_attention_close`` as tests/test_kernels.py,
+and the planted-bug test shows it rejects a wrong CUDA kernel too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bert_from_scratch import attention as ref
+from bert_from_scratch.kernels import numba_attention as na
+
+from test_kernels import TOLERANCE, assert_attention_close, random_inputs, reference_float64
+
+pytestmark = pytest.mark.gpu
+
+SHAPES = [(1, 1, 1, 32), (2, 3, 7, 32), (2, 2, 65, 64), (1, 3, 100, 32), (2, 1, 130, 64), (1, 2, 200, 64)]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy  # only imported when the GPU tests actually run
+
+    return cupy
+
+
+@pytest.fixture(scope="module")
+def ca():
+    from bert_from_scratch.kernels import cuda_attention
+
+    return cuda_attention
+
+
+def cuda_forward_backward(cp, ca, q, k, v, dout, mask, dropout_p, seed, planted_bug=na.BUG_NONE):
+    qg, kg, vg, dg = (cp.asarray(a) for a in (q, k, v, dout))
+    mg = None if mask is None else cp.asarray(mask)
+    out, cache = ca.attention_forward(qg, kg, vg, mg, dropout_p, seed, planted_bug=planted_bug)
+    assert cache["backend"] == "cupy"
+    grads = ca.attention_backward(dg, cache)
+    return tuple(cp.asnumpy(a) for a in (out,) + grads)
+
+
+def assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, seed, planted_bug=na.BUG_NONE):
+    got = cuda_forward_backward(cp, ca, q, k, v, dout, mask, dropout_p, seed, planted_bug)
+    want = reference_float64(q, k, v, dout, mask, dropout_p, seed)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert a.dtype == q.dtype
+        assert_attention_close(a, b, TOLERANCE[q.dtype.type], f"cuda {name} {q.shape} {q.dtype} p={dropout_p}")
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_float64_matches_reference(cp, ca, shape, dropout_p):
+    rng = np.random.default_rng(hash((shape, dropout_p)) % 2**32)
+    q, k, v, dout, mask = random_inputs(rng, *shape, np.float64, fully_padded_row=shape[0] > 1)
+    assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, seed=77)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_float32_matches_float64_reference(cp, ca, shape, dropout_p):
+    rng = np.random.default_rng(3 + hash((shape, dropout_p)) % 2**32)
+    q, k, v, dout, mask = random_inputs(rng, *shape, np.float32)
+    assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, seed=78)
+
+
+def test_cuda_without_mask_through_the_dispatcher(cp, ca):
+    rng = np.random.default_rng(4)
+    q, k, v, dout = (rng.standard_normal((2, 2, 90, 64)) for _ in range(4))
+    qg, kg, vg, dg = (cp.asarray(a) for a in (q, k, v, dout))
+    out, cache = ref.attention_forward(qg, kg, vg, None, 0.1, 5, backend="auto")
+    assert cache["backend"] == "cupy"
+    got = (out,) + ref.attention_backward(dg, cache)
+    want = reference_float64(q, k, v, dout, None, 0.1, 5)
+    for a, b in zip(got, want):
+        assert_attention_close(cp.asnumpy(a), b, 1e-12, "cuda via dispatcher")
+
+
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
+def test_cuda_dropout_mask_is_identical_to_numpy_and_numba(cp, ca, dropout_p):
+    """q = k = 0 and v = I make the output the mask itself (see tests/test_kernels.py)."""
+    B, H, T = 2, 3, 64
+    q = np.zeros((B, H, T, T))
+    v = np.broadcast_to(np.eye(T), (B, H, T, T)).copy()
+    out, _ = ca.attention_forward(cp.asarray(q), cp.asarray(q), cp.asarray(v), None, dropout_p, 2024)
+    cuda_mask = cp.asnumpy(out) * (1 - dropout_p) * T > 0.5
+    numpy_mask = ref.dropout_keep_mask(2024, B, H, T, T, dropout_p)
+    cupy_mask = cp.asnumpy(ref.dropout_keep_mask(2024, B, H, T, T, dropout_p, xp=cp))
+    numba_out, _ = na.attention_forward(q, q, v, None, dropout_p, 2024)
+    np.testing.assert_array_equal(cuda_mask, numpy_mask)
+    np.testing.assert_array_equal(cupy_mask, numpy_mask)
+    np.testing.assert_array_equal(numba_out * (1 - dropout_p) * T > 0.5, numpy_mask)
+
+
+def test_plain_cupy_reference_matches_numpy(cp):
+    rng = np.random.default_rng(5)
+    q, k, v, dout, mask = random_inputs(rng, 2, 2, 70, 32, np.float64)
+    out, cache = ref.attention_forward_reference(*(cp.asarray(a) for a in (q, k, v)), cp.asarray(mask), 0.1, 6)
+    got = (out,) + ref.attention_backward_reference(cp.asarray(dout), cache)
+    for a, b in zip(got, reference_float64(q, k, v, dout, mask, 0.1, 6)):
+        assert_attention_close(cp.asnumpy(a), b, 1e-12, "cupy matmul reference")
+
+
+@pytest.mark.parametrize("bug, dropout_p", [(na.BUG_SKIP_CORRECTION, 0.0), (na.BUG_SKIP_DROPOUT_RESCALE, 0.1)])
+def test_comparison_rejects_planted_cuda_bugs(cp, ca, bug, dropout_p):
+    rng = np.random.default_rng(6)
+    q, k, v, dout, mask = random_inputs(rng, 1, 2, 200, 64, np.float64)
+    assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, 1)
+    with pytest.raises(AssertionError, match="relative max error"):
+        assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, 1, planted_bug=bug)
+
+
+def test_tiny_model_trains_identically_on_gpu(cp):
+    """Three SGD steps of a tiny BertForPreTraining (float64, attention dropout on, hidden dropout
+    off -- hidden dropout draws its mask on the GPU) give the same losses on the GPU as on the CPU."""
+    model_module = pytest.importorskip("bert_from_scratch.model")
+    from bert_from_scratch.config import BertConfig
+
+    def make(backend):
+        cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.1, attention_backend=backend)
+        return model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64)
+
+    rng = np.random.default_rng(7)
+    B, T = 3, 20
+    ids = rng.integers(5, 100, (B, T))
+    mask = np.ones((B, T), np.int64)
+    mask[1, 12:] = 0
+    ids[mask == 0] = 0
+    labels = np.full((B, T), -100)
+    labels[:, 3] = ids[:, 3]
+    labels[0, 7] = ids[0, 7]
+    nsl = np.array([0, 1, 0])
+
+    def train(model, to_device):
+        losses = []
+        for _ in range(3):
+            out = model.forward(*(to_device(a) for a in (ids,)), token_type_ids=None,
+                                attention_mask=to_device(mask), labels=to_device(labels),
+                                next_sentence_label=to_device(nsl), training=True)
+            grads = model.backward()
+            for name, g in grads.items():
+                model.params[name] -= 0.5 * g
+            losses.append(out.loss)
+        return losses
+
+    cpu_losses = train(make("numpy"), lambda a: a)
+    gpu_model = make("auto").to("cupy")
+    gpu_losses = train(gpu_model, cp.asarray)
+    assert len(set(np.round(cpu_losses, 6))) == 3, cpu_losses        # the model does learn
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-9, atol=0)

@@ -1,0 +1,336 @@
+"""The fused Numba attention kernel equals the NumPy reference; the CUDA source compiles.
+
+Every comparison goes through ``assert_attention_close``, and that helper is shown to reject
+kernels with planted bugs (no online-softmax correction, no dropout rescale), just as the
+finite-difference checker is shown to reject a wrong gradient.
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_from_scratch import attention as ref
+from bert_from_scratch.kernels import numba_attention as na
+
+CUDA_SOURCE = Path(na.__file__).with_name("attention.cu")
+
+#: max |actual - expected| / max(1, max |expected|) allowed, per dtype
+TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------
+def assert_attention_close(actual, expected, tol, what):
+    """Fail unless ``max|actual - expected| <= tol * max(1, max|expected|)`` (and shapes match)."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    err = float(np.max(np.abs(actual - expected))) / max(1.0, float(np.max(np.abs(expected))))
+    assert err <= tol, f"{what}: relative max error {err:.3e} > {tol:.0e}"
+
+
+def random_inputs(rng, B, H, T, d, dtype, pad_fraction=0.3, fully_padded_row=False):
+    """q, k, v, dout of shape (B, H, T, d) and a (B, T) padding mask with padded keys."""
+    q, k, v, dout = (rng.standard_normal((B, H, T, d)).astype(dtype) for _ in range(4))
+    mask = (rng.random((B, T)) >= pad_fraction).astype(np.int64)
+    mask[:, 0] = 1                          # every sequence keeps its first token ...
+    if fully_padded_row:
+        mask[-1] = 0                        # ... except, optionally, one all-padding sequence
+    return q, k, v, dout, mask
+
+
+def reference_float64(q, k, v, dout, mask, dropout_p, seed):
+    """The NumPy reference, run in float64 on the same (possibly float32) inputs."""
+    q64, k64, v64, do64 = (a.astype(np.float64) for a in (q, k, v, dout))
+    out, cache = ref.attention_forward_reference(q64, k64, v64, mask, dropout_p, seed)
+    return (out,) + ref.attention_backward_reference(do64, cache)
+
+
+def numba_forward_backward(q, k, v, dout, mask, dropout_p, seed, planted_bug=na.BUG_NONE):
+    out, cache = na.attention_forward(q, k, v, mask, dropout_p, seed, planted_bug=planted_bug)
+    return (out,) + na.attention_backward(dout, cache)
+
+
+def assert_matches_reference(q, k, v, dout, mask, dropout_p, seed, planted_bug=na.BUG_NONE):
+    tol = TOLERANCE[q.dtype.type]
+    got = numba_forward_backward(q, k, v, dout, mask, dropout_p, seed, planted_bug)
+    want = reference_float64(q, k, v, dout, mask, dropout_p, seed)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+        assert a.dtype == q.dtype, f"{name} came back as {a.dtype}, expected {q.dtype}"
+        assert_attention_close(a, b, tol, f"{name} {q.shape} {q.dtype} p={dropout_p}")
+
+
+# (B, H, T, d): T below, at, just above and well above a tile (64); heads of 32 and 64
+SHAPES = [(1, 1, 1, 32), (2, 3, 7, 32), (1, 2, 64, 64), (2, 2, 65, 64), (1, 3, 100, 32),
+          (2, 1, 130, 64), (1, 2, 200, 64), (3, 2, 31, 16)]
+
+
+# --------------------------------------------------------------------------------------
+# forward and backward equal the reference
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float64_matches_reference_including_fully_padded_rows(shape, dropout_p):
+    rng = np.random.default_rng(hash((shape, dropout_p)) % 2**32)
+    q, k, v, dout, mask = random_inputs(rng, *shape, np.float64, fully_padded_row=shape[0] > 1)
+    assert_matches_reference(q, k, v, dout, mask, dropout_p, seed=int(rng.integers(2**32)))
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.1])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_float32_matches_float64_reference(shape, dropout_p):
+    """float32 to 1e-5. (No all-padding sequence here: there every score is s - 10000, whose
+    float32 spacing is 1e-3, so float32 itself -- reference included -- is only good to ~1e-3.)"""
+    rng = np.random.default_rng(1 + hash((shape, dropout_p)) % 2**32)
+    q, k, v, dout, mask = random_inputs(rng, *shape, np.float32)
+    assert_matches_reference(q, k, v, dout, mask, dropout_p, seed=12345)
+
+
+def test_no_mask_and_noncontiguous_inputs():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 70, 3, 32))            # (B, T, H, d), as a layer would have it
+    q = x.transpose(0, 2, 1, 3)                        # a non-contiguous (B, H, T, d) view
+    k, v, dout = (rng.standard_normal((2, 3, 70, 32)) for _ in range(3))
+    assert_matches_reference(q, k, v, dout, None, 0.0, 0)
+
+
+def test_dispatcher_routes_to_numba():
+    rng = np.random.default_rng(6)
+    q, k, v, dout, mask = random_inputs(rng, 2, 2, 40, 32, np.float64)
+    out, cache = ref.attention_forward(q, k, v, mask, 0.1, 3, backend="numba")
+    assert cache["backend"] == "numba"
+    grads = ref.attention_backward(dout, cache)
+    want = reference_float64(q, k, v, dout, mask, 0.1, 3)
+    for a, b in zip((out,) + grads, want):
+        assert_attention_close(a, b, 1e-12, "dispatcher")
+
+
+# --------------------------------------------------------------------------------------
+# dropout: the same counter hash, bit for bit
+# --------------------------------------------------------------------------------------
+def test_mix32_matches_reference_hash():
+    x = np.random.default_rng(7).integers(0, 2**32, size=1000, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        want = ref.mix32(x.astype(np.uint32))
+    got = np.array([na.mix32(int(v)) for v in x], dtype=np.uint64)
+    np.testing.assert_array_equal(got, want.astype(np.uint64))
+
+
+@pytest.mark.parametrize("dropout_p", [0.1, 0.5])
+def test_dropout_keep_mask_is_identical(dropout_p):
+    """With q = k = 0 every probability is 1/T, and with v = I the output *is* the mask:
+    out[b, h, i, j] = Z[b, h, i, j] / ((1 - p) T). Read it back and compare bit for bit."""
+    B, H, T = 2, 3, 64
+    q = np.zeros((B, H, T, T))
+    v = np.broadcast_to(np.eye(T), (B, H, T, T)).copy()
+    out, _ = na.attention_forward(q, q, v, None, dropout_p, seed=2024)
+    kernel_mask = out * (1 - dropout_p) * T > 0.5
+    want = ref.dropout_keep_mask(2024, B, H, T, T, dropout_p)
+    np.testing.assert_array_equal(kernel_mask, want)
+    assert 0.0 < 1.0 - kernel_mask.mean() < 2 * dropout_p       # it does drop something
+    other, _ = na.attention_forward(q, q, v, None, dropout_p, seed=2025)
+    assert not np.array_equal(other, out)                       # and the seed matters
+
+
+# --------------------------------------------------------------------------------------
+# finite differences through the kernel
+# --------------------------------------------------------------------------------------
+def numerical_gradient_check(loss, inputs, analytic, rng, n_entries=6, eps=1e-6, tol=1e-6):
+    """Central differences on a few random entries of each input; fail on a mismatch."""
+    for name, x in inputs.items():
+        for _ in range(n_entries):
+            idx = tuple(int(rng.integers(n)) for n in x.shape)
+            saved = x[idx]
+            x[idx] = saved + eps
+            up = loss()
+            x[idx] = saved - eps
+            down = loss()
+            x[idx] = saved
+            numeric = (up - down) / (2 * eps)
+            exact = analytic[name][idx]
+            assert abs(numeric - exact) <= tol * max(1.0, abs(numeric)), \
+                f"d loss / d {name}{idx}: finite difference {numeric:.10f} vs kernel {exact:.10f}"
+
+
+def _gradcheck_setup(seed):
+    rng = np.random.default_rng(seed)
+    q, k, v, _, mask = random_inputs(rng, 2, 2, 70, 32, np.float64)
+    weights = rng.standard_normal(q.shape)                      # loss = sum(out * R)
+
+    def loss():
+        out, _ = na.attention_forward(q, k, v, mask, 0.1, 99)
+        return float(np.sum(out * weights))
+
+    _, cache = na.attention_forward(q, k, v, mask, 0.1, 99)
+    dq, dk, dv = na.attention_backward(weights, cache)
+    return rng, {"q": q, "k": k, "v": v}, {"q": dq, "k": dk, "v": dv}, loss
+
+
+def test_finite_differences_through_the_kernel():
+    rng, inputs, analytic, loss = _gradcheck_setup(8)
+    numerical_gradient_check(loss, inputs, analytic, rng)
+
+
+def test_finite_difference_check_rejects_a_wrong_gradient():
+    rng, inputs, analytic, loss = _gradcheck_setup(8)
+    wrong = dict(analytic, k=analytic["k"] * 1.001)             # 0.1% off
+    with pytest.raises(AssertionError, match="d loss / d k"):
+        numerical_gradient_check(loss, inputs, wrong, rng, n_entries=20)
+
+
+# --------------------------------------------------------------------------------------
+# the comparison rejects planted bugs
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_comparison_rejects_missing_online_softmax_correction(dtype):
+    rng = np.random.default_rng(9)
+    q, k, v, dout, mask = random_inputs(rng, 1, 2, 200, 64, dtype)   # 4 key tiles
+    assert_matches_reference(q, k, v, dout, mask, 0.0, 0)            # the real kernel passes
+    with pytest.raises(AssertionError, match="relative max error"):
+        assert_matches_reference(q, k, v, dout, mask, 0.0, 0, planted_bug=na.BUG_SKIP_CORRECTION)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_comparison_rejects_missing_dropout_rescale(dtype):
+    rng = np.random.default_rng(10)
+    q, k, v, dout, mask = random_inputs(rng, 2, 2, 65, 32, dtype)
+    assert_matches_reference(q, k, v, dout, mask, 0.1, 4)
+    with pytest.raises(AssertionError, match="relative max error"):
+        assert_matches_reference(q, k, v, dout, mask, 0.1, 4, planted_bug=na.BUG_SKIP_DROPOUT_RESCALE)
+
+
+def test_comparison_rejects_a_different_dropout_seed():
+    rng = np.random.default_rng(11)
+    q, k, v, dout, mask = random_inputs(rng, 1, 2, 50, 32, np.float64)
+    got = numba_forward_backward(q, k, v, dout, mask, 0.1, seed=1)
+    want = reference_float64(q, k, v, dout, mask, 0.1, seed=2)
+    with pytest.raises(AssertionError, match="relative max error"):
+        assert_attention_close(got[0], want[0], 1e-12, "out")
+
+
+# --------------------------------------------------------------------------------------
+# memory grows with T, not T^2
+# --------------------------------------------------------------------------------------
+def test_extra_memory_is_linear_in_T():
+    """Peak traced allocations of forward + backward (output, row statistics, gradients) stay
+    far below one (B, H, T, T) float32 array -- the reference allocates several."""
+    B, H, T, d = 1, 2, 2048, 64
+    rng = np.random.default_rng(12)
+    q, k, v, dout = (rng.standard_normal((B, H, T, d)).astype(np.float32) for _ in range(4))
+    na.attention_backward(dout, na.attention_forward(q, k, v)[1])     # warm up (compiled already)
+    tracemalloc.start()
+    try:
+        out, cache = na.attention_forward(q, k, v)
+        grads = na.attention_backward(dout, cache)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_score_matrix = B * H * T * T * 4
+    inputs_size = q.nbytes
+    assert peak <= 5 * inputs_size + 4 * B * H * T * 4 + 64 * 1024, peak   # out, dq, dk, dv, dout copy
+    assert peak < one_score_matrix / 4
+    del out, grads
+
+
+# --------------------------------------------------------------------------------------
+# bad input -> ValueError naming the problem
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("args, message", [
+    ((np.zeros((1, 2, 3, 4)), np.zeros((1, 2, 3, 5)), np.zeros((1, 2, 3, 4))), "one shape"),
+    ((np.zeros((2, 3, 4)),) * 3, "one shape"),
+    ((np.zeros((1, 2, 3, 4), np.int64),) * 3, "float32 or float64"),
+    ((np.zeros((1, 2, 3, 4), np.float32), np.zeros((1, 2, 3, 4)), np.zeros((1, 2, 3, 4))), "one dtype"),
+])
+def test_bad_inputs_raise_value_error(args, message):
+    with pytest.raises(ValueError, match=message):
+        na.attention_forward(*args)
+
+
+def test_bad_mask_dropout_and_dout_raise_value_error():
+    x = np.zeros((1, 2, 3, 4))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        na.attention_forward(x, x, x, np.ones((1, 4)))
+    with pytest.raises(ValueError, match="dropout_p"):
+        na.attention_forward(x, x, x, None, 1.0)
+    _, cache = na.attention_forward(x, x, x)
+    with pytest.raises(ValueError, match="dout must be"):
+        na.attention_backward(np.zeros((1, 2, 3, 5)), cache)
+
+
+# --------------------------------------------------------------------------------------
+# the CUDA source compiles (nvcc in CI; NVRTC, what CuPy uses at run time, when present)
+# --------------------------------------------------------------------------------------
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    result = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", "-DHEAD_DIM=64", "-o", str(tmp_path / "a.ptx"),
+                             str(CUDA_SOURCE)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    ptx = (tmp_path / "a.ptx").read_text()
+    for name in ("attention_forward_f32", "attention_forward_f64", "attention_backward_dq_f32",
+                 "attention_backward_dq_f64", "attention_backward_dkdv_f32", "attention_backward_dkdv_f64"):
+        assert f".entry {name}(" in ptx, f"kernel {name} missing from the PTX"
+
+
+def _nvrtc():
+    if importlib.util.find_spec("cupy_backends") is None:
+        return None
+    try:
+        from cupy_backends.cuda.libs import nvrtc  # type: ignore
+        nvrtc.getVersion()
+        return nvrtc
+    except Exception:
+        return None
+
+
+@pytest.mark.skipif(_nvrtc() is None, reason="CuPy's NVRTC is not installed (pip install cupy-cuda12x)")
+@pytest.mark.parametrize("head_dim", [32, 64])
+def test_cuda_source_compiles_with_nvrtc(head_dim):
+    nvrtc = _nvrtc()
+    program = nvrtc.createProgram(CUDA_SOURCE.read_text(), "attention.cu", [], [])
+    try:
+        nvrtc.compileProgram(program, ["-std=c++14", f"-DHEAD_DIM={head_dim}", "-arch=compute_80"])
+    except Exception as exc:  # pragma: no cover - shown only when it fails
+        raise AssertionError(nvrtc.getProgramLog(program)) from exc
+    assert b"attention_backward_dkdv_f64" in nvrtc.getPTX(program)
+
+
+# --------------------------------------------------------------------------------------
+# inside the whole model
+# --------------------------------------------------------------------------------------
+def test_tiny_model_trains_identically_with_the_numba_kernel():
+    """Three SGD steps of a tiny BertForPreTraining (float64, attention dropout on) give the same
+    losses with attention_backend="numba" as with the NumPy reference (the GPU twin of this test
+    is in tests/test_gpu.py)."""
+    model_module = pytest.importorskip("bert_from_scratch.model")
+    from bert_from_scratch.config import BertConfig
+
+    def train(backend):
+        cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.1, attention_backend=backend)
+        model = model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64)
+        rng = np.random.default_rng(7)
+        ids = rng.integers(5, 100, (3, 20))
+        mask = np.ones((3, 20), np.int64)
+        mask[1, 12:] = 0
+        ids[mask == 0] = 0
+        labels = np.full((3, 20), -100)
+        labels[:, 3] = ids[:, 3]
+        losses = []
+        for _ in range(3):
+            out = model.forward(ids, attention_mask=mask, labels=labels, next_sentence_label=np.array([0, 1, 0]),
+                                training=True)
+            for name, g in model.backward().items():
+                model.params[name] -= 0.5 * g
+            losses.append(out.loss)
+        return losses
+
+    reference, fused = train("numpy"), train("numba")
+    assert len(set(np.round(reference, 6))) == 3, reference            # it does learn
+    np.testing.assert_allclose(fused, reference, rtol=1e-12, atol=0)

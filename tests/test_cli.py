@@ -1,0 +1,89 @@
+"""The command line: the main job end to end on a tiny budget, fill-mask, and one-line errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bert_from_scratch.cli import main
+
+TINY = ["--corpus", "python-docs", "--steps", "6", "--batch-size", "8", "--seq-len", "32", "--vocab-size", "600",
+        "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(["pretrain", *TINY, "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_pretrain_end_to_end_writes_a_checkpoint_and_report(tiny_run, capsys):
+    ck = tiny_run / "checkpoint"
+    for name in ("config.json", "model.safetensors", "vocab.txt", "optimizer.safetensors", "trainer_state.json"):
+        assert (ck / name).is_file(), name
+    assert (tiny_run / "training_curve.png").stat().st_size > 1000
+    import json
+    report = json.loads((tiny_run / "results.json").read_text())
+    assert report["steps"] == 6
+    assert 0 <= report["held_out_mlm_accuracy"] <= 1 and 0 <= report["held_out_nsp_accuracy"] <= 1
+    assert report["nsp_chance_accuracy"] == 0.5 and 0 < report["mlm_most_frequent_accuracy"] < 0.5
+
+
+def test_fill_mask_prints_top_predictions(tiny_run, capsys):
+    assert main(["fill-mask", "--checkpoint", str(tiny_run), "the [MASK] is a function", "--top-k", "3"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "%" in line]
+    assert len(lines) == 3
+    probs = [float(line.split("%")[0]) for line in lines]
+    assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 100.01
+
+
+def run_error(argv, capsys):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert err and err[-1].startswith("bert-from-scratch: error:"), err
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def test_user_errors_are_one_line(tiny_run, tmp_path, capsys):
+    assert "corpus path not found" in run_error(["pretrain", "--corpus", str(tmp_path / "nope")], capsys)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("   \n\n")
+    msg = run_error(["pretrain", *TINY, "--corpus", str(empty), "--out", str(tmp_path / "o")], capsys)
+    assert "empty" in msg or "no text" in msg or "document" in msg
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    msg = run_error(["pretrain", *TINY, "--out", str(blocker / "sub")], capsys)
+    assert "writable" in msg or "cannot" in msg or "directory" in msg
+    # fill-mask: no checkpoint, no [MASK], vocab of another model, a folder that is no checkpoint
+    assert "not found" in run_error(["fill-mask", "--checkpoint", str(tmp_path / "nope"), "a [MASK]"], capsys)
+    assert "no [MASK]" in run_error(["fill-mask", "--checkpoint", str(tiny_run), "no mask here"], capsys)
+    import shutil
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run / "checkpoint", other)
+    (other / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
+    assert "do not belong together" in run_error(["fill-mask", "--checkpoint", str(other), "a [MASK]"], capsys)
+    (other / "config.json").write_text("{}")
+    (other / "model.safetensors").write_bytes(b"garbage")
+    assert "corrupt" in run_error(["fill-mask", "--checkpoint", str(other), "a [MASK]"], capsys)
+
+
+def test_resume_with_another_model_is_refused(tiny_run, tmp_path, capsys):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    args = [a if a != "32" or i != TINY.index("--hidden") + 1 else "48" for i, a in enumerate(TINY)]
+    msg = run_error(["pretrain", *args, "--out", str(run), "--resume"], capsys)
+    assert "config" in msg and "hidden_size" in msg
+
+
+def test_console_script_runs():
+    """The installed entry point (or python -m) answers --help without a traceback."""
+    proc = subprocess.run([sys.executable, "-m", "bert_from_scratch", "--help"], capture_output=True, text=True,
+                          env={**os.environ, "MPLBACKEND": "Agg"})
+    assert proc.returncode == 0 and "pretrain" in proc.stdout and "fill-mask" in proc.stdout

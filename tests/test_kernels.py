@@ -215,6 +215,37 @@ def test_comparison_rejects_a_different_dropout_seed():
 
 
 # --------------------------------------------------------------------------------------
+# building blocks of the fast kernel
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype, lowest, tol", [(np.float32, -87.0, 5e-7), (np.float64, -708.0, 1e-13)])
+def test_hand_written_exp_is_accurate_and_clamps_below_its_range(dtype, lowest, tol):
+    """The vectorised exp (range reduction + polynomial) against np.exp in float64: relative
+    error a few ulp down to the clamp; below it, a tiny positive number instead of 0 or garbage."""
+    from numba import njit
+
+    exp_inplace = njit(fastmath=na.FASTMATH)(lambda x, scratch: na._exp_inplace(x, scratch))
+    x = np.concatenate([np.linspace(lowest, 0.0, 100_001), [-1e4, -1e4 - 0.5]]).astype(dtype)
+    got = x.copy()
+    exp_inplace(got, np.empty_like(got))
+    want = np.exp(x[:-2].astype(np.float64))
+    rel = np.abs(got[:-2] - want) / want
+    assert rel.max() < tol, f"exp relative error {rel.max():.2e} >= {tol:.0e}"
+    tiny = np.finfo(dtype).tiny
+    assert np.all((got[-2:] > 0) & (got[-2:] < 2 * tiny)), got[-2:]       # fully padded keys
+
+
+def test_kernel_calls_restore_numbas_parallel_chunksize():
+    """The entry points hand out prange tasks one at a time and must put the caller's setting back."""
+    import numba
+
+    x = np.random.default_rng(13).standard_normal((1, 2, 70, 16))
+    before = numba.get_parallel_chunksize()
+    out, cache = na.attention_forward(x, x, x)
+    na.attention_backward(out, cache)
+    assert numba.get_parallel_chunksize() == before
+
+
+# --------------------------------------------------------------------------------------
 # memory grows with T, not T^2
 # --------------------------------------------------------------------------------------
 def test_extra_memory_is_linear_in_T():

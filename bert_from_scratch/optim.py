@@ -176,6 +176,9 @@ def _numba_ok(*arrays) -> bool:
 # --------------------------------------------------------------------------------------
 # The optimiser
 # --------------------------------------------------------------------------------------
+NUMBA_MIN_SIZE = 1 << 16
+
+
 class AdamW:
     """AdamW over a dict of named arrays, updated in place.
 
@@ -192,8 +195,8 @@ class AdamW:
     no_decay : callable name -> bool
         Which parameters are exempt from weight decay (default: LayerNorm and biases).
     use_numba : bool or None
-        ``None`` (default): the fused Numba kernel for float NumPy arrays, the plain ``out=`` path
-        otherwise (CuPy). ``False`` forces the plain path (kept as the readable reference).
+        ``None`` (default): the fused Numba kernel for float NumPy arrays of at least
+        ``NUMBA_MIN_SIZE`` entries, the plain ``out=`` path otherwise (small tensors, CuPy). ``False`` forces the plain path (kept as the readable reference).
     """
 
     def __init__(self, params: dict, lr: float = 1e-4, weight_decay: float = 0.01,
@@ -263,7 +266,10 @@ class AdamW:
             wd = self.decay[name]
             if g.dtype != p.dtype:
                 g = g.astype(p.dtype)
-            use_numba = self.use_numba is not False and _numba_ok(p, g, m, v)
+            # auto: the fused kernel only where it pays; a parallel launch per small tensor costs more than
+            # the update itself (and much more when the cores are shared)
+            use_numba = _numba_ok(p, g, m, v) and (self.use_numba is True or
+                                                  (self.use_numba is None and p.size >= NUMBA_MIN_SIZE))
             if self.use_numba is True and not use_numba:
                 raise ValueError(f"use_numba=True but parameter {name!r} is not a contiguous float NumPy array")
             if use_numba:

@@ -24,6 +24,7 @@ from .config import BertConfig
 from .model import BertForPreTraining
 from .perf import keep_freed_memory
 
+WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buffers (see perf.py)
 MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 
 
@@ -70,12 +71,12 @@ def time_ours(cfg, batch, repeats, attention_backend):
     cfg.attention_backend = attention_backend
     model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
     times = []
-    for _ in range(repeats + 1):                           # first run: warm-up (numba compile, page faults)
+    for _ in range(repeats + WARMUP):     # warm-up runs: numba compiles, the heap grows to its working size
         t = time.perf_counter()
         model.forward(*batch, training=True)
         model.backward()
         times.append(time.perf_counter() - t)
-    return times[1:]
+    return times[WARMUP:]
 
 
 def time_torch(cfg, batch, repeats):
@@ -86,13 +87,13 @@ def time_torch(cfg, batch, repeats):
     model = transformers.BertForPreTraining(hcfg).train()
     ids, tt, mask, labels, nsl = (torch.tensor(a) for a in batch)
     times = []
-    for _ in range(repeats + 1):
+    for _ in range(repeats + WARMUP):
         t = time.perf_counter()
         model.zero_grad(set_to_none=True)
         out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels, next_sentence_label=nsl)
         out.loss.backward()
         times.append(time.perf_counter() - t)
-    return times[1:]
+    return times[WARMUP:]
 
 
 def profile_ours(cfg, batch, attention_backend):

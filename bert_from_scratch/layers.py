@@ -13,6 +13,15 @@ import math
 
 from .xp import erf, get_array_module, is_cupy_array
 
+try:  # fused kernels for the elementwise work (NumPy arrays only); the code below is the reference
+    from .kernels import numba_elementwise as _fused
+except ImportError:  # pragma: no cover - numba missing
+    _fused = None
+
+
+def _use_fused(*arrays) -> bool:
+    return _fused is not None and _fused.usable(*arrays)
+
 
 # ---------------------------------------------------------------------------------------
 # Linear:  y = x W^T + b      (W is [out, in], as torch.nn.Linear / Hugging Face)
@@ -48,6 +57,11 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def gelu_forward(x):
     """Exact (erf) GELU, as BERT and Hugging Face's ``hidden_act="gelu"``."""
+    if _use_fused(x):
+        import numpy as np
+        y, cdf = np.empty_like(x), np.empty_like(x)
+        _fused.gelu_forward_kernel(x.reshape(-1), y.reshape(-1), cdf.reshape(-1))
+        return y, (x, cdf)
     cdf = 0.5 * (1.0 + erf(x * x.dtype.type(_INV_SQRT2)))     # Phi(x)
     return x * cdf, (x, cdf)
 

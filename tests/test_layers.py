@@ -208,3 +208,21 @@ def test_gradcheck_validates_its_arguments(rng):
     x = rng.normal(size=3)
     with pytest.raises(ValueError, match="shape"):
         gc(lambda: float(x.sum()), {"x": x}, {"x": np.ones(4)})
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def test_fused_numba_kernels_equal_the_numpy_reference(monkeypatch, dtype, tol):
+    """The GELU forward runs through a fused Numba kernel on NumPy arrays; the NumPy code is the reference."""
+    assert layers._fused is not None, "numba is a dependency: the fused path must be active"
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(7, 33)) * 3).astype(dtype)
+    dy = rng.normal(size=(7, 33)).astype(dtype)
+    fused = []
+    for use in (True, False):
+        if not use:
+            monkeypatch.setattr(layers, "_fused", None)
+        y, c = layers.gelu_forward(x)
+        fused.append((y, c[1], layers.gelu_backward(dy, c)))
+    for a, b in zip(*fused):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)

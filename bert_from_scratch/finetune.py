@@ -75,7 +75,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, load_safetensors, load_state_dict
 from .optim import AdamW, clip_grad_norm, linear_warmup_decay
-from .train import atomic_replace_dir, check_writable
+from .train import atomic_replace_dir, check_writable, save_figure_atomic
 from .xp import to_numpy
 
 BEST_DIR = "best"
@@ -585,11 +585,7 @@ def plot_confusion_matrix(cm: np.ndarray, label_names: Sequence[str], path, titl
     ax.set(xlabel="predicted", ylabel="true", title=title or "confusion matrix")
     ax.title.set_fontsize(9)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, path)
-    return path
+    return save_figure_atomic(fig, path)
 
 
 # ======================================================================================

@@ -16,8 +16,6 @@ and as the MLM decoder, gets the sum of both uses without any special case.
 """
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +27,7 @@ from .layers import (IGNORE_INDEX, cross_entropy_backward, cross_entropy_forward
                      dropout_forward, embedding_forward, gelu_backward, gelu_forward, layernorm_backward,
                      layernorm_forward, linear_backward, linear_forward, scatter_add_rows, tanh_backward,
                      tanh_forward)
-from .xp import get_array_module, is_cupy_array, to_numpy
+from .xp import get_array_module, to_numpy
 
 
 def accumulate(grads: dict, name: str, value):

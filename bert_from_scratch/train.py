@@ -520,6 +520,11 @@ def plot_curves(history: dict, path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
+    return save_figure_atomic(fig, path)
+
+
+def save_figure_atomic(fig, path) -> Path:
+    """Write a matplotlib figure as PNG through a temporary file + rename (never half a file)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=110)

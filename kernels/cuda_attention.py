@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attention import MASK_VALUE
+from ..attention import MASK_VALUE, check_qkv, dropout_threshold
 from .numba_attention import BUG_NONE, BUG_SKIP_DROPOUT_RESCALE, seed_hash
-from ..attention import dropout_threshold
 
 CUDA_SOURCE = Path(__file__).with_name("attention.cu")
 
@@ -58,15 +57,12 @@ def _check_inputs(q, k, v, mask, dropout_p):
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, cp.ndarray):
             raise ValueError(f"cupy attention needs CuPy arrays; {name} is {type(a).__name__}")
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
+    check_qkv(q, k, v, mask)                      # shapes: the same checks as every backend
     if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"cupy attention supports float32 or float64 with one dtype for q, k, v; "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")
     if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
         raise ValueError(f"cupy attention supports head sizes 1..{MAX_HEAD_DIM}; got {q.shape[-1]}")
-    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
-        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
 

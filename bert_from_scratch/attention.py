@@ -85,6 +85,16 @@ def check_qkv(q, k, v, mask):
         raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
 
 
+def check_kernel_inputs(q, k, v, mask, dropout_p, backend: str):
+    """What the fused kernels (Numba, CUDA) accept: the shapes above, one float32/float64 dtype, 0 <= p < 1."""
+    check_qkv(q, k, v, mask)
+    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{backend} attention supports float32 or float64 with one dtype for q, k, v; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+
+
 # --------------------------------------------------------------------------------------
 # The NumPy reference
 # --------------------------------------------------------------------------------------

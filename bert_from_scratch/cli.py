@@ -65,6 +65,14 @@ def cli_pretrain(args) -> int:
     from .pipeline import run_pretraining
 
     keep_freed_memory()
+    # cheap checks first: never spend a minute on data before refusing an option
+    for name in ("steps", "batch_size", "seq_len", "vocab_size", "dupe_factor"):
+        if getattr(args, name) <= 0:
+            return _error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if not args.lr > 0:
+        return _error(f"--lr must be positive; got {args.lr}")
+    if args.vocab and not Path(args.vocab).is_file():
+        return _error(f"vocabulary file not found: {args.vocab}")
     if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
         return _error(f"corpus path not found: {args.corpus}")
     try:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attention import MASK_VALUE, check_qkv, dropout_threshold
-from .numba_attention import BUG_NONE, BUG_SKIP_DROPOUT_RESCALE, seed_hash
+from ..attention import MASK_VALUE, check_kernel_inputs
+from .numba_attention import BUG_NONE, _dropout_args  # the same seed hash and threshold
 
 CUDA_SOURCE = Path(__file__).with_name("attention.cu")
 
@@ -57,21 +57,9 @@ def _check_inputs(q, k, v, mask, dropout_p):
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, cp.ndarray):
             raise ValueError(f"cupy attention needs CuPy arrays; {name} is {type(a).__name__}")
-    check_qkv(q, k, v, mask)                      # shapes: the same checks as every backend
-    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"cupy attention supports float32 or float64 with one dtype for q, k, v; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_kernel_inputs(q, k, v, mask, dropout_p, "cupy")   # shapes, dtype, dropout: shared checks
     if not 1 <= q.shape[-1] <= MAX_HEAD_DIM:
         raise ValueError(f"cupy attention supports head sizes 1..{MAX_HEAD_DIM}; got {q.shape[-1]}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
-
-
-def _dropout_args(dropout_p, seed, planted_bug):
-    if dropout_p <= 0.0:
-        return 0, 0, 1.0
-    keep_scale = 1.0 if planted_bug == BUG_SKIP_DROPOUT_RESCALE else 1.0 / (1.0 - dropout_p)
-    return seed_hash(seed), dropout_threshold(dropout_p), keep_scale
 
 
 def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=BUG_NONE):

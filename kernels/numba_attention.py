@@ -69,7 +69,7 @@ import numpy as np
 import numba
 from numba import njit, prange
 
-from ..attention import GOLDEN, MASK_VALUE, check_qkv, dropout_threshold
+from ..attention import GOLDEN, MASK_VALUE, check_kernel_inputs, dropout_threshold
 
 #: query rows per parallel task / tile, and keys per tile (64 x 64 float32 = 16 KiB, fits L1)
 BLOCK_Q = 64
@@ -382,12 +382,7 @@ def _check_inputs(q, k, v, mask, dropout_p):
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, np.ndarray):
             raise ValueError(f"numba attention needs NumPy arrays; {name} is {type(a).__name__}")
-    check_qkv(q, k, v, mask)                      # shapes: the same checks as every backend
-    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"numba attention supports float32 or float64 with one dtype for q, k, v; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
+    check_kernel_inputs(q, k, v, mask, dropout_p, "numba")   # shapes, dtype, dropout: shared checks
 
 
 def _key_bias(mask, B, T, dtype):

@@ -76,6 +76,27 @@ def test_loss_logits_and_every_gradient_match_hugging_face(hf_folder, dtype, tol
 
 
 @requires_transformers
+def test_the_comparison_rejects_a_planted_bug(hf_folder, monkeypatch):
+    """The same comparison fails when one backward is wrong (LayerNorm without its mean term)."""
+    from bert_from_scratch import layers, model as model_module
+
+    def layernorm_backward_missing_mean(dy, cache):
+        xhat, rstd, gamma = cache
+        dx, dgamma, dbeta = layers.layernorm_backward(dy, cache)
+        dxhat = dy * gamma
+        return dx + dxhat.mean(axis=-1, keepdims=True) * rstd, dgamma, dbeta     # BUG: mean term undone
+    monkeypatch.setattr(model_module, "layernorm_backward", layernorm_backward_missing_mean)
+    folder, hf_model = hf_folder
+    ours = BertForPreTraining.from_pretrained(folder, dtype=np.float64)
+    batch = tiny_batch()
+    ours.forward(*batch)
+    grads = ours.backward()
+    _, their_grads = torch_step(hf_model, "float64", batch)
+    worst = max(rel_err(grads[n], g, floor=1e-2) for n, g in their_grads.items())
+    assert worst > 1e-3
+
+
+@requires_transformers
 def test_all_position_logits_and_hidden_states_match(hf_folder):
     folder, hf_model = hf_folder
     ours = BertForPreTraining.from_pretrained(folder, dtype=np.float64)

@@ -42,6 +42,12 @@ DEFAULT_BACKENDS = ("numpy", "numba", "torch", "cupy")
 DEFAULT_SHAPES = ((8, 12, 128, 64), (2, 12, 512, 64), (1, 12, 2048, 64))
 PASSES = ("forward", "forward+backward")
 
+#: pause before each backend: OpenBLAS's and OpenMP's worker threads busy-wait for a while after
+#: their last task, and on a 2-core machine a spinning pool of the previous backend halves the
+#: next one's speed (measured: Numba's fwd+bwd at T=128 took 16-18 ms right after NumPy's runs,
+#: 9.5 ms alone)
+QUIET_S = 0.5
+
 
 def attention_flops(shape, which: str) -> float:
     B, H, T, d = shape
@@ -214,6 +220,7 @@ def run(backends=DEFAULT_BACKENDS, shapes=DEFAULT_SHAPES, repeats=5, out_json=No
                     continue
                 fn = _make_runs(backend, arrays)[which]
                 timer = _time_cuda if backend.startswith("cupy") else _time_cpu
+                time.sleep(QUIET_S)                            # let the last backend's threads idle
                 timer(fn, 1)                                   # warm-up / compile
                 times = timer(fn, repeats)
                 peak, method = _peak_extra_mb(backend, fn)

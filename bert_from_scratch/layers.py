@@ -57,7 +57,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def gelu_forward(x):
     """Exact (erf) GELU, as BERT and Hugging Face's ``hidden_act="gelu"``."""
-    if _use_fused(x):
+    if _use_fused(x):   # one parallel pass (kernels/numba_elementwise.py), same formula
         import numpy as np
         y, cdf = np.empty_like(x), np.empty_like(x)
         _fused.gelu_forward_kernel(x.reshape(-1), y.reshape(-1), cdf.reshape(-1))
@@ -69,6 +69,11 @@ def gelu_forward(x):
 def gelu_backward(dy, cache):
     """d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)."""
     x, cdf = cache
+    if _use_fused(dy, x, cdf) and dy.dtype == x.dtype:
+        import numpy as np
+        dx = np.empty_like(x)
+        _fused.gelu_backward_kernel(dy.reshape(-1), x.reshape(-1), cdf.reshape(-1), dx.reshape(-1), _fused.BUG_NONE)
+        return dx
     xp = get_array_module(x)
     pdf = xp.exp(-0.5 * x * x) * x.dtype.type(_INV_SQRT_2PI)
     return dy * (cdf + x * pdf)
@@ -79,6 +84,14 @@ def gelu_backward(dy, cache):
 # ---------------------------------------------------------------------------------------
 def layernorm_forward(x, gamma, beta, eps=1e-12):
     """x: (N..., C) -> y: (N..., C). Biased variance, as torch and TensorFlow."""
+    if _use_fused(x, gamma, beta) and x.dtype == gamma.dtype == beta.dtype:
+        import numpy as np
+        C = x.shape[-1]
+        y, xhat = np.empty_like(x), np.empty_like(x)
+        rstd = np.empty(x.shape[:-1] + (1,), x.dtype)
+        _fused.layernorm_forward_kernel(x.reshape(-1, C), gamma, beta, eps, y.reshape(-1, C),
+                                        xhat.reshape(-1, C), rstd.reshape(-1))
+        return y, (xhat, rstd, gamma)
     mean = x.mean(axis=-1, keepdims=True)                # (N..., 1)
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)         # (N..., 1)
@@ -95,6 +108,14 @@ def layernorm_backward(dy, cache):
     """
     xhat, rstd, gamma = cache
     C = xhat.shape[-1]
+    if _use_fused(dy, xhat, rstd, gamma) and dy.dtype == xhat.dtype:
+        import numpy as np
+        n_rows = xhat.size // C
+        parts = np.empty((2, _fused.layernorm_backward_tasks(n_rows), C), dy.dtype)
+        dx = np.empty_like(dy)
+        _fused.layernorm_backward_kernel(dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1), gamma,
+                                         dx.reshape(-1, C), parts[0], parts[1], _fused.BUG_NONE)
+        return dx, parts[0].sum(axis=0), parts[1].sum(axis=0)
     dgamma = (dy * xhat).reshape(-1, C).sum(axis=0)      # (C,)
     dbeta = dy.reshape(-1, C).sum(axis=0)                # (C,)
     dxhat = dy * gamma                                   # (N..., C)
@@ -107,21 +128,44 @@ def layernorm_backward(dy, cache):
 # Dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 # ---------------------------------------------------------------------------------------
 def dropout_forward(x, p, rng, training=True):
-    """Inverted dropout. ``rng`` is a ``numpy.random.Generator``: it draws a seed, so the
-    same model seed gives the same masks on NumPy; on CuPy the mask is drawn on the GPU."""
+    """Inverted dropout with a counter-hash mask, as the attention core's dropout.
+
+    ``rng`` (a ``numpy.random.Generator``) draws one 32-bit seed per call; element ``i`` of the
+    flattened ``x`` is kept when ``mix32(mix32(seed ^ GOLDEN) ^ i) >> 8 >= round(p * 2**24)``.
+    The mask is a function of (seed, index) only, so NumPy, the fused Numba kernel and CuPy make
+    the same mask, and the fused kernel's backward regenerates it instead of storing it.
+    """
     if not training or p == 0.0:
         return x, None
-    xp = get_array_module(x)
-    seed = int(rng.integers(0, 2**63 - 1))
-    gen = xp.random.default_rng(seed)
-    keep = gen.random(x.shape, dtype=x.dtype) >= x.dtype.type(p)
+    from .attention import GOLDEN, dropout_threshold, mix32
+
+    seed = int(rng.integers(0, 2**32))
+    threshold = dropout_threshold(p)
     scale = x.dtype.type(1.0 / (1.0 - p))
+    if _use_fused(x):   # one parallel pass, no mask in memory (kernels/numba_elementwise.py)
+        import numpy as np
+        y = np.empty_like(x)
+        seed_h = _fused.dropout_seed_hash(seed)
+        _fused.dropout_kernel(x.reshape(-1), seed_h, threshold, scale, y.reshape(-1))
+        return y, ("hash", seed_h, threshold, scale)
+    xp = get_array_module(x)
+    seed_h = mix32(xp.asarray([seed ^ GOLDEN], dtype=xp.uint32), xp)               # (1,)
+    index = xp.arange(x.size, dtype=xp.uint32).reshape(x.shape)
+    keep = (mix32(index ^ seed_h[0], xp) >> xp.uint32(8)) >= xp.uint32(threshold)  # (N...,) bool
     return x * keep * scale, (keep, scale)
 
 
 def dropout_backward(dy, cache):
+    """dx = dy * keep / (1 - p), with the forward's mask (regenerated from its seed when fused)."""
     if cache is None:
         return dy
+    if isinstance(cache[0], str):        # ("hash", seed_h, threshold, scale): the fused kernel's
+        import numpy as np
+        _, seed_h, threshold, scale = cache
+        dy = np.ascontiguousarray(dy)
+        dx = np.empty_like(dy)
+        _fused.dropout_kernel(dy.reshape(-1), seed_h, threshold, scale, dx.reshape(-1))
+        return dx
     keep, scale = cache
     return dy * keep * scale
 
@@ -200,6 +244,9 @@ def scatter_add_rows(target, rows, values):
         import cupyx  # type: ignore
 
         cupyx.scatter_add(target, rows, values)
+    elif _use_fused(target, values) and target.dtype == values.dtype and target.ndim == values.ndim == 2:
+        import numpy as np
+        _fused.scatter_add_rows_kernel(target, np.ascontiguousarray(rows, dtype=np.int64), values)
     else:
         import numpy as np
 

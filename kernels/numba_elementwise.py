@@ -1,12 +1,26 @@
-"""Fused Numba kernels for the elementwise work around the matmuls (today: the exact GELU forward).
+"""Fused Numba kernels for the elementwise work around the matmuls: GELU, LayerNorm, embedding scatter-add.
 
 NumPy runs elementwise ops on one core and writes a temporary array per operation; these kernels
-make one parallel pass instead. Only what measured faster is here: without Intel's SVML, Numba
-does not vectorise ``exp``, so NumPy's SIMD ``exp`` wins for the GELU backward and the
-cross-entropy (measured on (4096, 1024) and (4096, 30522) float32: GELU forward 23 ms fused vs
-55 ms NumPy + SciPy erf; GELU backward 15 vs 8 ms; cross-entropy 243 vs 170 ms). They compute exactly what the NumPy code in
-``bert_from_scratch/layers.py`` computes (that code stays the readable reference, and is what
-runs on CuPy): ``layers.py`` calls them for contiguous float NumPy arrays when Numba is installed.
+make one parallel pass instead. They compute what the NumPy code in ``bert_from_scratch/layers.py``
+computes (that code stays the readable reference, and is what runs on CuPy); ``layers.py`` calls
+them for contiguous float32/float64 NumPy arrays when Numba is installed, and
+``tests/test_layers.py`` checks every one against the reference and shows a planted bug is caught.
+
+Numba has no vectorised ``erf`` or ``exp`` without Intel's SVML, and ``math.erf`` is a libm call
+per element (~8 ns). So in float32 the GELU uses two vectorisable pieces written out here:
+
+- ``erf`` by the odd/even rational approximation ``erf(x) ~ x P(x^2) / Q(x^2)`` on ``[-4, 4]``
+  (clamped outside, where float32 erf is +-1), the approximation TensorFlow's and Eigen's float32
+  ``erf`` use. Measured against ``math.erf`` on a 2-million-point grid over ``[-8, 8]``: max absolute
+  error 4.4e-7, i.e. a few float32 ulps (``tests/test_layers.py`` asserts < 1e-6). This is still the
+  exact (erf) GELU to float32 precision: the tanh approximation differs by up to 1e-3.
+- ``exp`` for ``phi(x) = exp(-x^2/2)/sqrt(2 pi)`` in the backward: the range-reduction + polynomial
+  ``_exp_inplace`` of the attention kernel (error ~1 ulp).
+
+float64 (the gradient checks) keeps ``math.erf`` / ``math.exp``: bit-for-bit the reference formula.
+
+Measured on the 2-vCPU VM, (8192, 512) float32 (the tiny model's FFN at B=128, T=64), median of 20:
+see ``python -m bert_from_scratch.bench_train --elementwise`` for the table.
 """
 from __future__ import annotations
 
@@ -14,18 +28,220 @@ import math
 
 import numba
 import numpy as np
+from numba import njit, prange
+
+from .numba_attention import FASTMATH, _exp_inplace, mix32, seed_hash
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
+#: elements per parallel chunk (16 KiB of float32: the chunk and its scratch stay in L1)
+CHUNK = 4096
 
-@numba.njit(parallel=True, cache=True)
+# erf(x) ~ x * P(x^2) / Q(x^2) on [-4, 4]: numerator (odd) and denominator (even) coefficients
+_ERF_P = (-1.60960333262415e-02, -2.95459980854025e-03, -7.34990630326855e-04, -5.69250639462346e-05,
+          -2.10102402082508e-06, 2.77068142495902e-08, -2.72614225801306e-10)
+_ERF_Q = (-1.42647390514189e-02, -7.37332916720468e-03, -1.68282697438203e-03, -2.13374055278905e-04,
+          -1.45660718464996e-05)
+P0, P1, P2, P3, P4, P5, P6 = (np.float32(c) for c in _ERF_P)
+Q0, Q1, Q2, Q3, Q4 = (np.float32(c) for c in _ERF_Q)
+
+#: planted bugs, for tests that prove the comparison with the reference rejects a wrong kernel
+BUG_NONE = 0
+BUG_GELU_NO_PDF_TERM = 1       # GELU backward forgets the x * phi(x) term: d/dx = Phi(x) only
+BUG_LAYERNORM_NO_MEAN_TERM = 2  # LayerNorm backward forgets the mean(dxhat) term
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def erf_f32(x):
+    """float32 erf by the rational approximation above (vectorisable: no calls, no branches)."""
+    x = min(max(x, np.float32(-4.0)), np.float32(4.0))
+    x2 = x * x
+    p = P6
+    p = p * x2 + P5
+    p = p * x2 + P4
+    p = p * x2 + P3
+    p = p * x2 + P2
+    p = p * x2 + P1
+    p = p * x2 + P0
+    q = Q4
+    q = q * x2 + Q3
+    q = q * x2 + Q2
+    q = q * x2 + Q1
+    q = q * x2 + Q0
+    return x * p / q
+
+
+def erf_float32(x):
+    """``erf`` of a float32 array with the kernel's approximation (for tests and readers)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty_like(x)
+    _erf_kernel(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _erf_kernel(x, out):
+    for i in prange(x.size):
+        out[i] = erf_f32(x[i])
+
+
+# ---------------------------------------------------------------------------------------
+# GELU:  y = x Phi(x),  dy/dx = Phi(x) + x phi(x)
+# ---------------------------------------------------------------------------------------
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
 def gelu_forward_kernel(x, out, cdf):
-    """out = x * Phi(x), cdf = Phi(x) = 0.5 (1 + erf(x / sqrt 2)); flat arrays."""
-    for i in numba.prange(x.size):
-        c = 0.5 * (1.0 + math.erf(x[i] * _INV_SQRT2))
-        cdf[i] = c
-        out[i] = x[i] * c
+    """out = x * Phi(x), cdf = Phi(x) = 0.5 (1 + erf(x / sqrt 2)); flat arrays of one dtype."""
+    n = x.size
+    if x.itemsize == 4:
+        half = np.float32(0.5)
+        inv_sqrt2 = np.float32(_INV_SQRT2)
+        for c in prange((n + CHUNK - 1) // CHUNK):
+            start = c * CHUNK
+            stop = min(n, start + CHUNK)
+            # slice first, then index with the loop variable: a computed index (x[start + i])
+            # brings Numba's negative-index check, which stops LLVM's vectoriser
+            xs, cdfs, outs = x[start:stop], cdf[start:stop], out[start:stop]
+            for i in range(stop - start):
+                phi_cdf = half + half * erf_f32(xs[i] * inv_sqrt2)
+                cdfs[i] = phi_cdf
+                outs[i] = xs[i] * phi_cdf
+    else:
+        for i in prange(n):
+            phi_cdf = 0.5 * (1.0 + math.erf(x[i] * _INV_SQRT2))
+            cdf[i] = phi_cdf
+            out[i] = x[i] * phi_cdf
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def gelu_backward_kernel(dy, x, cdf, dx, planted_bug):
+    """dx = dy * (Phi(x) + x phi(x)), phi(x) = exp(-x^2 / 2) / sqrt(2 pi); flat arrays."""
+    n = x.size
+    dt = x.dtype
+    inv_sqrt_2pi = dt.type(_INV_SQRT_2PI)
+    pdf_weight = dt.type(0.0) if planted_bug == BUG_GELU_NO_PDF_TERM else dt.type(1.0)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        start = c * CHUNK
+        stop = min(n, start + CHUNK)
+        pdf = np.empty(stop - start, dt)            # exp(-x^2/2) of this chunk, vectorised
+        pow2 = np.empty(stop - start, dt)           # scratch for _exp_inplace
+        xs = x[start:stop]
+        for i in range(stop - start):
+            pdf[i] = dt.type(-0.5) * xs[i] * xs[i]
+        _exp_inplace(pdf, pow2)
+        dys, cdfs, dxs = dy[start:stop], cdf[start:stop], dx[start:stop]
+        for i in range(stop - start):
+            dxs[i] = dys[i] * (cdfs[i] + pdf_weight * xs[i] * pdf[i] * inv_sqrt_2pi)
+
+
+# ---------------------------------------------------------------------------------------
+# LayerNorm over the last axis of a (N, C) array
+# ---------------------------------------------------------------------------------------
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def layernorm_forward_kernel(x, gamma, beta, eps, y, xhat, rstd):
+    """x, y, xhat: (N, C); gamma, beta: (C,); rstd: (N,). Two passes per row (mean, then variance
+    of the centred row: the same numerics as the reference, no E[x^2] - E[x]^2 cancellation)."""
+    N, C = x.shape
+    dt = x.dtype
+    eps = dt.type(eps)
+    inv_c = dt.type(1.0 / C)
+    for r in prange(N):
+        row, xh, out = x[r], xhat[r], y[r]
+        mean = dt.type(0.0)
+        for c in range(C):
+            mean += row[c]
+        mean *= inv_c
+        var = dt.type(0.0)
+        for c in range(C):
+            centred = row[c] - mean
+            xh[c] = centred
+            var += centred * centred
+        var *= inv_c
+        inv_std = dt.type(1.0) / np.sqrt(var + eps)
+        rstd[r] = inv_std
+        for c in range(C):
+            xh[c] *= inv_std
+            out[c] = xh[c] * gamma[c] + beta[c]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=True)
+def layernorm_backward_kernel(dy, xhat, rstd, gamma, dx, dgamma_parts, dbeta_parts, planted_bug):
+    """dx = rstd (dxhat - mean(dxhat) - xhat mean(dxhat xhat)), dxhat = dy gamma; (N, C) arrays.
+
+    dgamma = sum_rows dy xhat and dbeta = sum_rows dy are reduced over rows: each parallel task
+    sums its own block of rows into its own row of ``*_parts`` (n_tasks, C), added up by the caller
+    (no two threads write the same memory)."""
+    N, C = dy.shape
+    dt = dy.dtype
+    inv_c = dt.type(1.0 / C)
+    n_tasks = dgamma_parts.shape[0]
+    rows_per_task = (N + n_tasks - 1) // n_tasks
+    mean_weight = dt.type(0.0) if planted_bug == BUG_LAYERNORM_NO_MEAN_TERM else dt.type(1.0)
+    for t in prange(n_tasks):
+        dg, db = dgamma_parts[t], dbeta_parts[t]
+        for c in range(C):
+            dg[c] = 0.0
+            db[c] = 0.0
+        for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
+            g, xh, d = dy[r], xhat[r], dx[r]
+            sum_dxhat = dt.type(0.0)
+            sum_dxhat_xhat = dt.type(0.0)
+            for c in range(C):
+                dxhat = g[c] * gamma[c]
+                sum_dxhat += dxhat
+                sum_dxhat_xhat += dxhat * xh[c]
+                dg[c] += g[c] * xh[c]
+                db[c] += g[c]
+            mean_dxhat = mean_weight * sum_dxhat * inv_c
+            mean_dxhat_xhat = sum_dxhat_xhat * inv_c
+            inv_std = rstd[r]
+            for c in range(C):
+                d[c] = (g[c] * gamma[c] - mean_dxhat - xh[c] * mean_dxhat_xhat) * inv_std
+
+
+def layernorm_backward_tasks(n_rows: int) -> int:
+    """How many row blocks the backward splits into: a few per thread, at least 64 rows each."""
+    return max(1, min(4 * numba.get_num_threads(), n_rows // 64))
+
+
+# ---------------------------------------------------------------------------------------
+# Dropout: y = x * keep / (1 - p), keep_i = mix32(mix32(seed ^ GOLDEN) ^ i) >> 8 >= threshold
+# ---------------------------------------------------------------------------------------
+def dropout_seed_hash(seed: int) -> int:
+    """``mix32(seed ^ GOLDEN)``, the per-call part of the hash (as the attention kernel's)."""
+    return seed_hash(seed)
+
+
+@njit(parallel=True, cache=True)
+def dropout_kernel(x, seed_h, threshold, scale, y):
+    """y = x * keep * scale on flat arrays; the same kernel is the forward (x) and the backward (dy):
+    the mask is recomputed from (seed, index), never stored."""
+    n = x.size
+    dt = x.dtype
+    scale = dt.type(scale)
+    zero = dt.type(0.0)
+    for c in prange((n + CHUNK - 1) // CHUNK):
+        start = c * CHUNK
+        stop = min(n, start + CHUNK)
+        xs, ys = x[start:stop], y[start:stop]
+        for i in range(stop - start):
+            keep = (mix32(seed_h ^ (start + i)) >> 8) >= threshold
+            ys[i] = xs[i] * scale if keep else zero
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding backward: dW[ids[i]] += dy[i]
+# ---------------------------------------------------------------------------------------
+@njit(cache=True)
+def scatter_add_rows_kernel(target, rows, values):
+    """target[rows[i], :] += values[i, :] for every i, repeats accumulated (one thread: the rows
+    of a batch repeat, so parallel writers would race; this is ~1 ns per element already)."""
+    C = target.shape[1]
+    for i in range(rows.shape[0]):
+        dst = target[rows[i]]
+        src = values[i]
+        for c in range(C):
+            dst[c] += src[c]
 
 
 def usable(*arrays) -> bool:

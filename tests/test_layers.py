@@ -210,19 +210,84 @@ def test_gradcheck_validates_its_arguments(rng):
         gc(lambda: float(x.sum()), {"x": x}, {"x": np.ones(4)})
 
 
-@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-13), (np.float32, 2e-6)])
+def _all_fused_paths(x, dy, gamma, beta, ids, table):
+    """Run GELU, LayerNorm (forward and backward) and the embedding scatter-add; return every output."""
+    y, c = layers.gelu_forward(x)
+    dx = layers.gelu_backward(dy, c)
+    h = x[..., :16]
+    yl, cl = layers.layernorm_forward(h, gamma, beta)
+    dxl, dgamma, dbeta = layers.layernorm_backward(np.ascontiguousarray(dy[..., :16]), cl)
+    target = table.copy()
+    layers.scatter_add_rows(target, ids, np.ascontiguousarray(dy[:len(ids), :16]))
+    yd, cd = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
+    dxd = layers.dropout_backward(dy, cd)
+    return {"gelu": y, "gelu.cdf": c[1], "gelu.dx": dx, "ln": yl, "ln.xhat": cl[0], "ln.rstd": cl[1],
+            "ln.dx": dxl, "ln.dgamma": dgamma, "ln.dbeta": dbeta, "scatter": target,
+            "dropout": yd, "dropout.dx": dxd}
+
+
+def _fused_inputs(dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = (rng.normal(size=(9000, 33)) * 3).astype(dtype)          # > one 4096-element chunk, odd sizes
+    dy = rng.normal(size=(9000, 33)).astype(dtype)
+    gamma = rng.normal(size=16).astype(dtype)
+    beta = rng.normal(size=16).astype(dtype)
+    ids = rng.integers(0, 5, size=40)                              # repeated rows must accumulate
+    table = rng.normal(size=(5, 16)).astype(dtype)
+    return x, dy, gamma, beta, ids, table
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
 def test_fused_numba_kernels_equal_the_numpy_reference(monkeypatch, dtype, tol):
-    """The GELU forward runs through a fused Numba kernel on NumPy arrays; the NumPy code is the reference."""
+    """GELU, LayerNorm, dropout and the embedding backward run through fused Numba kernels on NumPy
+    arrays (kernels/numba_elementwise.py); the NumPy code in layers.py is the reference. Dropout's
+    hash mask must be bit-identical (its backward regenerates it from the seed)."""
     assert layers._fused is not None, "numba is a dependency: the fused path must be active"
-    rng = np.random.default_rng(0)
-    x = (rng.normal(size=(7, 33)) * 3).astype(dtype)
-    dy = rng.normal(size=(7, 33)).astype(dtype)
-    fused = []
-    for use in (True, False):
-        if not use:
-            monkeypatch.setattr(layers, "_fused", None)
-        y, c = layers.gelu_forward(x)
-        fused.append((y, c[1], layers.gelu_backward(dy, c)))
-    for a, b in zip(*fused):
-        assert a.dtype == dtype
-        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    inputs = _fused_inputs(dtype)
+    fused = _all_fused_paths(*inputs)
+    monkeypatch.setattr(layers, "_fused", None)
+    reference = _all_fused_paths(*inputs)
+    np.testing.assert_array_equal(fused["dropout"] == 0, reference["dropout"] == 0)
+    np.testing.assert_array_equal(fused["dropout.dx"] == 0, fused["dropout"] == 0)
+    for name in reference:
+        assert fused[name].dtype == dtype, name
+        # dgamma, dbeta sum 9000 rows: in float32 the summation order alone moves them by ~1e-5 relative
+        scale = np.abs(reference[name]).max() if name in ("ln.dgamma", "ln.dbeta") else 1.0
+        np.testing.assert_allclose(fused[name], reference[name], rtol=tol, atol=tol * 10 * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("bug, output", [("BUG_GELU_NO_PDF_TERM", "gelu.dx"),
+                                         ("BUG_LAYERNORM_NO_MEAN_TERM", "ln.dx")])
+def test_fused_kernel_comparison_rejects_a_planted_bug(monkeypatch, bug, output):
+    """The comparison above must fail for a fused backward that drops a term."""
+    from bert_from_scratch.kernels import numba_elementwise as fused_kernels
+    inputs = _fused_inputs(np.float64)
+    reference = _all_fused_paths(*inputs)
+    wrong = getattr(fused_kernels, bug)
+    for name in ("gelu_backward_kernel", "layernorm_backward_kernel"):
+        kernel = getattr(fused_kernels, name)
+        monkeypatch.setattr(fused_kernels, name, lambda *a, _k=kernel: _k(*a[:-1], wrong))
+    broken = _all_fused_paths(*inputs)
+    assert not np.allclose(broken[output], reference[output], rtol=1e-6, atol=1e-6)
+    for name in reference:                                         # and nothing else changed
+        if name != output:
+            np.testing.assert_allclose(broken[name], reference[name], rtol=1e-12, atol=1e-12)
+
+
+def test_float32_erf_is_exact_to_float32_precision():
+    """The float32 GELU uses a rational erf (vectorisable); it must agree with math.erf to a few ulps,
+    far closer than the tanh approximation (which the gradient checks must reject)."""
+    import math
+    from bert_from_scratch.kernels import numba_elementwise as fused_kernels
+    x = np.linspace(-8, 8, 400_001)
+    exact = np.array([math.erf(v) for v in x])
+    approx = fused_kernels.erf_float32(x).astype(np.float64)
+    assert np.abs(approx - exact).max() < 1e-6
+    assert approx[0] == -1.0 and approx[-1] == 1.0
+    gelu32 = layers.gelu_forward(x.astype(np.float32))[0].astype(np.float64)
+    gelu_exact = x * 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
+    tanh_gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    err = np.abs(gelu32 - gelu_exact) / np.maximum(1.0, np.abs(x))
+    assert err.max() < 2e-6
+    assert np.abs(tanh_gelu - gelu_exact).max() > 1e-4                 # what "exact" rules out
+

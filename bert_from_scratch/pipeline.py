@@ -81,7 +81,21 @@ def baselines(train: dict, eval_: dict) -> dict:
     return {"mlm_most_frequent_token": most_frequent,
             "mlm_most_frequent_accuracy": float((eval_targets == most_frequent).mean()),
             "nsp_chance_accuracy": 0.5,
-            "nsp_majority_accuracy": float((eval_["next_sentence_labels"] == nsp_major).mean())}
+            "nsp_majority_accuracy": float((eval_["next_sentence_labels"] == nsp_major).mean()),
+            "n_eval_masked_tokens": int(eval_targets.size),
+            "n_eval_sequences": int(len(eval_["next_sentence_labels"]))}
+
+
+def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% (z=1.96) Wilson score interval of an accuracy measured on ``n`` independent examples.
+
+    The held-out set is small (about a thousand NSP pairs by default), so the report shows how far
+    the model's accuracy could move by chance next to the baselines it is compared with."""
+    if n <= 0:
+        return (0.0, 1.0)
+    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
 def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -> BertConfig:
@@ -98,7 +112,7 @@ def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -
     return BertConfig(**kw)
 
 
-def run_pretraining(corpus="bbc", out="runs/pretrain", steps=900, batch_size=128, lr=2e-3, warmup=None,
+def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=2e-3, warmup=None,
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, attention_backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True):
@@ -119,6 +133,8 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=900, batch_size=128
     base = baselines(data.train, data.eval)
     report = {"steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,
+              "held_out_mlm_accuracy_95ci": wilson_interval(result.mlm_accuracy, base["n_eval_masked_tokens"]),
+              "held_out_nsp_accuracy_95ci": wilson_interval(result.nsp_accuracy, base["n_eval_sequences"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged}

@@ -29,6 +29,21 @@ def test_pretrain_end_to_end_writes_a_checkpoint_and_report(tiny_run, capsys):
     assert report["steps"] == 6
     assert 0 <= report["held_out_mlm_accuracy"] <= 1 and 0 <= report["held_out_nsp_accuracy"] <= 1
     assert report["nsp_chance_accuracy"] == 0.5 and 0 < report["mlm_most_frequent_accuracy"] < 0.5
+    for name in ("mlm", "nsp"):                  # the 95% interval brackets the measured accuracy
+        lo, hi = report[f"held_out_{name}_accuracy_95ci"]
+        assert 0 <= lo <= report[f"held_out_{name}_accuracy"] <= hi <= 1 and hi - lo > 0.01
+    assert report["n_eval_sequences"] > 0 and report["n_eval_masked_tokens"] > report["n_eval_sequences"]
+
+
+def test_wilson_interval_known_values():
+    from bert_from_scratch.pipeline import wilson_interval
+    lo, hi = wilson_interval(0.5, 100)
+    assert abs(lo - 0.4038) < 1e-4 and abs(hi - 0.5962) < 1e-4            # the textbook value
+    lo, hi = wilson_interval(0.0, 10)
+    assert lo == 0.0 and abs(hi - 0.2775) < 1e-4                           # no zero-width interval at 0
+    narrow = wilson_interval(0.644, 10_000)
+    wide = wilson_interval(0.644, 1_000)
+    assert wide[0] < narrow[0] < 0.644 < narrow[1] < wide[1]
 
 
 def test_fill_mask_prints_top_predictions(tiny_run, capsys):

@@ -95,6 +95,15 @@ def test_cuda_dropout_mask_is_identical_to_numpy_and_numba(cp, ca, dropout_p):
     np.testing.assert_array_equal(numba_out * (1 - dropout_p) * T > 0.5, numpy_mask)
 
 
+def test_hidden_dropout_mask_is_identical_on_cupy_and_numpy(cp):
+    from bert_from_scratch import layers
+    x = np.random.default_rng(1).normal(size=(4, 33, 17))
+    y_cpu, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(9))
+    y_gpu, _ = layers.dropout_forward(cp.asarray(x), 0.1, np.random.default_rng(9))
+    np.testing.assert_array_equal(cp.asnumpy(y_gpu) == 0, y_cpu == 0)
+    np.testing.assert_allclose(cp.asnumpy(y_gpu), y_cpu, rtol=1e-15)
+
+
 def test_plain_cupy_reference_matches_numpy(cp):
     rng = np.random.default_rng(5)
     q, k, v, dout, mask = random_inputs(rng, 2, 2, 70, 32, np.float64)
@@ -114,14 +123,15 @@ def test_comparison_rejects_planted_cuda_bugs(cp, ca, bug, dropout_p):
 
 
 def test_tiny_model_trains_identically_on_gpu(cp):
-    """Three SGD steps of a tiny BertForPreTraining (float64, attention dropout on, hidden dropout
-    off -- hidden dropout draws its mask on the GPU) give the same losses on the GPU as on the CPU."""
+    """Three SGD steps of a tiny BertForPreTraining (float64, attention and hidden dropout on: both
+    draw their masks from the same counter hash on every backend) give the same losses on the GPU
+    as on the CPU."""
     model_module = pytest.importorskip("bert_from_scratch.model")
     from bert_from_scratch.config import BertConfig
 
     def make(backend):
         cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.0,
+                         intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.1,
                          attention_probs_dropout_prob=0.1, attention_backend=backend)
         return model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64)
 

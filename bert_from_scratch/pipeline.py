@@ -98,6 +98,18 @@ def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, fl
     return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
+def auc_interval(auc, labels, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of a ROC AUC (Hanley & McNeil 1982 standard error) on ``labels``."""
+    if auc is None or not np.isfinite(auc):
+        return (float("nan"), float("nan"))
+    labels = np.asarray(labels)
+    n_pos, n_neg = int((labels == 1).sum()), int((labels != 1).sum())
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
+    half = z * float(np.sqrt(max(var, 0.0)))
+    return (max(0.0, auc - half), min(1.0, auc + half))
+
+
 def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -> BertConfig:
     sizes = {
         "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -135,6 +147,8 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,
               "held_out_mlm_accuracy_95ci": wilson_interval(result.mlm_accuracy, base["n_eval_masked_tokens"]),
               "held_out_nsp_accuracy_95ci": wilson_interval(result.nsp_accuracy, base["n_eval_sequences"]),
+              "held_out_nsp_auc": result.nsp_auc,
+              "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, data.eval["next_sentence_labels"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged}

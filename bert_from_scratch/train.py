@@ -44,7 +44,7 @@ import numpy as np
 
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_safetensors, load_state_dict
 from .optim import AdamW, clip_grad_norm, linear_warmup_decay
-from .xp import get_array_module
+from .xp import get_array_module, to_numpy
 
 CHECKPOINT_DIR = "checkpoint"
 OPTIMIZER_NAME = "optimizer.safetensors"
@@ -76,6 +76,7 @@ class TrainResult:
     evals: list = field(default_factory=list)
     mlm_accuracy: float | None = None
     nsp_accuracy: float | None = None
+    nsp_auc: float | None = None
     eval_loss: float | None = None
     diverged: bool = False
     message: str = ""
@@ -197,6 +198,7 @@ def evaluate(model, arrays: dict, batch_size: int = 32) -> dict:
     xp = model.xp
     mlm_correct = mlm_count = nsp_correct = 0
     mlm_loss_sum = nsp_loss_sum = 0.0
+    nsp_scores = []                                    # logit margin for "random next", per sequence
     for start in range(0, n, batch_size):
         batch = take_batch(arrays, slice(start, start + batch_size), xp)
         out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
@@ -207,11 +209,40 @@ def evaluate(model, arrays: dict, batch_size: int = 32) -> dict:
         if mn:
             mlm_loss_sum += out.mlm_loss * mn
         nsp_loss_sum += out.nsp_loss * nn
+        logits = out.seq_relationship_logits
+        nsp_scores.append(to_numpy(logits[:, 1] - logits[:, 0]))
     mlm_loss = mlm_loss_sum / mlm_count if mlm_count else float("nan")
     nsp_loss = nsp_loss_sum / n
     return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
             "mlm_accuracy": mlm_correct / mlm_count if mlm_count else float("nan"),
-            "nsp_accuracy": nsp_correct / n}
+            "nsp_accuracy": nsp_correct / n,
+            "nsp_auc": roc_auc(np.concatenate(nsp_scores), to_numpy(arrays["next_sentence_labels"][:n]))}
+
+
+def roc_auc(scores, labels) -> float:
+    """Area under the ROC curve: the probability that a random positive (label 1) scores above a random
+    negative, ties counting one half (the Mann-Whitney U statistic over n_pos * n_neg).
+
+    NSP's held-out accuracy has to be read against the majority class (the recipe makes more random-next
+    pairs than true ones); the AUC does not depend on the class balance or on a threshold: 0.5 is no
+    signal whatever the balance, 1.0 a perfect ranking. NaN when one class is missing."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    n_pos = int((labels == 1).sum())
+    n_neg = int(labels.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size, dtype=np.float64)
+    sorted_scores = scores[order]
+    # average ranks (1-based) over runs of tied scores
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate(([0], boundaries))
+    ends = np.concatenate((boundaries, [scores.size]))
+    for a, b in zip(starts, ends):
+        ranks[order[a:b]] = (a + b + 1) / 2.0
+    u = ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
 
 
 # ======================================================================================
@@ -469,6 +500,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         last = history["evals"][-1]
         result.mlm_accuracy, result.nsp_accuracy, result.eval_loss = (last["mlm_accuracy"], last["nsp_accuracy"],
                                                                       last["loss"])
+        result.nsp_auc = last.get("nsp_auc")
     result.checkpoint_dir = out_dir / CHECKPOINT_DIR if last_saved is not None else None
     result.tokens_per_second = tokens_seen / time_spent if time_spent else 0.0
     if plot and history["loss"]:

@@ -287,6 +287,31 @@ def test_evaluate_counts_exactly_and_does_not_depend_on_batch_size():
     assert (np.argmax(out.prediction_logits, -1) == column_major_target).sum() != mc
 
 
+def test_roc_auc_equals_the_pairwise_definition():
+    from bert_from_scratch.train import roc_auc
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0             # perfect ranking
+    assert roc_auc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0             # reversed
+    assert roc_auc([0.5] * 6, [0, 1, 0, 1, 1, 0]) == 0.5                   # all tied: no signal
+    assert np.isnan(roc_auc([0.3, 0.4], [1, 1]))                           # one class only
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 7, 300).astype(float)                        # many ties
+    labels = (rng.random(300) < 0.4 + 0.05 * scores).astype(int)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairwise = ((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])).mean()
+    assert abs(roc_auc(scores, labels) - pairwise) < 1e-12
+    assert abs(roc_auc(scores, 1 - labels) - (1 - pairwise)) < 1e-12
+
+
+def test_evaluate_reports_the_nsp_auc_of_the_logit_margin():
+    model = BertForPreTraining(tiny_config(), seed=3)
+    out = model.forward(EVAL["input_ids"], EVAL["token_type_ids"], EVAL["attention_mask"])
+    margin = out.seq_relationship_logits[:, 1] - out.seq_relationship_logits[:, 0]
+    arrays = dict(EVAL, next_sentence_labels=(margin > np.median(margin)).astype(np.int64))
+    assert evaluate(model, arrays, batch_size=5)["nsp_auc"] == 1.0         # labels that follow the margin
+    arrays["next_sentence_labels"] = 1 - arrays["next_sentence_labels"]
+    assert evaluate(model, arrays, batch_size=5)["nsp_auc"] == 0.0
+
+
 def test_training_lowers_the_loss_on_a_learnable_task(tmp_path):
     """A tiny corpus seen many times: the loss must fall (the optimizer and the model work together)."""
     small = random_arrays(8, 7)

@@ -42,7 +42,7 @@ def add_pretrain_arguments(p):
     p.add_argument("--batch-size", type=int, default=128,
                    help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
     p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
     p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small", "base"],
                    help="tiny: 2x128 (default), mini: 4x256, small: 4x512, base: 12x768")

@@ -124,7 +124,7 @@ def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -
     return BertConfig(**kw)
 
 
-def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=2e-3, warmup=None,
+def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=3e-3, warmup=None,
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, attention_backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True):

@@ -274,6 +274,19 @@ def test_fused_kernel_comparison_rejects_a_planted_bug(monkeypatch, bug, output)
             np.testing.assert_allclose(broken[name], reference[name], rtol=1e-12, atol=1e-12)
 
 
+def test_fused_dropout_comparison_rejects_a_different_mask(monkeypatch):
+    """A fused dropout whose hash is seeded differently keeps ~90% of the entries too, so only the exact
+    mask comparison of the test above can tell it from the reference."""
+    from bert_from_scratch.kernels import numba_elementwise as fused_kernels
+    x = np.random.default_rng(0).normal(size=(64, 33))
+    reference, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
+    seed_hash = fused_kernels.dropout_seed_hash
+    monkeypatch.setattr(fused_kernels, "dropout_seed_hash", lambda seed: seed_hash(seed + 1))
+    wrong, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
+    assert abs((wrong != 0).mean() - 0.9) < 0.03                           # plausible statistics ...
+    assert not np.array_equal(wrong == 0, reference == 0)                  # ... but not the same mask
+
+
 def test_float32_erf_is_exact_to_float32_precision():
     """The float32 GELU uses a rational erf (vectorisable); it must agree with math.erf to a few ulps,
     far closer than the tanh approximation (which the gradient checks must reject)."""

@@ -99,9 +99,10 @@ def cli_pretrain(args) -> int:
     print(f"  {'NSP accuracy':<14} {r['held_out_nsp_accuracy']:>7.1%} {f'{nsp_lo:.1%}-{nsp_hi:.1%}':>15} "
           f"{r['nsp_chance_accuracy']:>9.1%}   (chance; always the majority class: "
           f"{r['nsp_majority_accuracy']:.1%}; {r['n_eval_sequences']} pairs)")
-    auc_lo, auc_hi = r["held_out_nsp_auc_95ci"]
-    print(f"  {'NSP ROC AUC':<14} {r['held_out_nsp_auc']:>7.3f} {f'{auc_lo:.3f}-{auc_hi:.3f}':>15} "
-          f"{0.5:>9.3f}   (no signal; independent of the class balance)")
+    if r["held_out_nsp_auc"] is not None:
+        auc_lo, auc_hi = r["held_out_nsp_auc_95ci"]
+        print(f"  {'NSP ROC AUC':<14} {r['held_out_nsp_auc']:>7.3f} {f'{auc_lo:.3f}-{auc_hi:.3f}':>15} "
+              f"{0.5:>9.3f}   (no signal; independent of the class balance)")
     print(f"Checkpoint: {r['checkpoint']}  (try: bert-from-scratch fill-mask --checkpoint {args.out} "
           f"\"the [MASK] rose sharply\")")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+from .attention import GOLDEN, dropout_threshold, mix32
 from .xp import erf, get_array_module, is_cupy_array
 
 try:  # fused kernels for the elementwise work (NumPy arrays only); the code below is the reference
@@ -137,8 +138,6 @@ def dropout_forward(x, p, rng, training=True):
     """
     if not training or p == 0.0:
         return x, None
-    from .attention import GOLDEN, dropout_threshold, mix32
-
     seed = int(rng.integers(0, 2**32))
     threshold = dropout_threshold(p)
     scale = x.dtype.type(1.0 / (1.0 - p))

@@ -338,7 +338,7 @@ def test_tiny_model_trains_identically_with_the_numba_kernel():
     """Three SGD steps of a tiny BertForPreTraining (float64, attention dropout on) give the same
     losses with attention_backend="numba" as with the NumPy reference (the GPU twin of this test
     is in tests/test_gpu.py)."""
-    model_module = pytest.importorskip("bert_from_scratch.model")
+    from bert_from_scratch import model as model_module
     from bert_from_scratch.config import BertConfig
 
     def train(backend):

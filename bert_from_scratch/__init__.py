@@ -18,6 +18,30 @@ import os as _os
 # first parallel kernel); a value the user has set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+
+def _make_kernels_importable():
+    """``kernels/`` lives at the top of the repository and is installed as ``bert_from_scratch.kernels``
+    (pyproject.toml's package-dir). When the package is imported straight from a checkout instead
+    (no install, or an editable install that only puts the checkout on sys.path), register it here."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = __name__ + ".kernels"
+    if name in sys.modules or importlib.util.find_spec(name) is not None:
+        return
+    folder = Path(__file__).resolve().parent.parent / "kernels"
+    if not (folder / "__init__.py").is_file():
+        return
+    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+_make_kernels_importable()
+
 from .attention import attention_backward, attention_forward  # noqa: E402
 from .config import BertConfig
 from .gradcheck import gradcheck

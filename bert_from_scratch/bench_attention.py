@@ -22,7 +22,11 @@ and the forward + backward and prints one row each:
 Backends: ``numpy`` (the reference in ``bert_from_scratch.attention``), ``numba``,
 ``torch`` (``torch.nn.functional.scaled_dot_product_attention``, when torch is installed),
 ``cupy`` (the fused CUDA kernel) and ``cupy_matmul`` (the NumPy reference run on CuPy
-arrays), when a GPU is present. Missing ones are skipped with a note.
+arrays), when a GPU is present, and ``torch_cuda`` (SDPA on the GPU, the production kernel to compare the CUDA kernel with;
+for float32 torch picks its memory-efficient attention kernel, as FlashAttention-2 needs half
+precision). Missing ones are skipped
+with a note. GPU backends are timed with CUDA events; ``x torch`` always compares with the
+CPU ``torch`` row.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from .attention import attention_backward_reference, attention_forward_reference
 from .xp import gpu_available
 
 DEFAULT_BACKENDS = ("numpy", "numba", "torch", "cupy")
+ALL_BACKENDS = ("numpy", "numba", "torch", "cupy", "cupy_matmul", "torch_cuda")
 DEFAULT_SHAPES = ((8, 12, 128, 64), (2, 12, 512, 64), (1, 12, 2048, 64))
 PASSES = ("forward", "forward+backward")
 
@@ -82,10 +87,12 @@ def _make_runs(backend, arrays):
             from .kernels import cuda_attention as ca
             return _numpy_like_runs(ca.attention_forward, ca.attention_backward, qg, kg, vg, dg)
         return _numpy_like_runs(attention_forward_reference, attention_backward_reference, qg, kg, vg, dg)
-    if backend == "torch":
+    if backend in ("torch", "torch_cuda"):
         import torch  # type: ignore
         sdpa = torch.nn.functional.scaled_dot_product_attention
         qt, kt, vt, dt = (torch.from_numpy(a) for a in arrays)
+        if backend == "torch_cuda":
+            qt, kt, vt, dt = (t.cuda() for t in (qt, kt, vt, dt))
 
         def fwd():
             with torch.no_grad():
@@ -96,16 +103,18 @@ def _make_runs(backend, arrays):
             sdpa(qr, kr, vr).backward(dt)
             return qr.grad, kr.grad, vr.grad
         return {"forward": fwd, "forward+backward": fwd_bwd}
-    raise ValueError(f"unknown backend {backend!r}; choose from numpy, numba, torch, cupy, cupy_matmul")
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(ALL_BACKENDS)}")
 
 
 def _available(backend) -> str | None:
     """None when the backend can run here, else why not."""
-    if backend == "torch":
+    if backend in ("torch", "torch_cuda"):
         try:
             import torch  # noqa: F401
         except ImportError:
             return "torch is not installed"
+        if backend == "torch_cuda" and not torch.cuda.is_available():
+            return "torch sees no CUDA GPU"
     if backend in ("cupy", "cupy_matmul") and not gpu_available():
         return "no usable CUDA GPU"
     if backend == "numba":
@@ -138,6 +147,19 @@ def _time_cuda(run: Callable, repeats: int) -> list[float]:
         stop.record()
         stop.synchronize()
         times.append(cp.cuda.get_elapsed_time(start, stop))
+    return times
+
+
+def _time_torch_cuda(run: Callable, repeats: int) -> list[float]:
+    import torch  # type: ignore
+    times = []
+    for _ in range(repeats):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        run()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
     return times
 
 
@@ -175,6 +197,14 @@ def _peak_extra_mb(backend, run: Callable) -> tuple[float | None, str]:
         return peak / 2**20, "tracemalloc"
     if backend == "torch":
         return _peak_rss_rise_mb(run), "peak RSS rise"
+    if backend == "torch_cuda":
+        import torch  # type: ignore
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        torch.cuda.synchronize()
+        return max(0, torch.cuda.max_memory_allocated() - baseline) / 2**20, "torch.cuda peak"
     import cupy as cp  # type: ignore
     pool = cp.get_default_memory_pool()
     cp.cuda.Device().synchronize()
@@ -219,7 +249,8 @@ def run(backends=DEFAULT_BACKENDS, shapes=DEFAULT_SHAPES, repeats=5, out_json=No
                 if backend in skipped:
                     continue
                 fn = _make_runs(backend, arrays)[which]
-                timer = _time_cuda if backend.startswith("cupy") else _time_cpu
+                timer = (_time_cuda if backend.startswith("cupy") else
+                         _time_torch_cuda if backend == "torch_cuda" else _time_cpu)
                 time.sleep(QUIET_S)                            # let the last backend's threads idle
                 timer(fn, 1)                                   # warm-up / compile
                 times = timer(fn, repeats)
@@ -254,7 +285,8 @@ def format_table(rows, skipped=None) -> str:
                      f"{num(r['vs_numpy'], '8.2f')} {num(r['vs_torch'], '8.2f')}")
     for backend, why in (skipped or {}).items():
         lines.append(f"(skipped {backend}: {why})")
-    lines.append("peak extra MB: tracemalloc for numpy/numba, peak-RSS rise for torch, pool bytes for cupy; "
+    lines.append("peak extra MB: tracemalloc for numpy/numba, peak-RSS rise for torch, pool bytes for cupy, "
+                 "max_memory_allocated for torch_cuda; "
                  "x numpy / x torch = their median / this median")
     return "\n".join(lines)
 
@@ -269,7 +301,7 @@ def _parse_shapes(text: str):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="bench_attention", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default=",".join(DEFAULT_BACKENDS),
-                        help="comma-separated: numpy,numba,torch,cupy,cupy_matmul")
+                        help="comma-separated, from: " + ",".join(ALL_BACKENDS))
     parser.add_argument("--shapes", default=";".join(",".join(map(str, s)) for s in DEFAULT_SHAPES),
                         help="semicolon-separated B,H,T,d (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=5)
@@ -277,7 +309,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     for b in backends:
-        if b not in ("numpy", "numba", "torch", "cupy", "cupy_matmul"):
+        if b not in ALL_BACKENDS:
             parser.error(f"unknown backend {b!r}")
     try:
         shapes = _parse_shapes(args.shapes)

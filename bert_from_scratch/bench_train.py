@@ -2,7 +2,9 @@
 
     python -m bert_from_scratch.bench_train            # or: bert-from-scratch bench train-step
 
-"mini" config: 4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, T=128, B=32, float32, CPU.
+"mini" config: 4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, T=128, B=32, float32, CPU
+(``--device gpu``: our model on CuPy arrays with the CUDA attention kernel, against Hugging Face
+on torch's CUDA device, both timed to a device synchronisation).
 
 - equal work: every position is an MLM target, so both compute the vocabulary projection at all
   B*T positions (what Hugging Face always does);
@@ -37,15 +39,29 @@ def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int) -> float:
     return 3.0 * (B * T * per_token + mlm + pooler_nsp)
 
 
-def matmul_gflops(repeats: int = 5) -> float:
-    a = np.random.default_rng(0).standard_normal((4096, 256), dtype=np.float32)
-    b = np.random.default_rng(1).standard_normal((256, 1024), dtype=np.float32)
-    out = np.empty((4096, 1024), np.float32)
+def _synchronize(device: str) -> None:
+    """Wait for the GPU (no-op on the CPU): a timer must not stop while kernels still run."""
+    if device == "gpu":
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+def matmul_gflops(repeats: int = 5, device: str = "cpu") -> float:
+    """float32 rate of one (4096, 256) x (256, 1024) product: np.matmul, or cupy.matmul on the GPU."""
+    if device == "gpu":
+        import cupy as xp
+    else:
+        xp = np
+    a = xp.asarray(np.random.default_rng(0).standard_normal((4096, 256), dtype=np.float32))
+    b = xp.asarray(np.random.default_rng(1).standard_normal((256, 1024), dtype=np.float32))
+    out = xp.empty((4096, 1024), np.float32)
     times = []
     for _ in range(repeats + 1):
+        _synchronize(device)
         t = time.perf_counter()
         for _ in range(10):
-            np.matmul(a, b, out=out)
+            xp.matmul(a, b, out=out)
+        _synchronize(device)
         times.append((time.perf_counter() - t) / 10)
     return 2 * 4096 * 256 * 1024 / statistics.median(times[1:]) / 1e9
 
@@ -67,31 +83,44 @@ def make_batch(cfg, B, T, n_masked, seed=0):
     return ids, tt, mask, labels, nsl
 
 
-def time_ours(cfg, batch, repeats, attention_backend):
+def time_ours(cfg, batch, repeats, attention_backend, device="cpu"):
     cfg.attention_backend = attention_backend
     model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
+    if device == "gpu":
+        import cupy
+        model.to("cupy")
+        batch = tuple(cupy.asarray(a) for a in batch)
     times = []
-    for _ in range(repeats + WARMUP):     # warm-up runs: numba compiles, the heap grows to its working size
+    for _ in range(repeats + WARMUP):     # warm-up runs: numba/NVRTC compile, the heap grows to its working size
+        _synchronize(device)
         t = time.perf_counter()
         model.forward(*batch, training=True)
         model.backward()
+        _synchronize(device)
         times.append(time.perf_counter() - t)
     return times[WARMUP:]
 
 
-def time_torch(cfg, batch, repeats):
+def time_torch(cfg, batch, repeats, device="cpu"):
     import torch
     import transformers
     torch.manual_seed(0)
     hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
-    model = transformers.BertForPreTraining(hcfg).train()
-    ids, tt, mask, labels, nsl = (torch.tensor(a) for a in batch)
+    target = "cuda" if device == "gpu" else "cpu"
+    model = transformers.BertForPreTraining(hcfg).train().to(target)
+    ids, tt, mask, labels, nsl = (torch.tensor(a).to(target) for a in batch)
+
+    def sync():
+        if target == "cuda":
+            torch.cuda.synchronize()
     times = []
     for _ in range(repeats + WARMUP):
+        sync()
         t = time.perf_counter()
         model.zero_grad(set_to_none=True)
         out = model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels, next_sentence_label=nsl)
         out.loss.backward()
+        sync()
         times.append(time.perf_counter() - t)
     return times[WARMUP:]
 
@@ -116,39 +145,47 @@ def profile_ours(cfg, batch, attention_backend):
 
 
 def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=True, profile=False,
-        keep_memory=True, out_json=None):
+        keep_memory=True, out_json=None, device="cpu"):
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
+    if device == "gpu":
+        from .xp import gpu_available
+        if not gpu_available():
+            raise ValueError("--device gpu needs CuPy and a working CUDA GPU")
     if keep_memory:
         keep_freed_memory()
     cfg = BertConfig(**MINI, max_position_embeddings=max(512, T))
-    peak = matmul_gflops()
+    peak = matmul_gflops(device=device)
     rows = []
     cases = [("equal work (MLM at all positions)", None), (f"default (MLM at {masked} masked/seq)", masked)]
     for label, n_masked in cases:
         batch = make_batch(cfg, B, T, n_masked)
         n_pred = int((batch[3] != -100).sum())
         flops = model_flops(cfg, B, T, n_pred)
-        ours = statistics.median(time_ours(cfg, batch, repeats, attention_backend))
+        ours = statistics.median(time_ours(cfg, batch, repeats, attention_backend, device))
         theirs = None
         if torch_too:
             try:
-                theirs = statistics.median(time_torch(cfg, batch, repeats))
+                theirs = statistics.median(time_torch(cfg, batch, repeats, device))
             except ImportError:
                 torch_too = False
         rows.append({"case": label, "gflop": flops / 1e9, "ours_s": ours, "torch_s": theirs,
                      "tokens_per_s": B * T / ours, "gflops": flops / ours / 1e9, "matmul_peak_gflops": peak,
                      "fraction_of_matmul": flops / ours / 1e9 / peak,
                      "ours_over_torch": None if theirs is None else ours / theirs})
+    matmul_name = "cupy.matmul" if device == "gpu" else "np.matmul"
     print(f"BertForPreTraining forward+backward, mini config (L=4, H=256, heads=4, FFN=1024, V=30522), "
-          f"B={B}, T={T}, float32, attention backend={attention_backend}; np.matmul float32: {peak:.0f} GFLOP/s")
+          f"B={B}, T={T}, float32, device={device}, attention backend={attention_backend}; "
+          f"{matmul_name} float32: {peak:.0f} GFLOP/s")
     head = f"{'case':<36} {'GFLOP':>6} {'ours s':>7} {'torch s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'%matmul':>8} {'ours/torch':>10}"
     print(head)
     print("-" * len(head))
     for r in rows:
-        ts = f"{r['torch_s']:.2f}" if r["torch_s"] else "-"
+        ts = f"{r['torch_s']:.3f}" if r["torch_s"] else "-"
         ratio = f"{r['ours_over_torch']:.2f}x" if r["ours_over_torch"] else "-"
-        print(f"{r['case']:<36} {r['gflop']:>6.0f} {r['ours_s']:>7.2f} {ts:>8} {r['tokens_per_s']:>7.0f} "
+        print(f"{r['case']:<36} {r['gflop']:>6.0f} {r['ours_s']:>7.3f} {ts:>8} {r['tokens_per_s']:>7.0f} "
               f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>7.0f}% {ratio:>10}")
-    if profile:
+    if profile and device == "cpu":
         print(profile_ours(cfg, make_batch(cfg, B, T, None), attention_backend))
     if out_json:
         with open(out_json, "w") as f:
@@ -162,15 +199,20 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--masked", type=int, default=20, help="masked positions per sequence in the default case")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "numpy", "numba"])
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "numpy", "numba", "cupy"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="gpu: our model on CuPy arrays, Hugging Face on torch's CUDA device")
     p.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one equal-work step")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc as it is (by default freed memory is kept, see perf.py)")
     p.add_argument("--out", help="write the rows as JSON here")
     a = p.parse_args(argv)
-    run(a.batch, a.seq, a.repeats, a.masked, a.attention_backend, not a.no_torch, a.profile, not a.default_malloc,
-        a.out)
+    try:
+        run(a.batch, a.seq, a.repeats, a.masked, a.attention_backend, not a.no_torch, a.profile,
+            not a.default_malloc, a.out, a.device)
+    except ValueError as e:
+        p.error(str(e))
     return 0
 
 

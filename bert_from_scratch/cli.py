@@ -56,6 +56,8 @@ def add_pretrain_arguments(p):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint, bit for bit")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "numpy", "numba", "cupy"])
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="gpu: train on CuPy arrays (needs cupy-cuda12x and a CUDA GPU)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -75,13 +77,21 @@ def cli_pretrain(args) -> int:
         return _error(f"vocabulary file not found: {args.vocab}")
     if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
         return _error(f"corpus path not found: {args.corpus}")
+    if args.device == "gpu":
+        from .xp import gpu_available
+        if not gpu_available():
+            return _error("--device gpu needs CuPy (pip install cupy-cuda12x) and a working CUDA GPU")
+        if args.attention_backend == "numba":
+            return _error("--attention-backend numba runs on the CPU; with --device gpu use auto or cupy")
+    elif args.attention_backend == "cupy":
+        return _error("--attention-backend cupy needs --device gpu")
     try:
         result, report = run_pretraining(
             corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
             warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
             vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
             attention_backend=args.attention_backend, layers=args.layers, hidden=args.hidden, heads=args.heads,
-            intermediate=args.intermediate, progress=not args.no_progress)
+            intermediate=args.intermediate, progress=not args.no_progress, device=args.device)
     except CorpusError as e:
         return _error(str(e))
     if result.diverged:

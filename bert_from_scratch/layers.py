@@ -240,9 +240,13 @@ def embedding_backward(dy, cache):
 def scatter_add_rows(target, rows, values):
     """target[rows[i]] += values[i] for every i, with repeats accumulated (unlike target[rows] += ...)."""
     if is_cupy_array(target):
-        import cupyx  # type: ignore
+        import cupy  # type: ignore
 
-        cupyx.scatter_add(target, rows, values)
+        if hasattr(cupy.add, "at"):          # CuPy >= 13
+            cupy.add.at(target, rows, values)
+        else:  # pragma: no cover - older CuPy
+            import cupyx  # type: ignore
+            cupyx.scatter_add(target, rows, values)
     elif _use_fused(target, values) and target.dtype == values.dtype and target.ndim == values.ndim == 2:
         import numpy as np
         _fused.scatter_add_rows_kernel(target, np.ascontiguousarray(rows, dtype=np.int64), values)

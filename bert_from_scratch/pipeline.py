@@ -127,9 +127,19 @@ def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -
 def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=3e-3, warmup=None,
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, attention_backend="auto", layers=None, hidden=None, heads=None,
-                    intermediate=None, log=print, progress=True):
-    """Run the whole job; returns (TrainResult, baselines dict)."""
+                    intermediate=None, log=print, progress=True, device="cpu"):
+    """Run the whole job; returns (TrainResult, baselines dict).
+
+    device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
+    arrays; checkpoints are written from host copies, so they load on either)."""
     from .train import pretrain
+
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
+    if device == "gpu":
+        from .xp import gpu_available
+        if not gpu_available():
+            raise ValueError("device 'gpu' needs CuPy (pip install cupy-cuda12x) and a working CUDA GPU")
 
     data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                     seed=seed, log=log)
@@ -137,8 +147,11 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
                        num_attention_heads=heads, intermediate_size=intermediate)
     cfg.attention_backend = attention_backend
     model = BertForPreTraining(cfg, seed=seed)
+    if device == "gpu":
+        model.to("cupy")
     log(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
-        f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}: {model.num_parameters() / 1e6:.1f}M parameters")
+        f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}: {model.num_parameters() / 1e6:.1f}M parameters, "
+        f"on the {device.upper()}")
     warmup = max(1, steps // 10) if warmup is None else warmup
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, tokenizer=data.tokenizer, log=log, progress=progress)

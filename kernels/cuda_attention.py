@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..attention import MASK_VALUE, check_kernel_inputs
-from .numba_attention import BUG_NONE, _dropout_args  # the same seed hash and threshold
+from .kernel_args import BUG_NONE, dropout_args as _dropout_args  # the same seed hash and threshold as Numba
 
 CUDA_SOURCE = Path(__file__).with_name("attention.cu")
 
@@ -44,7 +44,7 @@ def load_module(head_dim: int):
     if head_dim not in _modules:
         cp = _cupy()
         source = CUDA_SOURCE.read_text()
-        _modules[head_dim] = cp.RawModule(code=source, options=("-std=c++14", f"-DHEAD_DIM={head_dim}"))
+        _modules[head_dim] = cp.RawModule(code=source, options=("-std=c++17", f"-DHEAD_DIM={head_dim}"))
     return _modules[head_dim]
 
 

@@ -69,7 +69,7 @@ import numpy as np
 import numba
 from numba import njit, prange
 
-from ..attention import GOLDEN, MASK_VALUE, check_kernel_inputs, dropout_threshold
+from ..attention import MASK_VALUE, check_kernel_inputs
 
 #: query rows per parallel task / tile, and keys per tile (64 x 64 float32 = 16 KiB, fits L1)
 BLOCK_Q = 64
@@ -82,10 +82,9 @@ FASTMATH = {"nnan", "ninf", "nsz", "contract", "arcp", "reassoc"}
 #: a finite "minus infinity" for the running maximum (``ninf`` promises LLVM no infinities)
 NEG_BIG = -1.0e30
 
-#: planted bugs, for tests that prove the comparison rejects a wrong kernel
-BUG_NONE = 0
-BUG_SKIP_CORRECTION = 1      # forget the online-softmax factor exp(m - m') when the max grows
-BUG_SKIP_DROPOUT_RESCALE = 2  # keep P * Z instead of P * Z / (1 - p)
+# planted bugs (tests only) and the host side of the dropout hash, shared with the CUDA kernel
+from .kernel_args import BUG_NONE, BUG_SKIP_CORRECTION, BUG_SKIP_DROPOUT_RESCALE  # noqa: E402,F401
+from .kernel_args import dropout_args as _dropout_args, seed_hash  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------
@@ -100,11 +99,6 @@ def mix32(x):
     x = (x * 0x846CA68B) & 0xFFFFFFFF
     x ^= x >> 16
     return x
-
-
-def seed_hash(seed: int) -> int:
-    """``mix32(seed ^ GOLDEN)``: the first round of the dropout hash, done once in Python."""
-    return int(mix32((int(seed) & 0xFFFFFFFF) ^ GOLDEN))
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -391,14 +385,6 @@ def _key_bias(mask, B, T, dtype):
         return np.zeros((B, T), dtype)
     mask = np.asarray(mask)
     return np.ascontiguousarray((1.0 - mask.astype(dtype)) * dtype.type(MASK_VALUE))
-
-
-def _dropout_args(dropout_p, seed, planted_bug):
-    """(seed hash, integer threshold on the top 24 bits, 1/(1-p) rescale)."""
-    if dropout_p <= 0.0:
-        return 0, 0, 1.0
-    keep_scale = 1.0 if planted_bug == BUG_SKIP_DROPOUT_RESCALE else 1.0 / (1.0 - dropout_p)
-    return seed_hash(seed), dropout_threshold(dropout_p), keep_scale
 
 
 def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=BUG_NONE):

@@ -89,6 +89,15 @@ def test_user_errors_are_one_line(tiny_run, tmp_path, capsys):
     assert "corrupt" in run_error(["fill-mask", "--checkpoint", str(other), "a [MASK]"], capsys)
 
 
+def test_device_options_are_checked_before_any_work(capsys, monkeypatch):
+    import bert_from_scratch.xp as xp
+    assert "needs --device gpu" in run_error(["pretrain", "--attention-backend", "cupy"], capsys)
+    monkeypatch.setattr(xp, "gpu_available", lambda: False)
+    assert "working CUDA GPU" in run_error(["pretrain", "--device", "gpu"], capsys)
+    monkeypatch.setattr(xp, "gpu_available", lambda: True)
+    assert "runs on the CPU" in run_error(["pretrain", "--device", "gpu", "--attention-backend", "numba"], capsys)
+
+
 def test_resume_with_another_model_is_refused(tiny_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "run"

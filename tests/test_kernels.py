@@ -18,38 +18,9 @@ import pytest
 from bert_from_scratch import attention as ref
 from bert_from_scratch.kernels import numba_attention as na
 
+from attention_checks import TOLERANCE, assert_attention_close, random_inputs, reference_float64
+
 CUDA_SOURCE = Path(na.__file__).with_name("attention.cu")
-
-#: max |actual - expected| / max(1, max |expected|) allowed, per dtype
-TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------
-def assert_attention_close(actual, expected, tol, what):
-    """Fail unless ``max|actual - expected| <= tol * max(1, max|expected|)`` (and shapes match)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    err = float(np.max(np.abs(actual - expected))) / max(1.0, float(np.max(np.abs(expected))))
-    assert err <= tol, f"{what}: relative max error {err:.3e} > {tol:.0e}"
-
-
-def random_inputs(rng, B, H, T, d, dtype, pad_fraction=0.3, fully_padded_row=False):
-    """q, k, v, dout of shape (B, H, T, d) and a (B, T) padding mask with padded keys."""
-    q, k, v, dout = (rng.standard_normal((B, H, T, d)).astype(dtype) for _ in range(4))
-    mask = (rng.random((B, T)) >= pad_fraction).astype(np.int64)
-    mask[:, 0] = 1                          # every sequence keeps its first token ...
-    if fully_padded_row:
-        mask[-1] = 0                        # ... except, optionally, one all-padding sequence
-    return q, k, v, dout, mask
-
-
-def reference_float64(q, k, v, dout, mask, dropout_p, seed):
-    """The NumPy reference, run in float64 on the same (possibly float32) inputs."""
-    q64, k64, v64, do64 = (a.astype(np.float64) for a in (q, k, v, dout))
-    out, cache = ref.attention_forward_reference(q64, k64, v64, mask, dropout_p, seed)
-    return (out,) + ref.attention_backward_reference(do64, cache)
 
 
 def numba_forward_backward(q, k, v, dout, mask, dropout_p, seed, planted_bug=na.BUG_NONE):
@@ -325,7 +296,7 @@ def test_cuda_source_compiles_with_nvrtc(head_dim):
     nvrtc = _nvrtc()
     program = nvrtc.createProgram(CUDA_SOURCE.read_text(), "attention.cu", [], [])
     try:
-        nvrtc.compileProgram(program, ["-std=c++14", f"-DHEAD_DIM={head_dim}", "-arch=compute_80"])
+        nvrtc.compileProgram(program, ["-std=c++17", f"-DHEAD_DIM={head_dim}", "-arch=compute_80"])
     except Exception as exc:  # pragma: no cover - shown only when it fails
         raise AssertionError(nvrtc.getProgramLog(program)) from exc
     assert b"attention_backward_dkdv_f64" in nvrtc.getPTX(program)

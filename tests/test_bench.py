@@ -1,0 +1,45 @@
+"""The benchmarks run and print their tables (timings are printed, never asserted)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bert_from_scratch import bench_attention, bench_train
+from bert_from_scratch.cli import main
+
+
+def test_attention_bench_table_ratios_and_skips(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench_attention, "QUIET_S", 0.0)
+    monkeypatch.setattr(bench_attention, "gpu_available", lambda: False)
+    out = tmp_path / "bench.json"
+    rows = bench_attention.run(("numpy", "numba", "cupy"), ((1, 2, 40, 16),), repeats=2, out_json=out)
+    assert [(r["backend"], r["pass"]) for r in rows] == [
+        ("numpy", "forward"), ("numba", "forward"), ("numpy", "forward+backward"), ("numba", "forward+backward")]
+    for r in rows:
+        assert r["median_ms"] > 0 and len(r["times_ms"]) == 2 and r["peak_extra_mb"] >= 0
+        assert r["vs_numpy"] == pytest.approx(rows[0 if r["pass"] == "forward" else 2]["median_ms"] / r["median_ms"])
+    table = capsys.readouterr().out
+    assert "(skipped cupy: no usable CUDA GPU)" in table and "(skipped cupy_matmul" in table
+    saved = json.loads(out.read_text())
+    assert len(saved["rows"]) == 4 and set(saved["skipped"]) == {"cupy", "cupy_matmul"}
+
+
+def test_attention_bench_knows_torch_cuda_and_rejects_unknown_backends(capsys):
+    import torch
+    if not torch.cuda.is_available():
+        assert bench_attention._available("torch_cuda") == "torch sees no CUDA GPU"
+    with pytest.raises(SystemExit):
+        bench_attention.main(["--backends", "numpy,tpu"])
+    assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+def test_train_step_bench_runs_on_the_cpu_and_refuses_a_missing_gpu(capsys, monkeypatch):
+    rows = bench_train.run(B=2, T=24, repeats=1, masked=4, torch_too=False, keep_memory=False)
+    assert len(rows) == 2 and all(r["ours_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    assert "device=cpu" in capsys.readouterr().out
+    import bert_from_scratch.xp as xp
+    monkeypatch.setattr(xp, "gpu_available", lambda: False)
+    with pytest.raises(SystemExit):
+        main(["bench", "train-step", "--device", "gpu"])
+    assert "needs CuPy and a working CUDA GPU" in capsys.readouterr().err

@@ -2,12 +2,13 @@ r"""Fused attention on the GPU: ``attention.cu`` loaded with ``cupy.RawModule``.
 
 Same algorithm and same dropout hash as ``numba_attention`` (see the comments at the top of
 ``attention.cu``): the forward keeps only the per-row maximum and ``1/sum`` of the softmax,
-the backward recomputes the probabilities tile by tile in two kernels (dQ with one thread
-per query row, dK/dV with one thread per key row), so no ``T x T`` array is ever stored.
+the backward recomputes the probabilities tile by tile in two kernels (dQ with a group of
+lanes per query row, dK/dV with a group per key row), so no ``T x T`` array is ever stored.
 
 The CUDA source is compiled by NVRTC the first time a head size is used
-(``-DHEAD_DIM=<d>`` makes the per-thread rows fixed-size register arrays); CuPy caches the
-binary on disk. The plain CuPy path (matmul + softmax) is the NumPy reference itself, which
+(``-DHEAD_DIM=<d>`` makes each lane's share of a row a fixed-size register array); CuPy
+caches the binary on disk. ``THREADS_PER_ROW`` and ``ROWS_PER_BLOCK`` below set the launch
+shape (they are compiled in too). The plain CuPy path (matmul + softmax) is the NumPy reference itself, which
 runs unchanged on CuPy arrays: ``bert_from_scratch.attention.attention_forward_reference``.
 """
 from __future__ import annotations
@@ -22,8 +23,10 @@ from .kernel_args import BUG_NONE, dropout_args as _dropout_args  # the same see
 
 CUDA_SOURCE = Path(__file__).with_name("attention.cu")
 
-#: threads per block; must match ROWS_PER_BLOCK in attention.cu
-ROWS_PER_BLOCK = 64
+#: lanes of a warp that share one row (a power of two <= 32), and rows per thread block;
+#: a block has ROWS_PER_BLOCK * THREADS_PER_ROW threads, a multiple of the warp size (32)
+THREADS_PER_ROW = 4
+ROWS_PER_BLOCK = 32
 
 #: largest head size we compile for (per-thread register arrays of this length)
 MAX_HEAD_DIM = 128
@@ -39,13 +42,27 @@ def _cupy():
     return cupy
 
 
+def launch_shape() -> tuple[int, int]:
+    """(rows per block, threads per block) from THREADS_PER_ROW and ROWS_PER_BLOCK, checked."""
+    g, rows = THREADS_PER_ROW, ROWS_PER_BLOCK
+    if g not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"THREADS_PER_ROW must be a power of two up to 32; got {g}")
+    if rows < 1 or (rows * g) % 32 or rows * g > 1024:
+        raise ValueError(f"ROWS_PER_BLOCK * THREADS_PER_ROW must be a multiple of 32 up to 1024; got {rows} * {g}")
+    return rows, rows * g
+
+
 def load_module(head_dim: int):
-    """The compiled ``attention.cu`` for one head size (compiled once, then cached)."""
-    if head_dim not in _modules:
+    """The compiled ``attention.cu`` for one head size and launch shape (compiled once, then cached)."""
+    rows, _ = launch_shape()
+    key = (head_dim, THREADS_PER_ROW, rows)
+    if key not in _modules:
         cp = _cupy()
         source = CUDA_SOURCE.read_text()
-        _modules[head_dim] = cp.RawModule(code=source, options=("-std=c++17", f"-DHEAD_DIM={head_dim}"))
-    return _modules[head_dim]
+        _modules[key] = cp.RawModule(code=source, options=(
+            "-std=c++17", f"-DHEAD_DIM={head_dim}", f"-DTHREADS_PER_ROW={THREADS_PER_ROW}",
+            f"-DROWS_PER_BLOCK={rows}"))
+    return _modules[key]
 
 
 def _suffix(dtype) -> str:
@@ -82,8 +99,9 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=
     row_inv_sum = cp.empty((B * H, T), dtype)
     scale = 1.0 / math.sqrt(d)
     kernel = load_module(d).get_function(f"attention_forward_{_suffix(dtype)}")
-    grid = ((T + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
-    kernel(grid, (ROWS_PER_BLOCK,),
+    rows, threads = launch_shape()
+    grid = ((T + rows - 1) // rows, B * H)
+    kernel(grid, (threads,),
            (q3, k3, v3, key_bias, out, row_max, row_inv_sum, np.int32(T), np.int32(H), np.float64(scale),
             np.uint32(seed_h), np.uint32(threshold), np.float64(keep_scale), np.int32(planted_bug)))
     cache = {"backend": "cupy", "q": q3, "k": k3, "v": v3, "out": out, "key_bias": key_bias,
@@ -105,12 +123,13 @@ def attention_backward(dout, cache):
     seed_h, threshold, keep_scale = _dropout_args(cache["dropout_p"], cache["seed"], cache["planted_bug"])
     dq, dk, dv = (cp.empty((B * H, T, d), dtype) for _ in range(3))
     module = load_module(d)
-    grid = ((T + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, B * H)
+    rows, threads = launch_shape()
+    grid = ((T + rows - 1) // rows, B * H)
     common = (cache["key_bias"], cache["row_max"], cache["row_inv_sum"], delta)
     tail = (np.int32(T), np.int32(H), np.float64(cache["scale"]), np.uint32(seed_h), np.uint32(threshold),
             np.float64(keep_scale))
     module.get_function(f"attention_backward_dq_{_suffix(dtype)}")(
-        grid, (ROWS_PER_BLOCK,), (q3, cache["k"], cache["v"], dout3) + common + (dq,) + tail)
+        grid, (threads,), (q3, cache["k"], cache["v"], dout3) + common + (dq,) + tail)
     module.get_function(f"attention_backward_dkdv_{_suffix(dtype)}")(
-        grid, (ROWS_PER_BLOCK,), (q3, cache["k"], cache["v"], dout3) + common + (dk, dv) + tail)
+        grid, (threads,), (q3, cache["k"], cache["v"], dout3) + common + (dk, dv) + tail)
     return dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, d)

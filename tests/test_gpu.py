@@ -74,6 +74,18 @@ def test_cuda_float32_matches_float64_reference(cp, ca, shape, dropout_p):
     assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, dropout_p, seed=78)
 
 
+@pytest.mark.parametrize("threads_per_row, rows_per_block", [(1, 32), (2, 16), (8, 32), (32, 1)])
+@pytest.mark.parametrize("shape", [(2, 2, 65, 64), (1, 3, 100, 32), (2, 1, 37, 24)])
+def test_cuda_other_launch_shapes_match_reference(cp, ca, monkeypatch, shape, threads_per_row, rows_per_block):
+    """Lanes per row from 1 (no shuffles) to 32 (a whole warp per row), and a head size (24) that
+    does not split evenly over the lanes."""
+    monkeypatch.setattr(ca, "THREADS_PER_ROW", threads_per_row)
+    monkeypatch.setattr(ca, "ROWS_PER_BLOCK", rows_per_block)
+    rng = np.random.default_rng(11)
+    q, k, v, dout, mask = random_inputs(rng, *shape, np.float64, fully_padded_row=shape[0] > 1)
+    assert_cuda_matches_reference(cp, ca, q, k, v, dout, mask, 0.1, seed=79)
+
+
 def test_cuda_without_mask_through_the_dispatcher(cp, ca):
     rng = np.random.default_rng(4)
     q, k, v, dout = (rng.standard_normal((2, 2, 90, 64)) for _ in range(4))

@@ -269,9 +269,12 @@ def test_bad_mask_dropout_and_dout_raise_value_error():
 # the CUDA source compiles (nvcc in CI; NVRTC, what CuPy uses at run time, when present)
 # --------------------------------------------------------------------------------------
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
-def test_cuda_source_compiles_with_nvcc(tmp_path):
-    result = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", "-DHEAD_DIM=64", "-o", str(tmp_path / "a.ptx"),
-                             str(CUDA_SOURCE)], capture_output=True, text=True, timeout=300)
+@pytest.mark.parametrize("head_dim, threads_per_row, rows_per_block", [(64, 4, 32), (32, 1, 32), (30, 8, 16)])
+def test_cuda_source_compiles_with_nvcc(tmp_path, head_dim, threads_per_row, rows_per_block):
+    result = subprocess.run(["nvcc", "--ptx", "-arch=sm_80", f"-DHEAD_DIM={head_dim}",
+                             f"-DTHREADS_PER_ROW={threads_per_row}", f"-DROWS_PER_BLOCK={rows_per_block}",
+                             "-o", str(tmp_path / "a.ptx"), str(CUDA_SOURCE)], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
     ptx = (tmp_path / "a.ptx").read_text()
     for name in ("attention_forward_f32", "attention_forward_f64", "attention_backward_dq_f32",
@@ -300,6 +303,18 @@ def test_cuda_source_compiles_with_nvrtc(head_dim):
     except Exception as exc:  # pragma: no cover - shown only when it fails
         raise AssertionError(nvrtc.getProgramLog(program)) from exc
     assert b"attention_backward_dkdv_f64" in nvrtc.getPTX(program)
+
+
+def test_cuda_launch_shape_is_checked(monkeypatch):
+    from bert_from_scratch.kernels import cuda_attention as ca
+    assert ca.launch_shape() == (ca.ROWS_PER_BLOCK, ca.ROWS_PER_BLOCK * ca.THREADS_PER_ROW)
+    monkeypatch.setattr(ca, "THREADS_PER_ROW", 3)
+    with pytest.raises(ValueError, match="power of two"):
+        ca.launch_shape()
+    monkeypatch.setattr(ca, "THREADS_PER_ROW", 4)
+    monkeypatch.setattr(ca, "ROWS_PER_BLOCK", 12)                  # 48 threads: not whole warps
+    with pytest.raises(ValueError, match="multiple of 32"):
+        ca.launch_shape()
 
 
 # --------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -112,3 +113,15 @@ def test_console_script_runs():
     proc = subprocess.run([sys.executable, "-m", "bert_from_scratch", "--help"], capture_output=True, text=True,
                           env={**os.environ, "MPLBACKEND": "Agg"})
     assert proc.returncode == 0 and "pretrain" in proc.stdout and "fill-mask" in proc.stdout
+
+
+def test_kernels_import_from_a_plain_checkout():
+    """Without the editable install's finder (a checkout on sys.path, as on the GPU machine), the
+    package still finds kernels/ as bert_from_scratch.kernels."""
+    code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
+            "import bert_from_scratch.kernels.cuda_attention as ca, bert_from_scratch.layers as layers; "
+            "print(ca.__file__); print(layers._fused is not None)")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(root / "kernels" / "cuda_attention.py"), "True"]

@@ -8,6 +8,7 @@ import statistics
 import cupy as cp
 import numpy as np
 
+from bert_from_scratch.bench_attention import _time_cuda
 from bert_from_scratch.kernels import cuda_attention as ca
 
 SHAPES = [(2, 12, 512, 64), (1, 12, 2048, 64)]
@@ -15,16 +16,8 @@ CONFIGS = [(1, 32), (1, 64), (2, 16), (2, 32), (2, 64), (4, 16), (4, 32), (4, 64
 
 
 def median_ms(fn, repeats=20):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start, stop = cp.cuda.Event(), cp.cuda.Event()
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        times.append(cp.cuda.get_elapsed_time(start, stop))
-    return statistics.median(times)
+    fn()                                             # warm-up (and NVRTC compile)
+    return statistics.median(_time_cuda(fn, repeats))
 
 
 rng = np.random.default_rng(0)

@@ -14,8 +14,9 @@ BUG_SKIP_DROPOUT_RESCALE = 2  # keep P * Z instead of P * Z / (1 - p)
 
 
 def mix32_int(x: int) -> int:
-    """lowbias32 on a Python int holding a uint32 (the same finalizer as ``attention.mix32``)."""
-    x &= 0xFFFFFFFF
+    """lowbias32 (the finalizer of ``attention.mix32``) on an integer holding a uint32: a Python int
+    here, an int64 inside the Numba kernels (``numba_attention.mix32`` is this function, jitted), so
+    the products are masked back to 32 bits."""
     x ^= x >> 16
     x = (x * 0x7FEB352D) & 0xFFFFFFFF
     x ^= x >> 15

@@ -84,21 +84,14 @@ NEG_BIG = -1.0e30
 
 # planted bugs (tests only) and the host side of the dropout hash, shared with the CUDA kernel
 from .kernel_args import BUG_NONE, BUG_SKIP_CORRECTION, BUG_SKIP_DROPOUT_RESCALE  # noqa: E402,F401
-from .kernel_args import dropout_args as _dropout_args, seed_hash  # noqa: E402,F401
+from .kernel_args import dropout_args as _dropout_args, mix32_int, seed_hash  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------
 # Scalar helpers
 # --------------------------------------------------------------------------------------
-@njit(inline="always", cache=True)
-def mix32(x):
-    """lowbias32 on an int64 holding a uint32 (Numba promotes to 64 bits: mask after multiplies)."""
-    x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
-    x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    x ^= x >> 16
-    return x
+#: lowbias32 on an int64 holding a uint32 (Numba promotes to 64 bits, so the products are masked)
+mix32 = njit(inline="always", cache=True)(mix32_int)
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)

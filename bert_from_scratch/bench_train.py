@@ -149,9 +149,8 @@ def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=T
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
-        from .xp import gpu_available
-        if not gpu_available():
-            raise ValueError("--device gpu needs CuPy and a working CUDA GPU")
+        from .xp import require_gpu
+        require_gpu("--device gpu")
     if keep_memory:
         keep_freed_memory()
     cfg = BertConfig(**MINI, max_position_embeddings=max(512, T))

@@ -78,9 +78,11 @@ def cli_pretrain(args) -> int:
     if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
         return _error(f"corpus path not found: {args.corpus}")
     if args.device == "gpu":
-        from .xp import gpu_available
-        if not gpu_available():
-            return _error("--device gpu needs CuPy (pip install cupy-cuda12x) and a working CUDA GPU")
+        from .xp import require_gpu
+        try:
+            require_gpu("--device gpu")
+        except ValueError as e:
+            return _error(str(e))
         if args.attention_backend == "numba":
             return _error("--attention-backend numba runs on the CPU; with --device gpu use auto or cupy")
     elif args.attention_backend == "cupy":

@@ -137,9 +137,8 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
-        from .xp import gpu_available
-        if not gpu_available():
-            raise ValueError("device 'gpu' needs CuPy (pip install cupy-cuda12x) and a working CUDA GPU")
+        from .xp import require_gpu
+        require_gpu("device 'gpu'")
 
     data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                     seed=seed, log=log)

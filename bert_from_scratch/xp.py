@@ -44,6 +44,12 @@ def gpu_available() -> bool:
         return False
 
 
+def require_gpu(what: str) -> None:
+    """Raise a one-line ValueError naming ``what`` unless CuPy can use a CUDA device."""
+    if not gpu_available():
+        raise ValueError(f"{what} needs CuPy and a working CUDA GPU (pip install cupy-cuda12x)")
+
+
 def erf(x):
     """Exact error function for NumPy or CuPy arrays (GELU needs the exact erf)."""
     if is_cupy_array(x):

@@ -8,7 +8,7 @@ import statistics
 import cupy as cp
 import numpy as np
 
-from bert_from_scratch.bench_attention import _time_cuda
+from bert_from_scratch.bench.attention import _time_cuda
 from bert_from_scratch.kernels import cuda_attention as ca
 
 SHAPES = [(2, 12, 512, 64), (1, 12, 2048, 64)]

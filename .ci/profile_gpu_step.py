@@ -13,7 +13,7 @@ import numpy as np
 
 from bert_from_scratch.config import BertConfig
 from bert_from_scratch.model import BertForPreTraining
-from bert_from_scratch.bench_train import MINI, make_batch
+from bert_from_scratch.bench.train_step import MINI, make_batch
 
 cfg = BertConfig(**MINI, max_position_embeddings=512)
 model = BertForPreTraining(cfg, seed=0, dtype=np.float32).to("cupy")

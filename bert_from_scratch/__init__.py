@@ -1,12 +1,13 @@
 """bert-from-scratch: BERT on NumPy with every forward and backward pass written by hand.
 
-The main pieces, each importable from the package top:
+The main pieces, each importable from the package top (the README's "Where things are" maps the folders):
 
-- ``BertConfig``, ``BertForPreTraining``, ``BertForSequenceClassification``, ``BertModel`` (model.py)
-- ``attention_forward`` / ``attention_backward``: the attention core with NumPy, Numba and CUDA backends
-- ``gradcheck``: the finite-difference checker every backward is tested with
-- ``Tokenizer``: WordPiece, from scratch, with a vocabulary trainer
-- ``AdamW``, ``linear_warmup_decay``, ``clip_grad_norm``; ``pretrain`` (the training loop)
+- ``BertConfig`` (config.py), ``BertForPreTraining``, ``BertForSequenceClassification``, ``BertModel`` (model/)
+- ``get_backend``: the one seam between the reference layers and the kernels (nn/backend.py)
+- ``attention_forward`` / ``attention_backward``: the attention core on any backend (nn/attention.py)
+- ``gradcheck``: the finite-difference checker every backward is tested with (nn/gradcheck.py)
+- ``Tokenizer``: WordPiece, from scratch, with a vocabulary trainer (data/)
+- ``AdamW``, ``linear_warmup_decay``, ``clip_grad_norm`` (training/optim.py); ``pretrain`` (training/pretraining.py)
 - ``pretrained``: real pretrained weights (all-MiniLM-L6-v2) or any Hugging Face BERT folder
 """
 import os as _os
@@ -18,42 +19,19 @@ import os as _os
 # first parallel kernel); a value the user has set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-
-def _make_kernels_importable():
-    """``kernels/`` lives at the top of the repository and is installed as ``bert_from_scratch.kernels``
-    (pyproject.toml's package-dir). When the package is imported straight from a checkout instead
-    (no install, or an editable install that only puts the checkout on sys.path), register it here."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    name = __name__ + ".kernels"
-    if name in sys.modules or importlib.util.find_spec(name) is not None:
-        return
-    folder = Path(__file__).resolve().parent.parent / "kernels"
-    if not (folder / "__init__.py").is_file():
-        return
-    spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-
-
-_make_kernels_importable()
-
-from .attention import attention_backward, attention_forward  # noqa: E402
-from .config import BertConfig
-from .gradcheck import gradcheck
-from .model import BertForPreTraining, BertForSequenceClassification, BertModel
-from .optim import AdamW, clip_grad_norm, linear_warmup_decay
-from .pretrained import pretrained, sentence_embedding
-from .tokenizer import Tokenizer
-from .train import pretrain
+from .config import BertConfig  # noqa: E402
+from .data.tokenizer import Tokenizer  # noqa: E402
+from .model import BertForPreTraining, BertForSequenceClassification, BertModel  # noqa: E402
+from .nn.attention import attention_backward, attention_forward  # noqa: E402
+from .nn.backend import get_backend  # noqa: E402
+from .nn.gradcheck import gradcheck  # noqa: E402
+from .pretrained import pretrained, sentence_embedding  # noqa: E402
+from .training.optim import AdamW, clip_grad_norm, linear_warmup_decay  # noqa: E402
+from .training.pretraining import pretrain  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "attention_forward", "attention_backward", "BertConfig", "BertForPreTraining", "BertForSequenceClassification",
     "BertModel", "gradcheck", "Tokenizer", "AdamW", "clip_grad_norm", "linear_warmup_decay", "pretrain",
-    "pretrained", "sentence_embedding",
+    "pretrained", "sentence_embedding", "get_backend",
 ]

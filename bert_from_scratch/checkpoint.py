@@ -16,17 +16,15 @@ half-written checkpoint. Errors name the file, the tensor and the shapes involve
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .config import BertConfig, ConfigError
-from .xp import to_numpy
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from .constants import BEST_DIR, CHECKPOINT_DIR, CONFIG_NAME, WEIGHTS_NAME
+from .files import atomic_path, atomic_write
+from .nn.xp import to_numpy
 
 
 class CheckpointError(ValueError):
@@ -34,13 +32,12 @@ class CheckpointError(ValueError):
 
 
 def atomic_save_safetensors(tensors: dict, path, metadata=None):
+    """Host copies of ``tensors`` to a safetensors file, atomically."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(to_numpy(v)) for k, v in tensors.items()}, str(tmp),
-              metadata=metadata or {"format": "pt"})   # "pt": transformers refuses other formats
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: np.ascontiguousarray(to_numpy(v)) for k, v in tensors.items()}, str(tmp),
+                  metadata=metadata or {"format": "pt"})   # "pt": transformers refuses other formats
 
 
 def load_safetensors(path) -> dict:
@@ -69,9 +66,7 @@ def save_pretrained(model, folder):
         d["id2label"] = {str(i): name for i, name in enumerate(getattr(model, "label_names", None)
                                                                 or [f"LABEL_{i}" for i in range(model.num_labels)])}
         d["label2id"] = {name: int(i) for i, name in d["id2label"].items()}
-    tmp = folder / (CONFIG_NAME + ".tmp")
-    tmp.write_text(json.dumps(d, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / CONFIG_NAME)
+    atomic_write(folder / CONFIG_NAME, json.dumps(d, indent=2) + "\n")
     atomic_save_safetensors(model.params, folder / WEIGHTS_NAME)
 
 
@@ -159,3 +154,21 @@ def from_pretrained(cls, folder, dtype=np.float32, **kwargs):
     if "id2label" in raw and hasattr(model, "num_labels") and len(raw["id2label"]) == model.num_labels:
         model.label_names = [raw["id2label"][str(i)] for i in range(model.num_labels)]
     return model
+
+
+def resolve_model_folder(path, need: str = CONFIG_NAME, what: str = "a model") -> Path:
+    """The folder holding ``need`` for ``path``: every command and job resolves run folders here.
+
+    ``path`` may be a model folder itself, or a run folder holding ``checkpoint/`` (pretraining) or
+    ``best/`` (fine-tuning). A kill between the two renames of a folder swap
+    (:func:`~bert_from_scratch.files.replace_dir`) leaves only ``.checkpoint.old`` / ``.best.old``,
+    a complete copy: it is found too.
+    """
+    path = Path(path).expanduser()
+    inside = [path / name for name in (CHECKPOINT_DIR, BEST_DIR)]
+    for candidate in [path, *inside, *(p.with_name(f".{p.name}.old") for p in inside)]:
+        if (candidate / need).is_file():
+            return candidate
+    if not path.exists():
+        raise CheckpointError(f"checkpoint folder not found: {path}")
+    raise CheckpointError(f"{path} is not {what}: no {need} in it, nor in its {CHECKPOINT_DIR}/ or {BEST_DIR}/")

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .files import atomic_write
 
 # keys a Hugging Face BERT config.json may hold that do not change the computation
 _IGNORED_HF_KEYS = {
@@ -23,7 +24,6 @@ _IGNORED_HF_KEYS = {
     "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder", "num_labels",
 }
 SUPPORTED_ACTIVATIONS = ("gelu",)   # the exact erf GELU (Hugging Face's "gelu")
-ATTENTION_BACKENDS = ("auto", "numpy", "numba", "cupy")
 
 
 class ConfigError(ValueError):
@@ -47,7 +47,6 @@ class BertConfig:
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
     is_decoder: bool = False
-    attention_backend: str = "auto"   # ours: "numpy" (reference) | "numba" | "cupy" | "auto"
 
     def __post_init__(self):
         self.validate()
@@ -75,9 +74,6 @@ class BertConfig:
                 raise ConfigError(f"config {name} must be in [0, 1); got {p}")
         if not self.layer_norm_eps > 0:
             raise ConfigError(f"layer_norm_eps must be positive; got {self.layer_norm_eps}")
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ConfigError(f"attention_backend {self.attention_backend!r} unknown; choose one of "
-                              f"{', '.join(ATTENTION_BACKENDS)}")
 
     @property
     def head_size(self) -> int:
@@ -85,9 +81,7 @@ class BertConfig:
 
     # ---- (de)serialisation ------------------------------------------------------------
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d.pop("attention_backend")  # a run-time choice, not part of the model
-        return d
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "BertConfig":
@@ -116,7 +110,4 @@ class BertConfig:
 
     def to_json_file(self, path):
         d = {"architectures": ["BertForPreTraining"], "model_type": "bert", **self.to_dict()}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)   # atomic: a crash never leaves half a config
+        atomic_write(path, json.dumps(d, indent=2, sort_keys=True) + "\n")

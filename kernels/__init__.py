@@ -1,8 +1,15 @@
 """Fast kernels for BERT's hot path, importable as ``bert_from_scratch.kernels``.
 
-- ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
-- ``numba_elementwise``: fused GELU, LayerNorm and embedding scatter-add, forward and backward.
-- ``cuda_attention`` + ``attention.cu``: the same algorithm in CUDA, loaded with ``cupy.RawModule``.
+A leaf: nothing here imports from ``bert_from_scratch``. ``bert_from_scratch/nn/backend.py`` picks
+these up as a whole when a model runs with ``backend="numba"`` or ``"cupy"``.
 
-The NumPy reference in ``bert_from_scratch.attention`` is the truth these are checked against.
+- ``kernel_args``: what the reference and every kernel share (mask value, the dropout hash, input checks).
+- ``numba_math``: fast-math flags, the hash jitted, a vectorisable exp.
+- ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
+- ``numba_elementwise``: fused GELU, LayerNorm, dropout and embedding scatter-add kernels.
+- ``numba_layers``: those kernels behind the signatures of the reference layers (``nn/layers.py``).
+- ``numba_optim``: AdamW as one fused loop, bit-identical to the reference update.
+- ``cuda_attention`` + ``attention.cu``: the attention algorithm in CUDA, loaded with ``cupy.RawModule``.
+
+The NumPy reference in ``bert_from_scratch/nn/`` is the truth these are checked against.
 """

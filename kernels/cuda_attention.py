@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..attention import MASK_VALUE, check_kernel_inputs
+from .kernel_args import MASK_VALUE, check_kernel_inputs
 from .kernel_args import BUG_NONE, dropout_args as _dropout_args  # the same seed hash and threshold as Numba
 
 CUDA_SOURCE = Path(__file__).with_name("attention.cu")

@@ -1,11 +1,54 @@
-"""What the fused attention kernels (Numba and CUDA) share, in plain Python.
+"""What the NumPy reference and the fused kernels (Numba and CUDA) share, in plain Python.
+
+``kernels/`` is a leaf: it imports nothing from ``bert_from_scratch``. The constants and the
+counter-based dropout hash that the reference layers (``bert_from_scratch/nn``) and the kernels
+must agree on bit for bit live here, and the reference imports them from here.
 
 Kept apart from ``numba_attention`` so that the CUDA path works without Numba (a GPU machine
 may have a NumPy that its Numba does not support yet).
 """
 from __future__ import annotations
 
-from ..attention import GOLDEN, dropout_threshold
+import numpy as np
+
+#: added to the scores of padded keys before the softmax (google-research/bert uses -10000)
+MASK_VALUE = -10000.0
+
+#: the first round of the dropout hash mixes the seed with the golden-ratio constant
+GOLDEN = 0x9E3779B9
+
+
+def mix32(x, xp=np):
+    """The "lowbias32" integer finalizer: a bijective avalanche hash of uint32 arrays (NumPy or CuPy)."""
+    x = x ^ (x >> xp.uint32(16))
+    x = x * xp.uint32(0x7FEB352D)
+    x = x ^ (x >> xp.uint32(15))
+    x = x * xp.uint32(0x846CA68B)
+    x = x ^ (x >> xp.uint32(16))
+    return x
+
+
+def dropout_threshold(p: float) -> int:
+    """Entries whose 24-bit hash is below this are dropped: P(drop) = threshold / 2**24."""
+    return int(round(p * (1 << 24)))
+
+
+def check_qkv(q, k, v, mask) -> None:
+    """q, k, v of one shape (B, H, T, d); mask (B, T) or None."""
+    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
+    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
+
+
+def check_kernel_inputs(q, k, v, mask, dropout_p, backend: str) -> None:
+    """What the fused kernels (Numba, CUDA) accept: the shapes above, one float32/float64 dtype, 0 <= p < 1."""
+    check_qkv(q, k, v, mask)
+    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"{backend} attention supports float32 or float64 with one dtype for q, k, v; "
+                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
 
 #: planted bugs, for tests that prove the comparison rejects a wrong kernel
 BUG_NONE = 0

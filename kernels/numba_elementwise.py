@@ -34,7 +34,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .numba_attention import FASTMATH, _exp_inplace, mix32, seed_hash
+from .kernel_args import seed_hash
+from .numba_math import FASTMATH, _exp_inplace, mix32
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)

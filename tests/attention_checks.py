@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bert_from_scratch import attention as ref
+from bert_from_scratch.nn import attention as ref
 
 #: max |actual - expected| / max(1, max |expected|) allowed, per dtype
 TOLERANCE = {np.float64: 1e-12, np.float32: 1e-5}

@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from bert_from_scratch.xp import gpu_available
+from bert_from_scratch.nn.xp import gpu_available
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TRANSFORMERS = HAS_TORCH and importlib.util.find_spec("transformers") is not None

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bert_from_scratch import bench_attention, bench_train
+from bert_from_scratch.bench import attention as bench_attention, train_step as bench_train
 from bert_from_scratch.cli import main
 
 
@@ -38,7 +38,7 @@ def test_train_step_bench_runs_on_the_cpu_and_refuses_a_missing_gpu(capsys, monk
     rows = bench_train.run(B=2, T=24, repeats=1, masked=4, torch_too=False, keep_memory=False)
     assert len(rows) == 2 and all(r["ours_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
     assert "device=cpu" in capsys.readouterr().out
-    import bert_from_scratch.xp as xp
+    import bert_from_scratch.nn.xp as xp
     monkeypatch.setattr(xp, "gpu_available", lambda: False)
     with pytest.raises(SystemExit):
         main(["bench", "train-step", "--device", "gpu"])

@@ -37,7 +37,7 @@ def test_pretrain_end_to_end_writes_a_checkpoint_and_report(tiny_run, capsys):
 
 
 def test_wilson_interval_known_values():
-    from bert_from_scratch.pipeline import wilson_interval
+    from bert_from_scratch.training.metrics import wilson_interval
     lo, hi = wilson_interval(0.5, 100)
     assert abs(lo - 0.4038) < 1e-4 and abs(hi - 0.5962) < 1e-4            # the textbook value
     lo, hi = wilson_interval(0.0, 10)
@@ -91,7 +91,7 @@ def test_user_errors_are_one_line(tiny_run, tmp_path, capsys):
 
 
 def test_device_options_are_checked_before_any_work(capsys, monkeypatch):
-    import bert_from_scratch.xp as xp
+    import bert_from_scratch.nn.xp as xp
     assert "needs --device gpu" in run_error(["pretrain", "--attention-backend", "cupy"], capsys)
     monkeypatch.setattr(xp, "gpu_available", lambda: False)
     assert "working CUDA GPU" in run_error(["pretrain", "--device", "gpu"], capsys)
@@ -117,11 +117,13 @@ def test_console_script_runs():
 
 def test_kernels_import_from_a_plain_checkout():
     """Without the editable install's finder (a checkout on sys.path, as on the GPU machine), the
-    package still finds kernels/ as bert_from_scratch.kernels."""
+    package still finds kernels/ as bert_from_scratch.kernels (the symlink bert_from_scratch/kernels),
+    and the fused backend is built from it."""
     code = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in repr(f).lower()]; "
-            "import bert_from_scratch.kernels.cuda_attention as ca, bert_from_scratch.layers as layers; "
-            "print(ca.__file__); print(layers._fused is not None)")
+            "from pathlib import Path; import bert_from_scratch.kernels.cuda_attention as ca; "
+            "from bert_from_scratch.nn.backend import get_backend; "
+            "print(Path(ca.__file__).resolve()); print(get_backend('auto').name)")
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == [str(root / "kernels" / "cuda_attention.py"), "True"]
+    assert proc.stdout.split() == [str(root / "kernels" / "cuda_attention.py"), "numba"]

@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from bert_from_scratch.corpora import (
+from bert_from_scratch.data.corpora import (
     BBC_TOPICS, CorpusError, Example, load_classification, load_documents, read_classification_csv,
     split_examples, split_sentences,
 )

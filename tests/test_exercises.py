@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from scipy.special import erf
 
+from bert_from_scratch.constants import IGNORE_INDEX
 from bert_from_scratch.exercises import grader, solutions
-from bert_from_scratch.exercises.grader import (ExerciseError, add_check_arguments, chapters, cli_check,
-                                                exercise_file, grade)
+from bert_from_scratch.cli.check import add_check_arguments, cli_check
+from bert_from_scratch.exercises.grader import ExerciseError, chapters, exercise_file, grade
 
 S = solutions
 CHAPTER_NUMBERS = sorted(chapters())
@@ -142,7 +143,7 @@ def _ffn_backward_no_residual(dy, cache):
 
 
 def _gather_column_major(seq, labels):
-    t, b = np.nonzero((labels != -100).T)
+    t, b = np.nonzero((labels != IGNORE_INDEX).T)
     return seq[b, t], labels[b, t]
 
 
@@ -415,7 +416,7 @@ def test_module_entry_point_runs(monkeypatch, capsys):
 @pytest.mark.ch08
 def test_masking_grader_is_not_fooled_by_the_package_recipe():
     """The package's own create_masked_lm_predictions (a second implementation) passes the chapter-8 grader."""
-    from bert_from_scratch.pretraining_data import create_masked_lm_predictions
+    from bert_from_scratch.data.pretraining import create_masked_lm_predictions
 
     def mask_tokens(tokens, rng, vocab_words, masked_lm_prob=0.15, max_predictions=20):
         return create_masked_lm_predictions(tokens, masked_lm_prob, max_predictions, vocab_words, rng)

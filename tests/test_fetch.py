@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-from bert_from_scratch import fetch
+from bert_from_scratch.data import fetch
 
 
 @pytest.fixture

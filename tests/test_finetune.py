@@ -8,13 +8,17 @@ import json
 import numpy as np
 import pytest
 
-from bert_from_scratch import finetune as ft
+from bert_from_scratch.cli import finetune as cli_ft
+from bert_from_scratch.data import classification as examples
+from bert_from_scratch.training import classification_models as models
+from bert_from_scratch.training import finetuning as ft
+from bert_from_scratch.training import metrics
 from bert_from_scratch.checkpoint import load_safetensors
 from bert_from_scratch.config import BertConfig
-from bert_from_scratch.corpora import ClassificationData, Example
-from bert_from_scratch.gradcheck import gradcheck
+from bert_from_scratch.data.corpora import ClassificationData, Example
+from bert_from_scratch.nn.gradcheck import gradcheck
 from bert_from_scratch.model import BertForPreTraining, BertForSequenceClassification
-from bert_from_scratch.tokenizer import SPECIAL_TOKENS, Tokenizer
+from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 POSITIVE, NEGATIVE = ["good", "great", "fine"], ["bad", "awful", "poor"]
 FILLER = "the a movie film was is very plot actors story and of it".split()
@@ -43,7 +47,7 @@ def keyword_examples(n, seed, pairs=False):
 
 def tiny_config(vocab_size, dropout=0.0, **kw):
     return BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=32, attention_backend="numpy",
+                      intermediate_size=64, max_position_embeddings=32,
                       hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, **kw)
 
 
@@ -100,7 +104,7 @@ def test_tiny_finetune_learns_and_saves_the_best_model(tmp_path, tok, keyword_da
 
     # predict() with the checkpoint agrees with the model in memory
     texts = ["the movie was great", "the plot was awful", "it is poor", "very good film"]
-    predictions = ft.predict(best, texts)
+    predictions = models.predict(best, texts)
     batch = tok.encode_batch(texts, max_length=16)
     logits = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits
     assert [label for label, _ in predictions] == [["negative", "positive"][k] for k in logits.argmax(axis=1)]
@@ -175,7 +179,7 @@ def test_classification_head_gradients_pass_gradcheck(tok):
 def test_pretraining_checkpoint_loads_bit_identical_with_a_new_head(pretraining_checkpoint):
     folder, pretrained = pretraining_checkpoint
     notes = []
-    model, tokenizer = ft.load_for_classification(str(folder), num_labels=3, seed=1, log=notes.append)
+    model, tokenizer = models.load_for_classification(str(folder), num_labels=3, seed=1, log=notes.append)
     assert len(tokenizer) == model.config.vocab_size
     encoder = [k for k in pretrained.params if k.startswith("bert.")]
     assert sorted(encoder) == sorted(k for k in model.params if k.startswith("bert."))
@@ -188,14 +192,14 @@ def test_pretraining_checkpoint_loads_bit_identical_with_a_new_head(pretraining_
     assert 0.01 < float(w.std()) < 0.03                                  # BERT's init, std 0.02
     assert any("classifier" in n for n in notes)                         # the user is told the head is new
     # another seed: another head, the same encoder
-    model2, _ = ft.load_for_classification(str(folder), num_labels=3, seed=2, log=lambda s: None)
+    model2, _ = models.load_for_classification(str(folder), num_labels=3, seed=2, log=lambda s: None)
     assert not np.array_equal(model2.params["classifier.weight"], w)
     assert all(np.array_equal(model2.params[k], model.params[k]) for k in encoder)
     # the run folder that holds checkpoint/ works as well
-    model3, _ = ft.load_for_classification(str(folder.parent), num_labels=3, seed=1, log=lambda s: None)
+    model3, _ = models.load_for_classification(str(folder.parent), num_labels=3, seed=1, log=lambda s: None)
     assert all(np.array_equal(model3.params[k], model.params[k]) for k in model.params)
     # --init random --like FOLDER: the same architecture and vocabulary, none of the weights
-    rand, rand_tok = ft.load_for_classification("random", num_labels=3, seed=1, like=str(folder), log=lambda s: None)
+    rand, rand_tok = models.load_for_classification("random", num_labels=3, seed=1, like=str(folder), log=lambda s: None)
     assert rand.config == model.config and len(rand_tok) == len(tokenizer)
     assert not np.array_equal(rand.params["bert.pooler.dense.weight"], model.params["bert.pooler.dense.weight"])
 
@@ -203,7 +207,7 @@ def test_pretraining_checkpoint_loads_bit_identical_with_a_new_head(pretraining_
 def test_minilm_encoder_loads_bit_identical():
     from bert_from_scratch.pretrained import model_folder
 
-    model, tokenizer = ft.load_for_classification("minilm", num_labels=2, seed=0, log=lambda s: None)
+    model, tokenizer = models.load_for_classification("minilm", num_labels=2, seed=0, log=lambda s: None)
     weights = load_safetensors(model_folder("all-MiniLM-L6-v2") / "model.safetensors")
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
     assert tokenizer.cls_token_id == 101 and tokenizer.sep_token_id == 102
@@ -222,48 +226,48 @@ def test_minilm_encoder_loads_bit_identical():
 def test_metrics_match_hand_counts():
     y_true = [0, 0, 0, 1, 1, 2]
     y_pred = [0, 0, 1, 1, 2, 2]
-    cm = ft.confusion_matrix(y_true, y_pred, 3)
+    cm = metrics.confusion_matrix(y_true, y_pred, 3)
     assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
-    assert ft.accuracy_from_confusion(cm) == pytest.approx(4 / 6)
+    assert metrics.accuracy_from_confusion(cm) == pytest.approx(4 / 6)
     # F1 per class: 2*2/(4+0+1), 2*1/(2+1+1), 2*1/(2+1+0)
     expected = (0.8 + 0.5 + 2 / 3) / 3
-    assert ft.macro_f1_from_confusion(cm) == pytest.approx(expected)
+    assert metrics.macro_f1_from_confusion(cm) == pytest.approx(expected)
     # a class that is neither true nor predicted does not count (scikit-learn's macro average)
-    assert ft.macro_f1_from_confusion(ft.confusion_matrix(y_true, y_pred, 5)) == pytest.approx(expected)
+    assert metrics.macro_f1_from_confusion(metrics.confusion_matrix(y_true, y_pred, 5)) == pytest.approx(expected)
     # planted wrong answers are told apart: micro-F1 (= accuracy) and a mean over all 5 classes
-    assert abs(ft.accuracy_from_confusion(cm) - expected) > 0.01
+    assert abs(metrics.accuracy_from_confusion(cm) - expected) > 0.01
     assert abs(expected * 3 / 5 - expected) > 0.01
     with pytest.raises(ValueError, match=r"y_pred holds labels outside \[0, 3\)"):
-        ft.confusion_matrix(y_true, [0, 0, 0, 1, 1, 3], 3)
+        metrics.confusion_matrix(y_true, [0, 0, 0, 1, 1, 3], 3)
     # a classifier that always says class 0 has accuracy 1/2 but macro-F1 only 2/9
-    cm_majority = ft.confusion_matrix(y_true, [0] * 6, 3)
-    assert ft.accuracy_from_confusion(cm_majority) == pytest.approx(0.5)
-    assert ft.macro_f1_from_confusion(cm_majority) == pytest.approx((2 * 3 / (6 + 3)) / 3)
+    cm_majority = metrics.confusion_matrix(y_true, [0] * 6, 3)
+    assert metrics.accuracy_from_confusion(cm_majority) == pytest.approx(0.5)
+    assert metrics.macro_f1_from_confusion(cm_majority) == pytest.approx((2 * 3 / (6 + 3)) / 3)
 
 
 def test_length_bucketed_batches_cover_every_example_once_with_less_padding():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 60, 1000)
-    batches = ft.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)
+    batches = examples.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)
     flat = np.concatenate(batches)
     assert sorted(flat.tolist()) == list(range(1000))
     assert all(1 <= len(b) <= 32 for b in batches)
-    again = ft.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)
+    again = examples.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=10)
     assert all(np.array_equal(a, b) for a, b in zip(batches, again))
 
     def padded_tokens(bs):
         return sum(len(b) * lengths[b].max() for b in bs)
 
-    plain = ft.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=1)
+    plain = examples.length_bucketed_batches(lengths, 32, np.random.default_rng(1), bucket_batches=1)
     assert padded_tokens(batches) < 0.75 * padded_tokens(plain)
 
 
 def test_pairs_are_encoded_with_segment_ids(tok):
-    enc = ft.encode_examples(tok, [Example("the movie", 1, "was good")], max_length=16, num_labels=2)
+    enc = examples.encode_examples(tok, [Example("the movie", 1, "was good")], max_length=16, num_labels=2)
     assert enc.token_type_ids[0].tolist() == [0, 0, 0, 0, 1, 1, 1]
     assert enc.input_ids[0][0] == tok.cls_token_id and enc.input_ids[0][-1] == tok.sep_token_id
     with pytest.raises(ft.FinetuneError, match=r"train\[0\]: label 2 is not an integer in \[0, 2\)"):
-        ft.encode_examples(tok, [Example("the movie", 2)], max_length=16, num_labels=2, what="train")
+        examples.encode_examples(tok, [Example("the movie", 2)], max_length=16, num_labels=2, what="train")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,10 +291,10 @@ def test_cli_finetune_on_pair_csv_then_predict(tmp_path, capsys, pretraining_che
     train = write_csv(tmp_path / "train.csv", "text,text_b,label", rows(keyword_examples(64, 1, pairs=True)))
     dev = write_csv(tmp_path / "dev.csv", "text,text_b,label", rows(keyword_examples(32, 2, pairs=True)))
     out = tmp_path / "run"
-    args = parse(ft.add_finetune_arguments, ["--init", str(folder), "--train", str(train), "--dev", str(dev),
+    args = parse(cli_ft.add_finetune_arguments, ["--init", str(folder), "--train", str(train), "--dev", str(dev),
                                              "--epochs", "1", "--batch-size", "16", "--max-length", "24",
                                              "--out", str(out), "--no-progress"])
-    assert ft.cli_finetune(args) == 0
+    assert cli_ft.cli_finetune(args) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     config = json.loads((out / "best" / "config.json").read_text())
@@ -298,19 +302,19 @@ def test_cli_finetune_on_pair_csv_then_predict(tmp_path, capsys, pretraining_che
     assert json.loads((out / "best" / "training_args.json").read_text())["max_length"] == 24
     assert json.loads((out / "results.json").read_text())["confusion_split"] == "dev"   # no --test: dev
 
-    args = parse(ft.add_predict_arguments, ["--checkpoint", str(out), "the movie", "--pair", "was great"])
-    assert ft.cli_predict(args) == 0
+    args = parse(cli_ft.add_predict_arguments, ["--checkpoint", str(out), "the movie", "--pair", "was great"])
+    assert cli_ft.cli_predict(args) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     label, probs, text = line.split("\t")
     assert label in ("neg", "pos") and text == "the movie" and "neg " in probs and "pos " in probs
 
-    args = parse(ft.add_predict_arguments, ["--checkpoint", str(tmp_path / "nowhere"), "text"])
-    assert ft.cli_predict(args) == 2
+    args = parse(cli_ft.add_predict_arguments, ["--checkpoint", str(tmp_path / "nowhere"), "text"])
+    assert cli_ft.cli_predict(args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "nowhere" in err and len(err.splitlines()) == 1
+    assert err.startswith("bert-from-scratch: error:") and "nowhere" in err and len(err.splitlines()) == 1
     # a pretraining checkpoint has no classifier: predict says so
-    args = parse(ft.add_predict_arguments, ["--checkpoint", str(folder), "text"])
-    assert ft.cli_predict(args) == 2
+    args = parse(cli_ft.add_predict_arguments, ["--checkpoint", str(folder), "text"])
+    assert cli_ft.cli_predict(args) == 2
     assert "not a fine-tuned model" in capsys.readouterr().err
 
 
@@ -333,11 +337,11 @@ def test_bad_csv_gives_one_clear_line(case, tmp_path, capsys, pretraining_checkp
     train.write_text(train_text, encoding="utf-8")
     dev = tmp_path / "dev.csv"
     dev.write_text(dev_text or "text,label\nx,pos\ny,neg\n", encoding="utf-8")
-    args = parse(ft.add_finetune_arguments, ["--init", str(pretraining_checkpoint[0]), "--train", str(train),
+    args = parse(cli_ft.add_finetune_arguments, ["--init", str(pretraining_checkpoint[0]), "--train", str(train),
                                              "--dev", str(dev), "--out", str(tmp_path / "out"), "--no-progress"])
-    assert ft.cli_finetune(args) == 2
+    assert cli_ft.cli_finetune(args) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error:"), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("bert-from-scratch: error:"), err
     assert expected in err, err
     assert "Traceback" not in err
 
@@ -350,8 +354,8 @@ def test_bad_csv_gives_one_clear_line(case, tmp_path, capsys, pretraining_checkp
 ])
 def test_cli_usage_errors(argv, expected, tmp_path, capsys):
     write_csv(tmp_path / "train.csv", "text,label", ["a,pos", "b,neg"])
-    args = parse(ft.add_finetune_arguments, [a.format(tmp=tmp_path) for a in argv] +
+    args = parse(cli_ft.add_finetune_arguments, [a.format(tmp=tmp_path) for a in argv] +
                  ["--out", str(tmp_path / "out"), "--no-progress"])
-    assert ft.cli_finetune(args) == 2
+    assert cli_ft.cli_finetune(args) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and expected in err, err

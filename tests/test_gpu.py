@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bert_from_scratch import attention as ref
+from bert_from_scratch.nn import attention as ref
 from bert_from_scratch.kernels import kernel_args as na   # planted-bug constants (no Numba needed)
 
 from attention_checks import TOLERANCE, assert_attention_close, random_inputs, reference_float64
@@ -120,7 +120,7 @@ def test_cuda_dropout_mask_is_identical_to_numpy_and_numba(cp, ca, dropout_p):
 
 
 def test_hidden_dropout_mask_is_identical_on_cupy_and_numpy(cp):
-    from bert_from_scratch import layers
+    from bert_from_scratch.nn import layers
     x = np.random.default_rng(1).normal(size=(4, 33, 17))
     y_cpu, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(9))
     y_gpu, _ = layers.dropout_forward(cp.asarray(x), 0.1, np.random.default_rng(9))
@@ -156,8 +156,8 @@ def test_tiny_model_trains_identically_on_gpu(cp):
     def make(backend):
         cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.1,
-                         attention_probs_dropout_prob=0.1, attention_backend=backend)
-        return model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64)
+                         attention_probs_dropout_prob=0.1)
+        return model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64, backend=backend)
 
     rng = np.random.default_rng(7)
     B, T = 3, 20
@@ -196,15 +196,16 @@ def test_pretraining_loop_on_gpu_matches_cpu_and_its_checkpoint_loads_on_the_cpu
     bit like an uninterrupted GPU run."""
     from bert_from_scratch.checkpoint import load_state_dict, load_safetensors
     from bert_from_scratch.model import BertForPreTraining
-    from bert_from_scratch.train import CHECKPOINT_DIR, WEIGHTS_NAME, pretrain
-    from bert_from_scratch.xp import to_numpy
+    from bert_from_scratch.constants import CHECKPOINT_DIR, WEIGHTS_NAME
+    from bert_from_scratch.training.pretraining import pretrain
+    from bert_from_scratch.nn.xp import to_numpy
 
     from test_train import EVAL, TRAIN, tiny_config
 
     def make(backend, device):
-        cfg = tiny_config(attention_backend=backend, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-        model = BertForPreTraining(cfg, seed=0, dtype=np.float64)
-        return model.to("cupy") if device == "gpu" else model
+        cfg = tiny_config(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        model = BertForPreTraining(cfg, seed=0, dtype=np.float64, backend="numpy")
+        return model.to("cupy", backend=backend) if device == "gpu" else model
 
     def train(model, out, **kwargs):
         return pretrain(model, TRAIN, EVAL, out, 6, batch_size=8, lr=1e-3, warmup=2, eval_every=3, save_every=3,

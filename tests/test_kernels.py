@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_from_scratch import attention as ref
+from bert_from_scratch.nn import attention as ref
 from bert_from_scratch.kernels import numba_attention as na
 
 from attention_checks import TOLERANCE, assert_attention_close, random_inputs, reference_float64
@@ -322,7 +322,7 @@ def test_cuda_launch_shape_is_checked(monkeypatch):
 # --------------------------------------------------------------------------------------
 def test_tiny_model_trains_identically_with_the_numba_kernel():
     """Three SGD steps of a tiny BertForPreTraining (float64, attention dropout on) give the same
-    losses with attention_backend="numba" as with the NumPy reference (the GPU twin of this test
+    losses with backend="numba" as with the NumPy reference (the GPU twin of this test
     is in tests/test_gpu.py)."""
     from bert_from_scratch import model as model_module
     from bert_from_scratch.config import BertConfig
@@ -330,8 +330,8 @@ def test_tiny_model_trains_identically_with_the_numba_kernel():
     def train(backend):
         cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                          intermediate_size=128, max_position_embeddings=32, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.1, attention_backend=backend)
-        model = model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64)
+                         attention_probs_dropout_prob=0.1)
+        model = model_module.BertForPreTraining(cfg, seed=0, dtype=np.float64, backend=backend)
         rng = np.random.default_rng(7)
         ids = rng.integers(5, 100, (3, 20))
         mask = np.ones((3, 20), np.int64)

@@ -9,10 +9,11 @@ import math
 import numpy as np
 import pytest
 
-from bert_from_scratch import layers
-from bert_from_scratch.attention import (MASK_VALUE, attention_backward_reference, attention_forward_reference,
+from bert_from_scratch.nn import layers
+from bert_from_scratch.nn.attention import (MASK_VALUE, attention_backward_reference, attention_forward_reference,
                                          dropout_keep_mask)
-from bert_from_scratch.gradcheck import gradcheck
+from bert_from_scratch.nn.backend import get_backend
+from bert_from_scratch.nn.gradcheck import gradcheck
 
 TOL = 1e-7
 H_STEP = 1e-5
@@ -201,7 +202,7 @@ def test_gradcheck_rejects_planted_bugs(rng):
 
 
 def test_gradcheck_validates_its_arguments(rng):
-    from bert_from_scratch.gradcheck import gradcheck as gc
+    from bert_from_scratch.nn.gradcheck import gradcheck as gc
     x32 = rng.normal(size=3).astype(np.float32)
     with pytest.raises(ValueError, match="float64"):
         gc(lambda: float(x32.sum()), {"x": x32}, {"x": np.ones(3)})
@@ -210,17 +211,45 @@ def test_gradcheck_validates_its_arguments(rng):
         gc(lambda: float(x.sum()), {"x": x}, {"x": np.ones(4)})
 
 
-def _all_fused_paths(x, dy, gamma, beta, ids, table):
-    """Run GELU, LayerNorm (forward and backward) and the embedding scatter-add; return every output."""
-    y, c = layers.gelu_forward(x)
-    dx = layers.gelu_backward(dy, c)
+BACKENDS = ["numpy", "numba"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_backend_layers_pass_the_gradient_check(rng, backend):
+    """The layers a backend swaps (GELU, LayerNorm, dropout, the embedding scatter-add) against central
+    differences, on the reference and on the fused kernels alike (float64)."""
+    ops = get_backend(backend)
+    x = rng.normal(size=(6, 9)) * 2
+    check_layer(ops.gelu_forward, ops.gelu_backward, {"x": x}, ["x"]).assert_ok()
+    ln = {"x": rng.normal(size=(6, 9)), "gamma": rng.normal(size=9), "beta": rng.normal(size=9)}
+    check_layer(lambda x, gamma, beta: ops.layernorm_forward(x, gamma, beta, 1e-12), ops.layernorm_backward, ln,
+                ["x", "gamma", "beta"]).assert_ok()
+    check_layer(lambda x: ops.dropout_forward(x, 0.3, np.random.default_rng(7)), ops.dropout_backward, {"x": x},
+                ["x"]).assert_ok()
+    ids = np.array([0, 3, 3, 1])                                    # a repeated row must accumulate
+    table = rng.normal(size=(5, 9))
+
+    def embed(table):
+        return table[ids], None
+
+    def embed_backward(dy, cache):
+        dtable = np.zeros_like(table)
+        ops.scatter_add_rows(dtable, ids, dy)
+        return dtable
+    check_layer(embed, embed_backward, {"table": table}, ["table"]).assert_ok()
+
+
+def _all_fused_paths(ops, x, dy, gamma, beta, ids, table):
+    """Run GELU, LayerNorm (forward and backward), dropout and the embedding scatter-add of one backend."""
+    y, c = ops.gelu_forward(x)
+    dx = ops.gelu_backward(dy, c)
     h = x[..., :16]
-    yl, cl = layers.layernorm_forward(h, gamma, beta)
-    dxl, dgamma, dbeta = layers.layernorm_backward(np.ascontiguousarray(dy[..., :16]), cl)
+    yl, cl = ops.layernorm_forward(h, gamma, beta)
+    dxl, dgamma, dbeta = ops.layernorm_backward(np.ascontiguousarray(dy[..., :16]), cl)
     target = table.copy()
-    layers.scatter_add_rows(target, ids, np.ascontiguousarray(dy[:len(ids), :16]))
-    yd, cd = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
-    dxd = layers.dropout_backward(dy, cd)
+    ops.scatter_add_rows(target, ids, np.ascontiguousarray(dy[:len(ids), :16]))
+    yd, cd = ops.dropout_forward(x, 0.1, np.random.default_rng(5))
+    dxd = ops.dropout_backward(dy, cd)
     return {"gelu": y, "gelu.cdf": c[1], "gelu.dx": dx, "ln": yl, "ln.xhat": cl[0], "ln.rstd": cl[1],
             "ln.dx": dxl, "ln.dgamma": dgamma, "ln.dbeta": dbeta, "scatter": target,
             "dropout": yd, "dropout.dx": dxd}
@@ -238,15 +267,13 @@ def _fused_inputs(dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-def test_fused_numba_kernels_equal_the_numpy_reference(monkeypatch, dtype, tol):
-    """GELU, LayerNorm, dropout and the embedding backward run through fused Numba kernels on NumPy
-    arrays (kernels/numba_elementwise.py); the NumPy code in layers.py is the reference. Dropout's
-    hash mask must be bit-identical (its backward regenerates it from the seed)."""
-    assert layers._fused is not None, "numba is a dependency: the fused path must be active"
+def test_fused_numba_kernels_equal_the_numpy_reference(dtype, tol):
+    """The "numba" backend's GELU, LayerNorm, dropout and embedding backward (kernels/numba_layers.py)
+    against the reference in nn/layers.py. Dropout's hash mask must be bit-identical (its backward
+    regenerates it from the seed)."""
     inputs = _fused_inputs(dtype)
-    fused = _all_fused_paths(*inputs)
-    monkeypatch.setattr(layers, "_fused", None)
-    reference = _all_fused_paths(*inputs)
+    fused = _all_fused_paths(get_backend("numba"), *inputs)
+    reference = _all_fused_paths(get_backend("numpy"), *inputs)
     np.testing.assert_array_equal(fused["dropout"] == 0, reference["dropout"] == 0)
     np.testing.assert_array_equal(fused["dropout.dx"] == 0, fused["dropout"] == 0)
     for name in reference:
@@ -258,31 +285,39 @@ def test_fused_numba_kernels_equal_the_numpy_reference(monkeypatch, dtype, tol):
 
 @pytest.mark.parametrize("bug, output", [("BUG_GELU_NO_PDF_TERM", "gelu.dx"),
                                          ("BUG_LAYERNORM_NO_MEAN_TERM", "ln.dx")])
-def test_fused_kernel_comparison_rejects_a_planted_bug(monkeypatch, bug, output):
-    """The comparison above must fail for a fused backward that drops a term."""
-    from bert_from_scratch.kernels import numba_elementwise as fused_kernels
+def test_fused_kernel_comparison_rejects_a_planted_bug(bug, output):
+    """The comparison above must fail for a fused backward that drops a term (a backend built with it)."""
+    import dataclasses
+    import functools
+
+    from bert_from_scratch.kernels import numba_elementwise, numba_layers
     inputs = _fused_inputs(np.float64)
-    reference = _all_fused_paths(*inputs)
-    wrong = getattr(fused_kernels, bug)
-    for name in ("gelu_backward_kernel", "layernorm_backward_kernel"):
-        kernel = getattr(fused_kernels, name)
-        monkeypatch.setattr(fused_kernels, name, lambda *a, _k=kernel: _k(*a[:-1], wrong))
-    broken = _all_fused_paths(*inputs)
+    reference = _all_fused_paths(get_backend("numpy"), *inputs)
+    wrong = getattr(numba_elementwise, bug)
+    planted = dataclasses.replace(
+        get_backend("numba"), gelu_backward=functools.partial(numba_layers.gelu_backward, planted_bug=wrong),
+        layernorm_backward=functools.partial(numba_layers.layernorm_backward, planted_bug=wrong))
+    broken = _all_fused_paths(planted, *inputs)
     assert not np.allclose(broken[output], reference[output], rtol=1e-6, atol=1e-6)
     for name in reference:                                         # and nothing else changed
         if name != output:
             np.testing.assert_allclose(broken[name], reference[name], rtol=1e-12, atol=1e-12)
 
 
-def test_fused_dropout_comparison_rejects_a_different_mask(monkeypatch):
+def test_fused_dropout_comparison_rejects_a_different_mask():
     """A fused dropout whose hash is seeded differently keeps ~90% of the entries too, so only the exact
     mask comparison of the test above can tell it from the reference."""
-    from bert_from_scratch.kernels import numba_elementwise as fused_kernels
+    from bert_from_scratch.kernels import numba_elementwise as ew
+    from bert_from_scratch.kernels.kernel_args import dropout_threshold
     x = np.random.default_rng(0).normal(size=(64, 33))
-    reference, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
-    seed_hash = fused_kernels.dropout_seed_hash
-    monkeypatch.setattr(fused_kernels, "dropout_seed_hash", lambda seed: seed_hash(seed + 1))
-    wrong, _ = layers.dropout_forward(x, 0.1, np.random.default_rng(5))
+    reference, _ = get_backend("numpy").dropout_forward(x, 0.1, np.random.default_rng(5))
+    seed = int(np.random.default_rng(5).integers(0, 2**32))
+    wrong = np.empty_like(x)                                  # the kernel, hashed from seed + 1
+    ew.dropout_kernel(x.reshape(-1), ew.dropout_seed_hash(seed + 1), dropout_threshold(0.1), 1 / 0.9,
+                      wrong.reshape(-1))
+    right = np.empty_like(x)
+    ew.dropout_kernel(x.reshape(-1), ew.dropout_seed_hash(seed), dropout_threshold(0.1), 1 / 0.9, right.reshape(-1))
+    np.testing.assert_array_equal(right == 0, reference == 0)              # the right seed: the same mask
     assert abs((wrong != 0).mean() - 0.9) < 0.03                           # plausible statistics ...
     assert not np.array_equal(wrong == 0, reference == 0)                  # ... but not the same mask
 
@@ -297,7 +332,7 @@ def test_float32_erf_is_exact_to_float32_precision():
     approx = fused_kernels.erf_float32(x).astype(np.float64)
     assert np.abs(approx - exact).max() < 1e-6
     assert approx[0] == -1.0 and approx[-1] == 1.0
-    gelu32 = layers.gelu_forward(x.astype(np.float32))[0].astype(np.float64)
+    gelu32 = get_backend("numba").gelu_forward(x.astype(np.float32))[0].astype(np.float64)
     gelu_exact = x * 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in x]))
     tanh_gelu = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
     err = np.abs(gelu32 - gelu_exact) / np.maximum(1.0, np.abs(x))

@@ -9,15 +9,17 @@ import numpy as np
 import pytest
 
 from bert_from_scratch.config import BertConfig, ConfigError
-from bert_from_scratch.gradcheck import gradcheck
+from bert_from_scratch.nn.gradcheck import gradcheck
 from bert_from_scratch.model import BertForPreTraining, BertForSequenceClassification, BertModel
 
 TOL = 1e-7
+#: every gradient check runs on the reference and on the fused Numba kernels (nn/backend.py)
+BACKENDS = ["numpy", "numba"]
 
 
 def tiny_config(**kw):
     base = dict(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                max_position_embeddings=16, initializer_range=0.2, attention_backend="numpy")
+                max_position_embeddings=16, initializer_range=0.2)
     base.update(kw)
     return BertConfig(**base)
 
@@ -46,9 +48,11 @@ def fixed_rng_loss(model, training, **batch):
     return loss
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("training", [False, True], ids=["dropout-off", "dropout-on"])
-def test_pretraining_model_every_parameter(training):
-    model = BertForPreTraining(tiny_config(), seed=0, dtype=np.float64)
+def test_pretraining_model_every_parameter(training, backend):
+    model = BertForPreTraining(tiny_config(), seed=0, dtype=np.float64, backend=backend)
+    assert model.backend.name == backend
     ids, tt, mask, labels, nsl = tiny_batch()
     loss = fixed_rng_loss(model, training, input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels,
                           next_sentence_label=nsl)
@@ -62,8 +66,9 @@ def test_pretraining_model_every_parameter(training):
         assert loss() != model.forward(ids, tt, mask, labels, nsl, training=False).loss
 
 
-def test_classifier_every_parameter():
-    model = BertForSequenceClassification(tiny_config(), num_labels=3, seed=0, dtype=np.float64)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_classifier_every_parameter(backend):
+    model = BertForSequenceClassification(tiny_config(), num_labels=3, seed=0, dtype=np.float64, backend=backend)
     ids, tt, mask, _, _ = tiny_batch()
     y = np.array([2, 0, 1])
     loss = fixed_rng_loss(model, True, input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=y)
@@ -72,8 +77,9 @@ def test_classifier_every_parameter():
     gradcheck(loss, model.params, grads, h=1e-5, tol=TOL, max_entries=6).assert_ok()
 
 
-def test_bert_model_backward_from_hidden_states():
-    model = BertModel(tiny_config(), seed=0, dtype=np.float64)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bert_model_backward_from_hidden_states(backend):
+    model = BertModel(tiny_config(), seed=0, dtype=np.float64, backend=backend)
     ids, tt, mask, _, _ = tiny_batch()
     R = np.random.default_rng(3).normal(size=(3, 10, 32))
     Rp = np.random.default_rng(4).normal(size=(3, 32))
@@ -95,9 +101,12 @@ def test_tied_decoder_gradient_is_the_sum_of_both_uses():
     full = model.backward()["bert.embeddings.word_embeddings.weight"]
     # the decoder's share alone: backward through the MLM head only
     c = model._cache
-    from bert_from_scratch.layers import cross_entropy_backward
+    from bert_from_scratch.model.heads import mlm_head_backward
+    from bert_from_scratch.model.params import Scope
+    from bert_from_scratch.nn.layers import cross_entropy_backward
     dec_only = {}
-    model._mlm_backward(cross_entropy_backward(1.0, c["mlm_loss"]), c["mlm"], dec_only)
+    mlm_head_backward(cross_entropy_backward(1.0, c["mlm_loss"]), c["mlm"], Scope(dec_only, "cls.predictions."),
+                      model.backend)
     decoder_share = dec_only["bert.embeddings.word_embeddings.weight"]
     input_share = full - decoder_share
     used = np.unique(ids[mask == 1])
@@ -192,11 +201,40 @@ def test_backward_without_forward_or_loss(small_model):
     ({"position_embedding_type": "relative_key"}, "position_embedding_type"),
     ({"hidden_size": 30, "num_attention_heads": 4}, "multiple of num_attention_heads"),
     ({"vocab_size": 0}, "vocab_size must be a positive integer"),
-    ({"attention_backend": "fast"}, "attention_backend"),
 ])
 def test_config_rejects_what_it_cannot_run(kw, match):
     with pytest.raises(ConfigError, match=match):
         tiny_config(**kw)
+
+
+def test_backend_is_chosen_once_and_checked():
+    """A model's backend is picked when it is built or moved; an unknown one is refused in one line,
+    and with_backend shares the parameters (the same arrays) on another backend."""
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        BertForPreTraining(tiny_config(), backend="fast")
+    with pytest.raises(ValueError, match="needs the model on the GPU"):
+        BertForPreTraining(tiny_config(), backend="cupy")
+    model = BertForPreTraining(tiny_config(), seed=0)
+    assert model.backend.name == "numba"                                  # "auto" on the CPU
+    reference = model.with_backend("numpy")
+    assert reference.backend.name == "numpy" and model.backend.name == "numba"
+    assert reference.params is model.params
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["dropout-off", "dropout-on"])
+def test_backends_give_the_same_model(training):
+    """The fused kernels compute what the reference computes: same loss and gradients (float64), same
+    dropout masks (counter hash), for the whole model."""
+    ids, tt, mask, labels, nsl = tiny_batch()
+    results = []
+    for backend in BACKENDS:
+        model = BertForPreTraining(tiny_config(), seed=0, dtype=np.float64, backend=backend)
+        out = model.forward(ids, tt, mask, labels, nsl, training=training)
+        results.append((out.loss, model.backward()))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    for name in grads_a:
+        np.testing.assert_allclose(grads_a[name], grads_b[name], rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_config_json_round_trip_and_hf_keys(tmp_path):

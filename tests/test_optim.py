@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bert_from_scratch.optim import (AdamW, adamw_update_xp, clip_grad_norm, default_no_decay,
+from bert_from_scratch.training.optim import (AdamW, adamw_update, clip_grad_norm, default_no_decay,
                                      global_grad_norm, linear_warmup_decay)
 from conftest import requires_torch, requires_transformers
 
@@ -19,7 +19,7 @@ SHAPES = {
     "bert.encoder.layer.0.attention.self.query.bias": (6,),
     "cls.predictions.bias": (11,),
 }
-PATHS = [pytest.param(False, id="xp-out"), pytest.param(None, id="numba")]
+BACKENDS = ["numpy", "numba"]   # the reference update and the fused kernel (nn/backend.py)
 
 
 def random_params(seed=0, dtype=np.float64):
@@ -31,7 +31,7 @@ def random_grads(rng, params, scale=1.0):
     return {k: (scale * rng.standard_normal(p.shape)).astype(p.dtype) for k, p in params.items()}
 
 
-def run_ours_and_torch(use_numba, no_decay, torch_groups_by_rule, steps=6, dtype=np.float64):
+def run_ours_and_torch(backend, no_decay, torch_groups_by_rule, steps=6, dtype=np.float64):
     """Run our AdamW and torch's on the same gradients and learning rates; return max |difference|."""
     import torch
 
@@ -45,7 +45,7 @@ def run_ours_and_torch(use_numba, no_decay, torch_groups_by_rule, steps=6, dtype
         groups = [{"params": list(torch_params.values()), "weight_decay": 0.01}]
     torch_opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.999), eps=1e-6)
     ours = AdamW(params, lr=1e-3, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6, no_decay=no_decay,
-                 use_numba=use_numba)
+                 backend=backend)
     rng = np.random.default_rng(1)
     for step in range(steps):
         lr = linear_warmup_decay(step + 1, steps + 1, 2, 5e-2)       # a changing lr, as in training
@@ -60,45 +60,65 @@ def run_ours_and_torch(use_numba, no_decay, torch_groups_by_rule, steps=6, dtype
 
 
 @requires_torch
-@pytest.mark.parametrize("use_numba", PATHS)
-def test_adamw_matches_torch_with_decay_groups(use_numba):
-    assert run_ours_and_torch(use_numba, default_no_decay, torch_groups_by_rule=True) < 1e-12
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adamw_matches_torch_with_decay_groups(backend):
+    assert run_ours_and_torch(backend, default_no_decay, torch_groups_by_rule=True) < 1e-12
 
 
 @requires_torch
-@pytest.mark.parametrize("use_numba", PATHS)
-def test_adamw_matches_torch_decay_on_everything(use_numba):
-    assert run_ours_and_torch(use_numba, None, torch_groups_by_rule=False) < 1e-12
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adamw_matches_torch_decay_on_everything(backend):
+    assert run_ours_and_torch(backend, None, torch_groups_by_rule=False) < 1e-12
 
 
 @requires_torch
 def test_torch_comparison_rejects_wrong_decay_groups():
     """The checker above fails when our groups differ from torch's (decay on LayerNorm/bias too)."""
-    assert run_ours_and_torch(False, None, torch_groups_by_rule=True) > 1e-9
+    assert run_ours_and_torch("numpy", None, torch_groups_by_rule=True) > 1e-9
 
 
 @requires_torch
-def test_torch_comparison_rejects_update_without_bias_correction(monkeypatch):
+def test_torch_comparison_rejects_update_without_bias_correction():
     """A planted bug (original-BERT style AdamW without bias correction) is caught by the checker."""
-    import bert_from_scratch.optim as optim
+    import dataclasses
+
+    from bert_from_scratch.nn.backend import get_backend
 
     def no_bias_correction(*args, **kwargs):
         kwargs.update(bias_correction1=1.0, bias_correction2=1.0)
-        return adamw_update_xp(*args, **kwargs)
+        return adamw_update(*args, **kwargs)
 
-    monkeypatch.setattr(optim, "adamw_update_xp", no_bias_correction)
-    assert run_ours_and_torch(False, default_no_decay, torch_groups_by_rule=True) > 1e-6
+    planted = dataclasses.replace(get_backend("numpy"), adamw_update=no_bias_correction)
+    assert run_ours_and_torch(planted, default_no_decay, torch_groups_by_rule=True) > 1e-6
 
 
 @requires_torch
-@pytest.mark.parametrize("use_numba", PATHS)
-def test_adamw_float32_close_to_torch(use_numba):
-    assert run_ours_and_torch(use_numba, default_no_decay, True, dtype=np.float32) < 1e-6
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_adamw_float32_close_to_torch(backend):
+    assert run_ours_and_torch(backend, default_no_decay, True, dtype=np.float32) < 1e-6
 
 
-def test_numba_and_plain_paths_agree_in_float32():
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_update_is_bit_identical_to_the_reference(dtype):
+    """Same operations in the same order, no fast-math: the fused kernel (serial for small tensors,
+    parallel for large ones) gives the reference's bits, so the backend never changes a training run."""
+    shapes = {"big.weight": (300, 300), "small.bias": (7,), "LayerNorm.weight": (64,)}
+    rng = np.random.default_rng(3)
+    a = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    b = {k: v.copy() for k, v in a.items()}
+    opt_a, opt_b = AdamW(a, lr=1e-2, backend="numpy"), AdamW(b, lr=1e-2, backend="numba")
+    for _ in range(5):
+        grads = random_grads(rng, a)
+        opt_a.step(grads, lr=3e-3)
+        opt_b.step(grads, lr=3e-3)
+    for k in a:
+        assert a[k].dtype == dtype and b[k].dtype == dtype
+        np.testing.assert_array_equal(a[k], b[k])
+
+
+def test_numba_and_reference_backends_agree_in_float32():
     a, b = random_params(3, np.float32), random_params(3, np.float32)
-    opt_a, opt_b = AdamW(a, lr=1e-2, use_numba=False), AdamW(b, lr=1e-2, use_numba=None)
+    opt_a, opt_b = AdamW(a, lr=1e-2, backend="numpy"), AdamW(b, lr=1e-2, backend="numba")
     rng = np.random.default_rng(4)
     for _ in range(5):
         grads = random_grads(rng, a)
@@ -109,12 +129,12 @@ def test_numba_and_plain_paths_agree_in_float32():
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("use_numba", PATHS)
-def test_zero_gradient_step_is_pure_decay_on_decayed_names_only(use_numba):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_gradient_step_is_pure_decay_on_decayed_names_only(backend):
     """With g = 0: m = v = 0, the Adam term is 0/(0+eps) = 0, and only theta (1 - lr wd) remains."""
     params = random_params(5)
     before = {k: v.copy() for k, v in params.items()}
-    opt = AdamW(params, lr=0.5, weight_decay=0.1, use_numba=use_numba)
+    opt = AdamW(params, lr=0.5, weight_decay=0.1, backend=backend)
     opt.step({k: np.zeros_like(v) for k, v in params.items()})
     for k in params:
         expected = before[k] if default_no_decay(k) else before[k] * (1 - 0.5 * 0.1)
@@ -123,13 +143,13 @@ def test_zero_gradient_step_is_pure_decay_on_decayed_names_only(use_numba):
     assert not default_no_decay("bert.encoder.layer.0.attention.self.query.weight")
 
 
-@pytest.mark.parametrize("use_numba", PATHS)
-def test_first_step_moves_each_value_by_lr_times_sign(use_numba):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_first_step_moves_each_value_by_lr_times_sign(backend):
     """At t=1 with bias correction, m_hat/sqrt(v_hat) = g/|g|: every value moves by lr (minus eps effects)."""
     params = random_params(6)
     before = {k: v.copy() for k, v in params.items()}
     grads = random_grads(np.random.default_rng(7), params)
-    AdamW(params, lr=1e-3, weight_decay=0.0, eps=1e-12, use_numba=use_numba).step(grads)
+    AdamW(params, lr=1e-3, weight_decay=0.0, eps=1e-12, backend=backend).step(grads)
     for k in params:
         np.testing.assert_allclose(params[k] - before[k], -1e-3 * np.sign(grads[k]), rtol=1e-8)
 
@@ -291,7 +311,7 @@ def test_adamw_on_cupy_matches_numpy():
 
     host = random_params(12)
     device = {k: cp.asarray(v) for k, v in host.items()}
-    opt_host, opt_dev = AdamW(host, lr=1e-2, use_numba=False), AdamW(device, lr=1e-2)
+    opt_host, opt_dev = AdamW(host, lr=1e-2, backend="numpy"), AdamW(device, lr=1e-2)
     rng = np.random.default_rng(13)
     for _ in range(4):
         grads = random_grads(rng, host, scale=10.0)

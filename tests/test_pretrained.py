@@ -35,7 +35,7 @@ PARAPHRASES = [
 @pytest.fixture(scope="module")
 def minilm():
     model, tokenizer = pretrained("all-MiniLM-L6-v2")
-    model.config.attention_backend = "numpy"       # the reference path (and the one that keeps dL/dP)
+    model = model.with_backend("numpy")           # the reference path (and the one that keeps dL/dP)
     return model, tokenizer
 
 
@@ -67,7 +67,7 @@ def test_loader_gives_the_model_and_its_tokenizer(minilm):
 def test_loader_reads_our_own_checkpoint_folder(tmp_path, minilm):
     from bert_from_scratch.config import BertConfig
     from bert_from_scratch.model import BertForPreTraining, BertModel
-    from bert_from_scratch.tokenizer import Tokenizer
+    from bert_from_scratch.data.tokenizer import Tokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
@@ -192,10 +192,11 @@ def test_attention_gradients_equal_torch_autograd(minilm, hf_minilm):
 def test_cli_on_minilm(tmp_path, capsys):
     from bert_from_scratch import viz
 
-    parser = viz.add_attention_arguments(argparse.ArgumentParser())
+    from bert_from_scratch.cli.attention import add_attention_arguments, cli_attention
+    parser = add_attention_arguments(argparse.ArgumentParser())
     png, page = tmp_path / "att.png", tmp_path / "att.html"
     args = parser.parse_args(["The cat sat on the mat.", "--layer", "2", "--out", str(png), "--html", str(page)])
-    assert viz.cli_attention(args) == 0
+    assert cli_attention(args) == 0
     assert png.stat().st_size > 10_000
     text = page.read_text(encoding="utf-8")
     assert '"tokens":["[CLS]","the","cat","sat","on","the","mat",".","[SEP]"]' in text

@@ -8,13 +8,13 @@ import warnings
 import numpy as np
 import pytest
 
-from bert_from_scratch import fetch
-from bert_from_scratch.corpora import load_documents
-from bert_from_scratch.pretraining_data import (
+from bert_from_scratch.data import fetch
+from bert_from_scratch.data.corpora import load_documents
+from bert_from_scratch.data.pretraining import (
     IGNORE_INDEX, check_instances, create_pretraining_instances, instance_statistics, instances_to_arrays,
     tokenize_documents,
 )
-from bert_from_scratch.tokenizer import Tokenizer
+from bert_from_scratch.data.tokenizer import Tokenizer
 
 T = 128
 

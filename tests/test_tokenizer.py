@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bert_from_scratch import fetch
-from bert_from_scratch.tokenizer import SPECIAL_TOKENS, Tokenizer, truncate_seq_pair
+from bert_from_scratch.data import fetch
+from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer, truncate_longest_first
 from conftest import requires_transformers
 
 
@@ -28,7 +28,7 @@ def tok(bert_vocab_dir):
 
 @pytest.fixture(scope="module")
 def bbc_texts():
-    from bert_from_scratch.corpora import _bbc_raw
+    from bert_from_scratch.data.corpora import _bbc_raw
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # the one Latin-1 file
         return [text for _, _, text in _bbc_raw()]
@@ -86,12 +86,12 @@ def test_encode_single_pair_and_truncation():
         t.encode("a", "b", max_length=2)
 
 
-def test_truncate_seq_pair_cuts_longer_side():
+def test_truncate_longest_first_cuts_longer_side():
     a, b = list(range(10)), list(range(3))
-    truncate_seq_pair(a, b, 8)
+    truncate_longest_first(a, b, 8)
     assert a == list(range(5)) and b == list(range(3))
     a, b = list(range(21)), list(range(21))
-    truncate_seq_pair(a, b, 41)
+    truncate_longest_first(a, b, 41)
     assert (len(a), len(b)) == (20, 21)
 
 

@@ -10,8 +10,10 @@ import pytest
 from bert_from_scratch.checkpoint import CheckpointError
 from bert_from_scratch.config import BertConfig
 from bert_from_scratch.model import BertForPreTraining
-from bert_from_scratch.train import (CHECKPOINT_DIR, BatchOrder, TrainResult, atomic_replace_dir, batch_accuracies,
-                                     evaluate, find_checkpoint, pretrain, take_batch)
+from bert_from_scratch.constants import CHECKPOINT_DIR
+from bert_from_scratch.files import replace_dir
+from bert_from_scratch.training.checkpoints import find_checkpoint
+from bert_from_scratch.training.pretraining import BatchOrder, TrainResult, batch_accuracies, evaluate, pretrain, take_batch
 from conftest import requires_transformers
 
 V, T = 100, 16
@@ -20,7 +22,7 @@ MASK_ID = 4
 
 def tiny_config(**overrides):
     kwargs = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                  max_position_embeddings=32, attention_backend="numpy")
+                  max_position_embeddings=32)
     kwargs.update(overrides)
     return BertConfig(**kwargs)
 
@@ -183,7 +185,7 @@ def test_divergence_before_any_checkpoint_says_so(tmp_path):
 
 # ------------------------------------------------------------------------------ checkpoints
 def test_checkpoint_folder_layout_and_trainer_state(tmp_path):
-    from bert_from_scratch.tokenizer import Tokenizer
+    from bert_from_scratch.data.tokenizer import Tokenizer
 
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(V - 5)]
     _, result = run(tmp_path, steps=5, tokenizer=Tokenizer(tokens), plot=True)
@@ -208,7 +210,7 @@ def test_checkpoint_folder_layout_and_trainer_state(tmp_path):
 
 
 def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
-    import bert_from_scratch.train as train
+    import bert_from_scratch.training.pretraining as train
 
     run(tmp_path, steps=4, stop_at=2)
     before = {p.name: p.read_bytes() for p in (tmp_path / CHECKPOINT_DIR).iterdir()}
@@ -221,7 +223,7 @@ def test_failed_save_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch
         run(tmp_path, steps=4, resume=True)
     monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in (tmp_path / CHECKPOINT_DIR).iterdir()} == before
-    assert train.find_checkpoint(tmp_path) == tmp_path / CHECKPOINT_DIR
+    assert find_checkpoint(tmp_path) == tmp_path / CHECKPOINT_DIR
     _, resumed = run(tmp_path, steps=4, resume=True)                 # and it still resumes
     assert resumed.step == 4
 
@@ -237,7 +239,7 @@ def test_crash_between_the_two_renames_still_finds_the_old_checkpoint(tmp_path):
     new = tmp_path / "new"
     new.mkdir()
     (new / "marker").write_text("x")
-    atomic_replace_dir(new, ckpt)
+    replace_dir(new, ckpt)
     assert sorted(p.name for p in ckpt.iterdir()) == ["marker"]
 
 
@@ -288,7 +290,7 @@ def test_evaluate_counts_exactly_and_does_not_depend_on_batch_size():
 
 
 def test_roc_auc_equals_the_pairwise_definition():
-    from bert_from_scratch.train import roc_auc
+    from bert_from_scratch.training.metrics import roc_auc
     assert roc_auc([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1]) == 1.0             # perfect ranking
     assert roc_auc([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0]) == 0.0             # reversed
     assert roc_auc([0.5] * 6, [0, 1, 0, 1, 1, 0]) == 0.5                   # all tied: no signal

@@ -165,16 +165,17 @@ def _tiny_classifier():
 
     cfg = BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0, attention_backend="auto")
-    return BertForSequenceClassification(cfg, num_labels=3, seed=0, dtype=np.float64)
+                     attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(cfg, num_labels=3, seed=0, dtype=np.float64, backend="auto")
 
 
 def test_model_attention_attribution_matches_the_models_gradients():
     model = _tiny_classifier()
     ids = np.array([[2, 5, 6, 7, 3], [2, 8, 3, 0, 0]])
     mask = (ids != 0).astype(np.int64)
+    backend = model.backend
     result = viz.model_attention_attribution(model, ids, attention_mask=mask, index=1, batch_index=0)
-    assert model.config.attention_backend == "auto"               # switched back after the call
+    assert model.backend is backend                               # the model itself stays on its backend
     assert result.attentions.shape == result.scores.shape == (2, 2, 5, 5)
     logits = model.forward(ids, attention_mask=mask).logits
     assert result.value == pytest.approx(float(logits[0, 1]))
@@ -184,7 +185,7 @@ def test_model_attention_attribution_matches_the_models_gradients():
     # of logit (0, 2) equal one backward pass from both (dy/dA itself is checked against torch
     # autograd in test_pretrained.py)
     other = viz.model_attention_attribution(model, ids, attention_mask=mask, index=2, batch_index=0)
-    model.config.attention_backend = "numpy"
+    model = model.with_backend("numpy")
     model.forward(ids, attention_mask=mask)
     d = np.zeros((2, 3))
     d[0, 1] = d[0, 2] = 1.0
@@ -270,6 +271,34 @@ def test_save_figure_writes_png_and_svg(tmp_path):
     plt_close(fig)
 
 
+def test_save_figure_is_atomic(tmp_path, monkeypatch):
+    fig = viz.plot_attention_heatmap(random_attentions(), TOKENS)
+    target = viz.save_figure(fig, tmp_path / "att.png")
+    before = target.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(fig, "savefig", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        viz.save_figure(fig, target)
+    assert target.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["att.png"]
+    plt_close(fig)
+
+
+def test_training_figures_are_written_as_png(tmp_path):
+    history = {"loss": list(np.linspace(8.0, 4.0, 120)), "mlm_accuracy": list(np.linspace(0.0, 0.3, 120)),
+               "nsp_accuracy": list(np.linspace(0.5, 0.8, 120)),
+               "evals": [{"step": 60, "loss": 5.0, "mlm_accuracy": 0.2, "nsp_accuracy": 0.7}]}
+    curve = viz.plot_training_curves(history, tmp_path / "curve.png")
+    matrix = viz.plot_confusion_matrix(np.array([[5, 1], [2, 7]]), ["neg", "pos"], tmp_path / "cm.png", "test")
+    for path in (curve, matrix):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png", "curve.png"]     # no temporary left
+    with pytest.raises(ValueError, match=r"expected \(3, 3\)"):
+        viz.plot_confusion_matrix(np.eye(2, dtype=int), ["a", "b", "c"], tmp_path / "bad.png")
+
+
 # -------------------------------------------------------------------------------- HTML
 def _embedded_data(html_text):
     match = re.search(r"var D = (\{.*?\});\n", html_text)
@@ -326,7 +355,7 @@ def test_inline_script_is_valid_javascript(tmp_path):
 def _tiny_checkpoint(folder):
     from bert_from_scratch.config import BertConfig
     from bert_from_scratch.model import BertForPreTraining
-    from bert_from_scratch.tokenizer import Tokenizer
+    from bert_from_scratch.data.tokenizer import Tokenizer
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "."]
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
@@ -337,8 +366,9 @@ def _tiny_checkpoint(folder):
 
 
 def _run_cli(argv):
-    parser = viz.add_attention_arguments(argparse.ArgumentParser())
-    return viz.cli_attention(parser.parse_args(argv))
+    from bert_from_scratch.cli.attention import add_attention_arguments, cli_attention
+    parser = add_attention_arguments(argparse.ArgumentParser())
+    return cli_attention(parser.parse_args(argv))
 
 
 def test_cli_draws_our_own_checkpoint(tmp_path, capsys):
@@ -352,12 +382,12 @@ def test_cli_draws_our_own_checkpoint(tmp_path, capsys):
     capsys.readouterr()
     assert _run_cli(["The cat sat.", "--model", str(folder), "--layer", "5", "--out", str(png)]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == "error: layer 5 does not exist: there are 2 layers (0..1)"
+    assert err.strip() == "bert-from-scratch: error: layer 5 does not exist: there are 2 layers (0..1)"
     assert _run_cli(["The cat sat.", "--model", str(tmp_path / "nowhere"), "--out", str(png)]) == 2
     assert _run_cli(["The cat sat.", "--model", str(folder), "--out", str(tmp_path / "a.gif")]) == 2
     assert _run_cli(["The cat sat.", "--model", str(folder)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 3 and all(line.startswith("error: ") for line in err.strip().splitlines())
+    assert len(err.strip().splitlines()) == 3 and all(line.startswith("bert-from-scratch: error: ") for line in err.strip().splitlines())
 
 
 def test_model_attribution_of_a_hidden_state_direction():
@@ -372,7 +402,7 @@ def test_model_attribution_of_a_hidden_state_direction():
     assert result.value == pytest.approx(float((hidden[0, :4] @ u).sum()))            # padding excluded
     assert result.target == "direction . last hidden state"
     # gradient check by linearity against a direct backward from the same (T, H) upstream gradient
-    model.config.attention_backend = "numpy"
+    model = model.with_backend("numpy")
     model.forward(ids, attention_mask=mask)
     d = np.zeros((2, 5, 16))
     d[0, :4] = u

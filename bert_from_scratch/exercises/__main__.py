@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from .grader import add_check_arguments, cli_check
+from ..cli.check import add_check_arguments, cli_check
+from ..cli.common import describe, error
 from .notebooks import is_stripped, strip_file
 
 
@@ -29,8 +29,7 @@ def main(argv=None) -> int:
             elif strip_file(path):
                 print(f"stripped {path}")
         except (OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            status = 2
+            status = error(describe(e))
     return status
 
 

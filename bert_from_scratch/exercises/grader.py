@@ -11,17 +11,15 @@ The exercise files are found in ``$BERT_FROM_SCRATCH_EXERCISES`` (a folder) when
 ``chapters/exercises/`` of the repository (an editable install) or of the current directory.
 
 Every part prints one line, ``PASS`` or ``FAIL`` with the reason: backward passes are graded with
-the finite-difference gradient checker (:mod:`bert_from_scratch.gradcheck`), forward passes by
+the finite-difference gradient checker (:mod:`bert_from_scratch.nn.gradcheck`), forward passes by
 comparison with the package's own reference, the masking recipe by statistics over thousands of
 sequences. Where a common mistake can be recognised (a missing ``1/sqrt(d)``, ``dW[ids] += dy``,
 a forgotten residual gradient ...) the message names it.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..gradcheck import gradcheck
+from ..nn.gradcheck import gradcheck
 
 ENV_FOLDER = "BERT_FROM_SCRATCH_EXERCISES"
 
@@ -44,7 +42,7 @@ class ExerciseError(ValueError):
 
 
 # =======================================================================================
-# Comparison helpers, used by the checks in ``checks.py``
+# Helpers for the checks (``checks_data.py``, ``checks_model.py``, ``checks_training.py``)
 # =======================================================================================
 def as_array(what: str, value) -> np.ndarray:
     if value is None:
@@ -112,6 +110,19 @@ def get_function(module: ModuleType, name: str) -> Callable:
     if not callable(fn):
         raise Wrong(f"`{name}` in {getattr(module, '__file__', module.__name__)} is not a function")
     return fn
+
+
+def call_pair(module: ModuleType, name: str, *args):
+    """Call a ``*_forward`` that must return ``(out, cache)``."""
+    result = get_function(module, name)(*args)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise Wrong(f"`{name}` must return a pair (out, cache); got {type(result).__name__}")
+    return result
+
+
+def fixed_rng(seed: int = 0) -> np.random.Generator:
+    """A generator with a fixed seed: a check sees the same inputs on every run."""
+    return np.random.default_rng(seed)
 
 
 # =======================================================================================
@@ -293,36 +304,6 @@ def solutions_module() -> ModuleType:
 
 
 # =======================================================================================
-# Command line: `bert-from-scratch check N` (the lead wires it) and `python -m ...exercises check N`
+# Command line: `bert-from-scratch check N` (the package CLI calls these) and
+# `python -m ...exercises check N`
 # =======================================================================================
-def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("chapter", help="chapter number (1-12), or 'all'")
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument("--file", default=None, help="grade this file instead of chapters/exercises/chNN_*.py")
-    group.add_argument("--solutions", action="store_true", help="grade the reference solutions (they pass)")
-    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
-    return parser
-
-
-def cli_check(args) -> int:
-    """Run the grader for ``args.chapter``; 0 when every part passes, 1 when one fails, 2 on a usage error."""
-    try:
-        if str(args.chapter).lower() == "all":
-            if args.file:
-                raise ExerciseError("--file grades one chapter; give its number instead of 'all'")
-            numbers = sorted(_registry())
-        else:
-            numbers = [get_chapter(args.chapter).number]
-        worst = 0
-        for n in numbers:
-            module = solutions_module() if args.solutions else None
-            report = grade(n, module=module, file=args.file, verbose=not args.quiet)
-            if args.quiet:
-                print(f"chapter {n:2d}: {sum(r.ok for r in report.results)}/{len(report.results)} parts pass")
-            worst = max(worst, report.exit_code)
-            if len(numbers) > 1 and not args.quiet:
-                print()
-        return worst
-    except ExerciseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2

@@ -18,10 +18,10 @@ import unicodedata
 import numpy as np
 from scipy.special import erf
 
+from ..constants import IGNORE_INDEX, MASK_VALUE
+
 UNK = "[UNK]"
 CONTINUATION = "##"
-MASK_VALUE = -10000.0
-IGNORE_INDEX = -100
 
 
 # =======================================================================================

@@ -5,7 +5,7 @@ You may reuse the package's layers (or your own from chapter 5):
 """
 import numpy as np  # noqa: F401
 
-from bert_from_scratch.layers import (gelu_backward, gelu_forward, layernorm_backward,  # noqa: F401
+from bert_from_scratch.nn.layers import (gelu_backward, gelu_forward, layernorm_backward,  # noqa: F401
                                       layernorm_forward, linear_backward, linear_forward)
 
 

@@ -1,5 +1,9 @@
 r"""The building blocks of BERT, each a forward/backward pair written next to each other.
 
+This is the readable reference: plain array code, no kernel calls. The fused Numba kernels
+(``kernels/numba_layers.py``) have the same signatures and are swapped in as a whole by
+``nn/backend.py`` when a model is built with ``backend="numba"`` (or "auto" on the CPU).
+
 Conventions (after llm.c and numpy-ml):
 
 - ``*_forward(...)`` returns ``(out, cache)``; the cache holds exactly what the backward needs.
@@ -11,17 +15,9 @@ from __future__ import annotations
 
 import math
 
-from .attention import GOLDEN, dropout_threshold, mix32
+from ..constants import IGNORE_INDEX
+from ..kernels.kernel_args import GOLDEN, dropout_threshold, mix32
 from .xp import erf, get_array_module, is_cupy_array
-
-try:  # fused kernels for the elementwise work (NumPy arrays only); the code below is the reference
-    from .kernels import numba_elementwise as _fused
-except ImportError:  # pragma: no cover - numba missing
-    _fused = None
-
-
-def _use_fused(*arrays) -> bool:
-    return _fused is not None and _fused.usable(*arrays)
 
 
 # ---------------------------------------------------------------------------------------
@@ -58,11 +54,6 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 def gelu_forward(x):
     """Exact (erf) GELU, as BERT and Hugging Face's ``hidden_act="gelu"``."""
-    if _use_fused(x):   # one parallel pass (kernels/numba_elementwise.py), same formula
-        import numpy as np
-        y, cdf = np.empty_like(x), np.empty_like(x)
-        _fused.gelu_forward_kernel(x.reshape(-1), y.reshape(-1), cdf.reshape(-1))
-        return y, (x, cdf)
     cdf = 0.5 * (1.0 + erf(x * x.dtype.type(_INV_SQRT2)))     # Phi(x)
     return x * cdf, (x, cdf)
 
@@ -70,11 +61,6 @@ def gelu_forward(x):
 def gelu_backward(dy, cache):
     """d/dx [x Phi(x)] = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi)."""
     x, cdf = cache
-    if _use_fused(dy, x, cdf) and dy.dtype == x.dtype:
-        import numpy as np
-        dx = np.empty_like(x)
-        _fused.gelu_backward_kernel(dy.reshape(-1), x.reshape(-1), cdf.reshape(-1), dx.reshape(-1), _fused.BUG_NONE)
-        return dx
     xp = get_array_module(x)
     pdf = xp.exp(-0.5 * x * x) * x.dtype.type(_INV_SQRT_2PI)
     return dy * (cdf + x * pdf)
@@ -85,14 +71,6 @@ def gelu_backward(dy, cache):
 # ---------------------------------------------------------------------------------------
 def layernorm_forward(x, gamma, beta, eps=1e-12):
     """x: (N..., C) -> y: (N..., C). Biased variance, as torch and TensorFlow."""
-    if _use_fused(x, gamma, beta) and x.dtype == gamma.dtype == beta.dtype:
-        import numpy as np
-        C = x.shape[-1]
-        y, xhat = np.empty_like(x), np.empty_like(x)
-        rstd = np.empty(x.shape[:-1] + (1,), x.dtype)
-        _fused.layernorm_forward_kernel(x.reshape(-1, C), gamma, beta, eps, y.reshape(-1, C),
-                                        xhat.reshape(-1, C), rstd.reshape(-1))
-        return y, (xhat, rstd, gamma)
     mean = x.mean(axis=-1, keepdims=True)                # (N..., 1)
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)         # (N..., 1)
@@ -109,14 +87,6 @@ def layernorm_backward(dy, cache):
     """
     xhat, rstd, gamma = cache
     C = xhat.shape[-1]
-    if _use_fused(dy, xhat, rstd, gamma) and dy.dtype == xhat.dtype:
-        import numpy as np
-        n_rows = xhat.size // C
-        parts = np.empty((2, _fused.layernorm_backward_tasks(n_rows), C), dy.dtype)
-        dx = np.empty_like(dy)
-        _fused.layernorm_backward_kernel(dy.reshape(-1, C), xhat.reshape(-1, C), rstd.reshape(-1), gamma,
-                                         dx.reshape(-1, C), parts[0], parts[1], _fused.BUG_NONE)
-        return dx, parts[0].sum(axis=0), parts[1].sum(axis=0)
     dgamma = (dy * xhat).reshape(-1, C).sum(axis=0)      # (C,)
     dbeta = dy.reshape(-1, C).sum(axis=0)                # (C,)
     dxhat = dy * gamma                                   # (N..., C)
@@ -141,12 +111,6 @@ def dropout_forward(x, p, rng, training=True):
     seed = int(rng.integers(0, 2**32))
     threshold = dropout_threshold(p)
     scale = x.dtype.type(1.0 / (1.0 - p))
-    if _use_fused(x):   # one parallel pass, no mask in memory (kernels/numba_elementwise.py)
-        import numpy as np
-        y = np.empty_like(x)
-        seed_h = _fused.dropout_seed_hash(seed)
-        _fused.dropout_kernel(x.reshape(-1), seed_h, threshold, scale, y.reshape(-1))
-        return y, ("hash", seed_h, threshold, scale)
     xp = get_array_module(x)
     seed_h = mix32(xp.asarray([seed ^ GOLDEN], dtype=xp.uint32), xp)               # (1,)
     index = xp.arange(x.size, dtype=xp.uint32).reshape(x.shape)
@@ -155,16 +119,9 @@ def dropout_forward(x, p, rng, training=True):
 
 
 def dropout_backward(dy, cache):
-    """dx = dy * keep / (1 - p), with the forward's mask (regenerated from its seed when fused)."""
+    """dx = dy * keep / (1 - p), with the forward's mask."""
     if cache is None:
         return dy
-    if isinstance(cache[0], str):        # ("hash", seed_h, threshold, scale): the fused kernel's
-        import numpy as np
-        _, seed_h, threshold, scale = cache
-        dy = np.ascontiguousarray(dy)
-        dx = np.empty_like(dy)
-        _fused.dropout_kernel(dy.reshape(-1), seed_h, threshold, scale, dx.reshape(-1))
-        return dx
     keep, scale = cache
     return dy * keep * scale
 
@@ -188,9 +145,6 @@ def softmax_backward(dp, cache):
 # ---------------------------------------------------------------------------------------
 # Cross-entropy with an ignore index, mean over the counted rows (torch's default)
 # ---------------------------------------------------------------------------------------
-IGNORE_INDEX = -100
-
-
 def cross_entropy_forward(logits, labels, ignore_index=IGNORE_INDEX):
     """logits: (N, K), labels: (N,) ints, ``ignore_index`` rows don't count.
 
@@ -247,9 +201,6 @@ def scatter_add_rows(target, rows, values):
         else:  # pragma: no cover - older CuPy
             import cupyx  # type: ignore
             cupyx.scatter_add(target, rows, values)
-    elif _use_fused(target, values) and target.dtype == values.dtype and target.ndim == values.ndim == 2:
-        import numpy as np
-        _fused.scatter_add_rows_kernel(target, np.ascontiguousarray(rows, dtype=np.int64), values)
     else:
         import numpy as np
 

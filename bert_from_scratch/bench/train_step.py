@@ -1,6 +1,6 @@
 """Benchmark: one forward + backward of BertForPreTraining, ours (NumPy) against Hugging Face (torch eager).
 
-    python -m bert_from_scratch.bench_train            # or: bert-from-scratch bench train-step
+    python -m bert_from_scratch.bench.train_step            # or: bert-from-scratch bench train-step
 
 "mini" config: 4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, T=128, B=32, float32, CPU
 (``--device gpu``: our model on CuPy arrays with the CUDA attention kernel, against Hugging Face
@@ -22,11 +22,11 @@ import time
 
 import numpy as np
 
-from .config import BertConfig
-from .model import BertForPreTraining
-from .perf import keep_freed_memory
+from ..config import BertConfig
+from ..model import BertForPreTraining
+from ..cli.process import keep_freed_memory
 
-WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buffers (see perf.py)
+WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buffers (see cli/process.py)
 MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 
 
@@ -83,12 +83,11 @@ def make_batch(cfg, B, T, n_masked, seed=0):
     return ids, tt, mask, labels, nsl
 
 
-def time_ours(cfg, batch, repeats, attention_backend, device="cpu"):
-    cfg.attention_backend = attention_backend
-    model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
+def time_ours(cfg, batch, repeats, backend, device="cpu"):
+    model = BertForPreTraining(cfg, seed=0, dtype=np.float32, backend=backend if device == "cpu" else "numpy")
     if device == "gpu":
         import cupy
-        model.to("cupy")
+        model.to("cupy", backend=backend)
         batch = tuple(cupy.asarray(a) for a in batch)
     times = []
     for _ in range(repeats + WARMUP):     # warm-up runs: numba/NVRTC compile, the heap grows to its working size
@@ -125,13 +124,12 @@ def time_torch(cfg, batch, repeats, device="cpu"):
     return times[WARMUP:]
 
 
-def profile_ours(cfg, batch, attention_backend):
+def profile_ours(cfg, batch, backend):
     """cProfile one step; returns the top entries by cumulative time as text."""
     import cProfile
     import io
     import pstats
-    cfg.attention_backend = attention_backend
-    model = BertForPreTraining(cfg, seed=0, dtype=np.float32)
+    model = BertForPreTraining(cfg, seed=0, dtype=np.float32, backend=backend)
     model.forward(*batch, training=True)
     model.backward()
     pr = cProfile.Profile()
@@ -144,12 +142,12 @@ def profile_ours(cfg, batch, attention_backend):
     return s.getvalue()
 
 
-def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=True, profile=False,
+def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profile=False,
         keep_memory=True, out_json=None, device="cpu"):
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
-        from .xp import require_gpu
+        from ..nn.xp import require_gpu
         require_gpu("--device gpu")
     if keep_memory:
         keep_freed_memory()
@@ -161,7 +159,7 @@ def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=T
         batch = make_batch(cfg, B, T, n_masked)
         n_pred = int((batch[3] != -100).sum())
         flops = model_flops(cfg, B, T, n_pred)
-        ours = statistics.median(time_ours(cfg, batch, repeats, attention_backend, device))
+        ours = statistics.median(time_ours(cfg, batch, repeats, backend, device))
         theirs = None
         if torch_too:
             try:
@@ -174,7 +172,7 @@ def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=T
                      "ours_over_torch": None if theirs is None else ours / theirs})
     matmul_name = "cupy.matmul" if device == "gpu" else "np.matmul"
     print(f"BertForPreTraining forward+backward, mini config (L=4, H=256, heads=4, FFN=1024, V=30522), "
-          f"B={B}, T={T}, float32, device={device}, attention backend={attention_backend}; "
+          f"B={B}, T={T}, float32, device={device}, backend={backend}; "
           f"{matmul_name} float32: {peak:.0f} GFLOP/s")
     head = f"{'case':<36} {'GFLOP':>6} {'ours s':>7} {'torch s':>8} {'tok/s':>7} {'GFLOP/s':>8} {'%matmul':>8} {'ours/torch':>10}"
     print(head)
@@ -185,7 +183,7 @@ def run(B=32, T=128, repeats=3, masked=20, attention_backend="auto", torch_too=T
         print(f"{r['case']:<36} {r['gflop']:>6.0f} {r['ours_s']:>7.3f} {ts:>8} {r['tokens_per_s']:>7.0f} "
               f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>7.0f}% {ratio:>10}")
     if profile and device == "cpu":
-        print(profile_ours(cfg, make_batch(cfg, B, T, None), attention_backend))
+        print(profile_ours(cfg, make_batch(cfg, B, T, None), backend))
     if out_json:
         with open(out_json, "w") as f:
             json.dump(rows, f, indent=2)
@@ -198,17 +196,18 @@ def main(argv=None):
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--masked", type=int, default=20, help="masked positions per sequence in the default case")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "numpy", "numba", "cupy"])
+    p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
+                   choices=["auto", "numpy", "numba", "cupy"], help="the model's backend (nn/backend.py)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="gpu: our model on CuPy arrays, Hugging Face on torch's CUDA device")
     p.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one equal-work step")
     p.add_argument("--default-malloc", action="store_true",
-                   help="leave glibc's malloc as it is (by default freed memory is kept, see perf.py)")
+                   help="leave glibc's malloc as it is (by default freed memory is kept, see cli/process.py)")
     p.add_argument("--out", help="write the rows as JSON here")
     a = p.parse_args(argv)
     try:
-        run(a.batch, a.seq, a.repeats, a.masked, a.attention_backend, not a.no_torch, a.profile,
+        run(a.batch, a.seq, a.repeats, a.masked, a.backend, not a.no_torch, a.profile,
             not a.default_malloc, a.out, a.device)
     except ValueError as e:
         p.error(str(e))

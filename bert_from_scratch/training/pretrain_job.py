@@ -7,7 +7,7 @@ This is what ``bert-from-scratch pretrain`` runs. Each step is a library call a 
 3. ``Tokenizer.train`` learns a WordPiece vocabulary on the training documents (or ``--vocab`` gives one);
 4. ``pretraining_data.create_pretraining_instances`` applies google-research/bert's recipe (segment pairs,
    50% random next segment, 15% masking with 80/10/10);
-5. ``train.pretrain`` trains a ``BertForPreTraining`` with AdamW, warmup and decay, evaluating on the
+5. ``training.pretraining.pretrain`` trains a ``BertForPreTraining`` with AdamW, warmup and decay, evaluating on the
    held-out documents and checkpointing in Hugging Face's layout;
 6. the held-out MLM and NSP accuracies are printed next to two baselines computed on the same data:
    always predicting the most frequent masked token, and NSP chance.
@@ -21,11 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BertConfig
-from .corpora import load_documents
-from .model import BertForPreTraining
-from .pretraining_data import create_pretraining_instances, instances_to_arrays, tokenize_documents
-from .tokenizer import Tokenizer
+from ..config import BertConfig
+from ..constants import RESULTS_NAME
+from ..files import atomic_write
+from .metrics import auc_interval, wilson_interval
+from ..data.corpora import load_documents
+from ..model import BertForPreTraining
+from ..data.pretraining import create_pretraining_instances, instances_to_arrays, tokenize_documents
+from ..data.tokenizer import Tokenizer
 
 
 @dataclass
@@ -46,7 +49,7 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     random.Random(seed).shuffle(order)
     n_eval = max(1, int(round(eval_fraction * len(docs)))) if len(docs) > 1 else 0
     if len(docs) < 2:
-        from .corpora import CorpusError
+        from ..data.corpora import CorpusError
         raise CorpusError(f"corpus {corpus!r} has {len(docs)} document(s); pretraining needs at least 2 "
                           f"(next-sentence negatives come from other documents)")
     eval_docs = [docs[i] for i in order[:n_eval]]
@@ -86,30 +89,6 @@ def baselines(train: dict, eval_: dict) -> dict:
             "n_eval_sequences": int(len(eval_["next_sentence_labels"]))}
 
 
-def wilson_interval(accuracy: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% (z=1.96) Wilson score interval of an accuracy measured on ``n`` independent examples.
-
-    The held-out set is small (about a thousand NSP pairs by default), so the report shows how far
-    the model's accuracy could move by chance next to the baselines it is compared with."""
-    if n <= 0:
-        return (0.0, 1.0)
-    centre = (accuracy + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * np.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n))
-    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
-
-
-def auc_interval(auc, labels, z: float = 1.96) -> tuple[float, float]:
-    """Approximate 95% interval of a ROC AUC (Hanley & McNeil 1982 standard error) on ``labels``."""
-    if auc is None or not np.isfinite(auc):
-        return (float("nan"), float("nan"))
-    labels = np.asarray(labels)
-    n_pos, n_neg = int((labels == 1).sum()), int((labels != 1).sum())
-    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc * auc) + (n_neg - 1) * (q2 - auc * auc)) / (n_pos * n_neg)
-    half = z * float(np.sqrt(max(var, 0.0)))
-    return (max(0.0, auc - half), min(1.0, auc + half))
-
-
 def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -> BertConfig:
     sizes = {
         "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=2, intermediate_size=512),
@@ -126,28 +105,27 @@ def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -
 
 def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=3e-3, warmup=None,
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
-                    resume=False, attention_backend="auto", layers=None, hidden=None, heads=None,
+                    resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu"):
     """Run the whole job; returns (TrainResult, baselines dict).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
     arrays; checkpoints are written from host copies, so they load on either)."""
-    from .train import pretrain
+    from .pretraining import pretrain
 
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
-        from .xp import require_gpu
+        from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
 
     data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                     seed=seed, log=log)
     cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
                        num_attention_heads=heads, intermediate_size=intermediate)
-    cfg.attention_backend = attention_backend
-    model = BertForPreTraining(cfg, seed=seed)
+    model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
     if device == "gpu":
-        model.to("cupy")
+        model.to("cupy", backend=backend)
     log(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
         f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}: {model.num_parameters() / 1e6:.1f}M parameters, "
         f"on the {device.upper()}")
@@ -166,5 +144,5 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
               "diverged": result.diverged}
     out_path = Path(out)
     if out_path.is_dir():
-        (out_path / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")
     return result, report

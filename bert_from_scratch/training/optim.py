@@ -19,15 +19,12 @@ The decay is "decoupled": it shrinks the weights directly instead of being added
 so it is not rescaled by Adam's :math:`1/\sqrt{v}`.
 
 The step is memory-bound (it reads and writes four arrays the size of the model and does a handful
-of flops per element). Two implementations are kept side by side:
-
-* :func:`adamw_update_xp` — plain array code, NumPy or CuPy, in place through ``out=`` into one
-  reusable scratch buffer, so no temporaries the size of the model are allocated per step;
-* :func:`_adamw_kernel` — one fused Numba ``parallel=True`` loop for NumPy arrays: each element is
-  read once and written once, on both cores (NumPy's elementwise ops use one thread).
-
-Both follow the same operation order as torch, so both agree with ``torch.optim.AdamW`` to ~1e-15 in
-float64.
+of flops per element). :func:`adamw_update` below is the readable reference: plain array code, NumPy
+or CuPy, in place through ``out=`` into one reusable scratch buffer, so no temporaries the size of
+the model are allocated per step. The optimizer calls the update of its backend (``nn/backend.py``,
+the model's): on the CPU that is one fused Numba loop (``kernels/numba_optim.py``) with the same
+operations in the same order, bit-identical to this one. Both agree with ``torch.optim.AdamW``
+to ~1e-15 in float64.
 """
 from __future__ import annotations
 
@@ -36,14 +33,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .xp import get_array_module, to_numpy
-
-try:  # Numba is a hard dependency of the package, but keep the plain path importable without it.
-    import numba
-
-    _HAS_NUMBA = True
-except ImportError:  # pragma: no cover - numba ships with the package
-    _HAS_NUMBA = False
+from ..nn.xp import get_array_module, to_numpy
 
 
 def default_no_decay(name: str) -> bool:
@@ -114,10 +104,10 @@ def clip_grad_norm(grads: Mapping[str, object], max_norm: float, eps: float = 1e
 
 
 # --------------------------------------------------------------------------------------
-# The update, two implementations
+# The update of one parameter: the reference
 # --------------------------------------------------------------------------------------
-def adamw_update_xp(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay, beta1, beta2, eps,
-                    bias_correction1, bias_correction2):
+def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay, beta1, beta2, eps,
+               bias_correction1, bias_correction2):
     """One AdamW update of one parameter, in place, with NumPy or CuPy and one scratch buffer.
 
     ``param, grad, exp_avg, exp_avg_sq, scratch`` all have the parameter's shape; ``scratch`` is
@@ -142,43 +132,9 @@ def adamw_update_xp(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_dec
     param += scratch
 
 
-if _HAS_NUMBA:
-
-    @numba.njit(parallel=True, cache=True)
-    def _adamw_kernel(param, grad, exp_avg, exp_avg_sq, decay_factor, beta1, one_minus_beta1, beta2,
-                      one_minus_beta2, eps, step_size, bias_correction2_sqrt):
-        """Fused AdamW on flat (n,) arrays: one read and one write of each array, ``prange`` over n.
-
-        ``decay_factor = 1 - lr wd``, ``step_size = lr / bc1``. Same operations, same order as
-        :func:`adamw_update_xp`. Every scalar arrives already cast to the array dtype, so float32
-        arithmetic stays float32 (a Python ``1.0`` literal here would promote it to float64).
-        """
-        for i in numba.prange(param.shape[0]):
-            g = grad[i]
-            m = exp_avg[i] * beta1 + g * one_minus_beta1
-            v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2
-            denom = math.sqrt(v) / bias_correction2_sqrt + eps
-            exp_avg[i] = m
-            exp_avg_sq[i] = v
-            param[i] = param[i] * decay_factor + (m / denom) * (-step_size)
-
-
-def _numba_ok(*arrays) -> bool:
-    """The fused kernel needs NumPy, float32/float64, one dtype, C-contiguous arrays."""
-    if not _HAS_NUMBA:
-        return False
-    first = arrays[0]
-    if not isinstance(first, np.ndarray) or first.dtype not in (np.float32, np.float64):
-        return False
-    return all(isinstance(a, np.ndarray) and a.dtype == first.dtype and a.flags.c_contiguous for a in arrays)
-
-
 # --------------------------------------------------------------------------------------
 # The optimiser
 # --------------------------------------------------------------------------------------
-NUMBA_MIN_SIZE = 1 << 16
-
-
 class AdamW:
     """AdamW over a dict of named arrays, updated in place.
 
@@ -194,14 +150,13 @@ class AdamW:
     betas, eps : Adam's moment decay rates and denominator guard (BERT: 0.9, 0.999, 1e-6).
     no_decay : callable name -> bool
         Which parameters are exempt from weight decay (default: LayerNorm and biases).
-    use_numba : bool or None
-        ``None`` (default): the fused Numba kernel for float NumPy arrays of at least
-        ``NUMBA_MIN_SIZE`` entries, the plain ``out=`` path otherwise (small tensors, CuPy). ``False`` forces the plain path (kept as the readable reference).
+    backend : the model's :class:`~bert_from_scratch.nn.backend.Backend` (``model.backend``) or a name;
+        "auto" (default) picks it from the arrays, as a model does. Its ``adamw_update`` does the work.
     """
 
     def __init__(self, params: dict, lr: float = 1e-4, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 no_decay: Callable[[str], bool] | None = default_no_decay, use_numba: bool | None = None):
+                 no_decay: Callable[[str], bool] | None = default_no_decay, backend="auto"):
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict name -> array")
         if not lr >= 0:
@@ -222,7 +177,9 @@ class AdamW:
         self.eps = float(eps)
         no_decay = no_decay or (lambda name: False)
         self.decay = {name: (self.weight_decay if not no_decay(name) else 0.0) for name in params}
-        self.use_numba = use_numba
+        from ..nn.backend import get_backend
+
+        self.backend = get_backend(backend, like=next(iter(params.values())))
         self.step_count = 0                               # number of updates done (torch's "step")
         self.exp_avg = {}                                 # name -> (param shape) first moment
         self.exp_avg_sq = {}                              # name -> (param shape) second moment
@@ -266,22 +223,9 @@ class AdamW:
             wd = self.decay[name]
             if g.dtype != p.dtype:
                 g = g.astype(p.dtype)
-            # auto: the fused kernel only where it pays; a parallel launch per small tensor costs more than
-            # the update itself (and much more when the cores are shared)
-            use_numba = _numba_ok(p, g, m, v) and (self.use_numba is True or
-                                                  (self.use_numba is None and p.size >= NUMBA_MIN_SIZE))
-            if self.use_numba is True and not use_numba:
-                raise ValueError(f"use_numba=True but parameter {name!r} is not a contiguous float NumPy array")
-            if use_numba:
-                dt = p.dtype.type
-                _adamw_kernel(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1),
-                              dt(1.0 - lr * wd), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2),
-                              dt(self.eps),
-                              dt(lr / bias_correction1), dt(math.sqrt(bias_correction2)))
-            else:
-                adamw_update_xp(p, g, m, v, self._scratch_like(p), lr=lr, weight_decay=wd, beta1=beta1,
-                                beta2=beta2, eps=self.eps, bias_correction1=bias_correction1,
-                                bias_correction2=bias_correction2)
+            self.backend.adamw_update(p, g, m, v, self._scratch_like(p), lr=lr, weight_decay=wd, beta1=beta1,
+                                      beta2=beta2, eps=self.eps, bias_correction1=bias_correction1,
+                                      bias_correction2=bias_correction2)
 
     # ------------------------------------------------------------------ saving
     def state_dict(self) -> dict:

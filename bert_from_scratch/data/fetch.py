@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..files import atomic_path, atomic_write
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,7 @@ def extract_folder(key: str, prefix: str) -> Path:
         for m in members:
             out = target / m[len(prefix):].lstrip("/")
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(out.name + ".tmp")
-            with zf.open(m) as fin, open(tmp, "wb") as fout:
-                fout.write(fin.read())
-            os.replace(tmp, out)
-    marker.write_text("ok\n")
+            with zf.open(m) as fin, atomic_path(out) as tmp, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout)
+    atomic_write(marker, "ok\n")
     return target

@@ -26,112 +26,27 @@ Ids are always looked up by token: our trained vocabularies put ``[PAD] [UNK] [C
 [MASK]`` at 0..4, the bert-base-uncased vocabulary has them at 0/100/101/102/103.
 
 ``Tokenizer.train`` learns a vocabulary from raw text (see its docstring for the algorithm).
+
+The code is in three files: ``text.py`` (stage 1: character classes, normalisation and
+splitting), this one (the ``Tokenizer``: vocabulary, stage 2, encoding and decoding) and
+``wordpiece_trainer.py`` (the vocabulary trainer).
 """
 from __future__ import annotations
 
-import heapq
 import os
-import re
-import unicodedata
-from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-CONTINUATION = "##"
+from ..constants import VOCAB_NAME
+from ..files import atomic_write
+from .text import CONTINUATION, SPECIAL_TOKENS, basic_tokenize
+from .wordpiece_trainer import train_vocabulary
+
 MAX_INPUT_CHARS_PER_WORD = 100
 
-
-# ----------------------------------------------------------------------------------------------
-# character classes (the same definitions as BERT's tokenization.py and HF's BertNormalizer)
-
-def is_whitespace(ch: str) -> bool:
-    """Space, tab, newline, carriage return and every other Unicode ``White_Space`` character."""
-    return ch in " \t\n\r" or (ch.isspace() and not is_control(ch))
-
-
-def is_control(ch: str) -> bool:
-    """Control, format, surrogate, private-use, unassigned (``C*``), but not ``\\t\\n\\r``: dropped.
-
-    Tab/newline/return count as whitespace instead. Hugging Face (fast and slow) drops all of
-    ``C*``; google-research/bert only ``Cc``/``Cf``. Which code points are unassigned depends on
-    the Unicode version of Python's ``unicodedata`` (14.0 in Python 3.11) versus the Rust tables.
-    """
-    if ch in "\t\n\r":
-        return False
-    return unicodedata.category(ch).startswith("C")
-
-
-def is_punctuation(ch: str) -> bool:
-    """Unicode punctuation (``P*``) plus all non-alphanumeric printable ASCII, e.g. ``$ ^ ` ~``."""
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def is_cjk(ch: str) -> bool:
-    """A CJK Unified Ideograph (the blocks BERT lists; Hangul and Kana are *not* in them)."""
-    cp = ord(ch)
-    return (0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0x20000 <= cp <= 0x2A6DF
-            or 0x2A700 <= cp <= 0x2B73F or 0x2B740 <= cp <= 0x2B81F or 0x2B820 <= cp <= 0x2CEAF
-            or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
-
-
-class _CleanTable(dict):
-    """``str.translate`` table for the *clean* and *CJK* steps, filled lazily per code point.
-
-    translate() looks every character up here (in C); a miss computes the answer once.
-    """
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        if cp == 0 or cp == 0xFFFD or is_control(ch):
-            out = None                      # dropped
-        elif is_whitespace(ch):
-            out = " "
-        elif is_cjk(ch):
-            out = f" {ch} "
-        else:
-            out = ch
-        self[cp] = out
-        return out
-
-
-class _SplitTable(dict):
-    """``str.translate`` table that surrounds every punctuation character with spaces."""
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        out = f" {ch} " if is_punctuation(ch) else ch
-        self[cp] = out
-        return out
-
-
-class _UncaseSplitTable(dict):
-    """``str.translate`` table for NFD text: drop ``Mn`` marks, lowercase, space out punctuation."""
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        if unicodedata.category(ch) == "Mn":
-            out = None
-        elif is_punctuation(ch):
-            out = f" {ch} "
-        else:
-            out = ch.lower()
-        self[cp] = out
-        return out
-
-
-_CLEAN = _CleanTable()
-_SPLIT = _SplitTable()
-_UNCASE_SPLIT = _UncaseSplitTable()
-
-
-# ----------------------------------------------------------------------------------------------
 
 @dataclass
 class Encoding:
@@ -149,7 +64,7 @@ class Encoding:
         return len(self.input_ids)
 
 
-def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int) -> None:
+def truncate_longest_first(tokens_a: list, tokens_b: list, max_num_tokens: int) -> None:
     """Shorten the pair in place to ``len(a) + len(b) <= max_num_tokens`` by cutting the end of
     the longer side, as ``_truncate_seq_pair`` in google-research/bert's ``run_classifier``.
 
@@ -207,8 +122,6 @@ class Tokenizer:
         self.sep_token_id = self.vocab["[SEP]"]
         self.mask_token_id = self.vocab["[MASK]"]
         self.special_token_ids = frozenset(self.vocab[t] for t in SPECIAL_TOKENS)
-        # special tokens written in the input text are kept whole, as Hugging Face does
-        self._special_split = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
         self._word_cache: dict[str, list[str]] = {}
 
     # -- construction and saving ----------------------------------------------------------
@@ -218,7 +131,7 @@ class Tokenizer:
         """Read ``vocab.txt`` (one token per line; line ``i`` is id ``i``), or the one in a folder."""
         path = Path(path)
         if path.is_dir():
-            path = path / "vocab.txt"
+            path = path / VOCAB_NAME
         if not path.is_file():
             raise FileNotFoundError(f"vocabulary file {path} does not exist")
         with open(path, encoding="utf-8") as f:
@@ -233,12 +146,9 @@ class Tokenizer:
         """Write ``vocab.txt`` (or ``path/vocab.txt`` if ``path`` is a folder); return the file."""
         path = Path(path)
         if path.is_dir():
-            path = path / "vocab.txt"
+            path = path / VOCAB_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", encoding="utf-8") as f:
-            for t in self.ids_to_tokens:
-                f.write(t + "\n")
-        return path
+        return atomic_write(path, "".join(t + "\n" for t in self.ids_to_tokens))
 
     @property
     def inv_vocab(self) -> list[str]:
@@ -258,27 +168,9 @@ class Tokenizer:
 
         Every per-character step is a ``str.translate`` (so it runs in C): clean + CJK, then
         (uncased) NFD of the whole string, drop ``Mn``, lowercase, and put spaces around
-        punctuation; finally ``str.split()`` on whitespace.
+        punctuation; finally ``str.split()`` on whitespace (``text.basic_tokenize``).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        words: list[str] = []
-        for i, part in enumerate(self._special_split.split(text) if "[" in text else (text,)):
-            if i % 2 == 1:                  # a special token written in the text
-                words.append(part)
-            elif part:
-                words.extend(self._normalize_and_space(part).split())
-        return words
-
-    def _normalize_and_space(self, text: str) -> str:
-        text = text.translate(_CLEAN)
-        if not self.do_lower_case:
-            return text.translate(_SPLIT)
-        if text.isascii():
-            return text.lower().translate(_SPLIT)
-        # Whole-string NFD first (so combining marks come in canonical order), then drop the
-        # Mn marks and lowercase character by character, as HF's BertNormalizer does.
-        return unicodedata.normalize("NFD", text).translate(_UNCASE_SPLIT)
+        return basic_tokenize(text, self.do_lower_case)
 
     def normalize(self, text: str) -> str:
         """The text as the model sees it: words and punctuation joined by single spaces."""
@@ -347,7 +239,7 @@ class Tokenizer:
         """Encode one text or a pair, as Hugging Face's tokenizer does with ``truncation=True``.
 
         Single: ``[CLS] a [SEP]``; pair: ``[CLS] a [SEP] b [SEP]`` with token types 0…0 1…1.
-        With ``max_length`` the longer side is cut from its end (``truncate_seq_pair``) until the
+        With ``max_length`` the longer side is cut from its end (``truncate_longest_first``) until the
         whole sequence, specials included, fits.
         """
         tokens_a = self.tokenize(text)
@@ -357,7 +249,7 @@ class Tokenizer:
             if max_length < n_special:
                 raise ValueError(f"max_length={max_length} is shorter than the {n_special} special tokens")
             if tokens_b is not None:
-                truncate_seq_pair(tokens_a, tokens_b, max_length - n_special)
+                truncate_longest_first(tokens_a, tokens_b, max_length - n_special)
             else:
                 del tokens_a[max_length - n_special:]
         if add_special_tokens:
@@ -436,90 +328,10 @@ class Tokenizer:
 
         Only the words that contain the merged pair are touched, and their pair counts are
         updated by difference (remove the word's old pairs, add its new ones); a heap with lazy
-        deletion finds the best pair. BBC (~855k words) to 8000 pieces takes seconds.
+        deletion finds the best pair. BBC (~855k words) to 8000 pieces takes seconds. The steps
+        are functions of ``wordpiece_trainer.py``.
 
         Tokenizing new text afterwards uses greedy longest-match (``wordpiece``), not the merges.
         """
-        if vocab_size < len(SPECIAL_TOKENS) + 1:
-            raise ValueError(f"vocab_size={vocab_size} is too small: the 5 special tokens alone need 5")
-        splitter = cls(list(SPECIAL_TOKENS), do_lower_case=do_lower_case)
-        word_freq: Counter[str] = Counter()
-        for text in texts:
-            word_freq.update(splitter.basic_tokenize(text))
-        for t in SPECIAL_TOKENS:
-            word_freq.pop(t, None)
-        if not word_freq:
-            raise ValueError("cannot train a vocabulary: the texts contain no words")
-
-        # the words, in a fixed order, as lists of symbols, and their counts
-        words = sorted(word_freq)
-        freqs = [word_freq[w] for w in words]
-        spelled = [[w[0]] + [CONTINUATION + c for c in w[1:]] for w in words]
-
-        chars = sorted({c for w in words for c in w})
-        vocab: list[str] = list(SPECIAL_TOKENS)
-        seen = set(vocab)
-        for c in chars:
-            # punctuation and CJK characters are always words of their own: no ``##`` form
-            forms = (c,) if is_punctuation(c) or is_cjk(c) else (c, CONTINUATION + c)
-            for s in forms:
-                if s not in seen:
-                    seen.add(s)
-                    vocab.append(s)
-
-        # pair -> count, pair -> set of word indices containing it
-        pair_count: dict[tuple[str, str], int] = defaultdict(int)
-        pair_words: dict[tuple[str, str], set[int]] = defaultdict(set)
-        for wi, symbols in enumerate(spelled):
-            f = freqs[wi]
-            for pair in zip(symbols, symbols[1:]):
-                pair_count[pair] += f
-                pair_words[pair].add(wi)
-        heap = [(-n, pair) for pair, n in pair_count.items()]
-        heapq.heapify(heap)
-
-        while len(vocab) < vocab_size and heap:
-            neg, pair = heapq.heappop(heap)
-            if pair_count.get(pair, 0) != -neg:         # stale entry: the count changed since
-                continue
-            if -neg < min_frequency:
-                break
-            x, y = pair
-            merged = x + y[len(CONTINUATION):]
-            changed: dict[tuple[str, str], int] = defaultdict(int)
-            for wi in sorted(pair_words.pop(pair)):
-                symbols = spelled[wi]
-                f = freqs[wi]
-                # merge left to right, non-overlapping
-                out: list[str] = []
-                i = 0
-                while i < len(symbols):
-                    if i + 1 < len(symbols) and symbols[i] == x and symbols[i + 1] == y:
-                        out.append(merged)
-                        i += 2
-                    else:
-                        out.append(symbols[i])
-                        i += 1
-                if len(out) == len(symbols):
-                    continue
-                for p in zip(symbols, symbols[1:]):
-                    changed[p] -= f
-                for p in zip(out, out[1:]):
-                    changed[p] += f
-                    pair_words[p].add(wi)
-                spelled[wi] = out
-            for p, delta in changed.items():
-                if delta == 0:
-                    continue
-                n = pair_count[p] + delta
-                if n > 0:
-                    pair_count[p] = n
-                    heapq.heappush(heap, (-n, p))
-                else:
-                    pair_count.pop(p, None)
-                    pair_words.pop(p, None)
-            pair_count.pop(pair, None)
-            if merged not in seen:
-                seen.add(merged)
-                vocab.append(merged)
-        return cls(vocab, do_lower_case=do_lower_case)
+        return cls(train_vocabulary(texts, vocab_size=vocab_size, do_lower_case=do_lower_case,
+                                    min_frequency=min_frequency), do_lower_case=do_lower_case)

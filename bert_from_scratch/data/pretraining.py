@@ -14,7 +14,7 @@ the model also sees short inputs). Then split the chunk at a random sentence bou
   label 1), and put the unused sentences of the chunk back so that they start the next chunk;
 - otherwise keep the true continuation (label 0, "IsNext").
 
-``truncate_seq_pair`` then drops tokens, one at a time, from the front or the back (a coin
+``truncate_pair_randomly`` then drops tokens, one at a time, from the front or the back (a coin
 flip) of the longer side until ``len(A) + len(B) <= max_seq_length - 3``.
 
 **Masked language model (MLM).** Choose ``n = min(max_predictions_per_seq, max(1,
@@ -34,18 +34,18 @@ and a random replacement token is never a bracketed entry (``[CLS]``, ``[PAD]``,
 
 ``instances_to_arrays`` packs instances into padded NumPy arrays for the model, and
 ``check_instances`` is a statistical test of all the above (used by the tests, and shown there
-to reject broken recipes).
+to reject broken recipes; it lives in ``pretraining_checks.py`` and is importable from here).
 """
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100         # label at positions without an MLM prediction (Hugging Face convention)
+from ..constants import IGNORE_INDEX     # label at positions without an MLM prediction (-100)
+from .pretraining_checks import check_instances, instance_statistics  # noqa: F401  (re-exported)
 
 
 @dataclass
@@ -83,12 +83,14 @@ def tokenize_documents(docs, tokenizer) -> list[list[list[str]]]:
     return out
 
 
-def truncate_seq_pair(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random) -> None:
+def truncate_pair_randomly(tokens_a: list, tokens_b: list, max_num_tokens: int, rng: random.Random) -> None:
     """Shorten the longer of ``A``/``B`` (ties: ``B``) by one token, from its front or back at
     random, until ``len(A) + len(B) <= max_num_tokens`` (in place).
 
     Cutting at either end at random, rather than always the end, avoids a bias: otherwise the
-    ends of segments would be systematically missing.
+    ends of segments would be systematically missing. (``truncate_seq_pair`` in google-research's
+    ``create_pretraining_data.py``; the tokenizer's ``truncate_longest_first`` is the
+    deterministic cut used for fine-tuning inputs.)
     """
     while len(tokens_a) + len(tokens_b) > max_num_tokens:
         longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
@@ -186,7 +188,7 @@ def _instances_from_document(documents: list[list[list[str]]], doc_ids: list[int
                 is_random_next = False
                 tokens_b = [t for sentence in chunk[a_end:] for t in sentence]
                 doc_b = k
-            truncate_seq_pair(tokens_a, tokens_b, max_num_tokens, rng)
+            truncate_pair_randomly(tokens_a, tokens_b, max_num_tokens, rng)
             if not tokens_a or not tokens_b:            # cannot happen for non-empty sentences
                 raise AssertionError("an empty segment after truncation")
 
@@ -296,135 +298,3 @@ def instances_to_arrays(instances: Sequence[Instance], tokenizer, max_seq_length
             "labels": labels, "masked_lm_positions": masked_lm_positions, "masked_lm_ids": masked_lm_ids,
             "masked_lm_weights": masked_lm_weights, "next_sentence_labels": next_sentence_labels}
 
-
-# ----------------------------------------------------------------------------------------------
-# statistical check of a set of instances against the recipe
-
-def instance_statistics(instances: Sequence[Instance]) -> dict[str, float]:
-    """Counts and rates: tokens, predictions, the [MASK]/random/kept split, the NSP balance."""
-    n_tokens = sum(len(x.tokens) for x in instances)
-    n_pred = n_mask = n_keep = 0
-    for x in instances:
-        for pos, label in zip(x.masked_lm_positions, x.masked_lm_labels):
-            n_pred += 1
-            if x.tokens[pos] == "[MASK]":
-                n_mask += 1
-            elif x.tokens[pos] == label:
-                n_keep += 1
-    n_random_next = sum(x.is_random_next for x in instances)
-    return {
-        "instances": len(instances), "tokens": n_tokens, "predictions": n_pred,
-        "masked_rate": n_pred / max(n_tokens, 1),
-        "frac_mask": n_mask / max(n_pred, 1), "frac_keep": n_keep / max(n_pred, 1),
-        "frac_random": (n_pred - n_mask - n_keep) / max(n_pred, 1),
-        "frac_random_next": n_random_next / max(len(instances), 1),
-        "mean_length": n_tokens / max(len(instances), 1),
-    }
-
-
-def _within(observed: float, expected: float, n: int, z: float) -> bool:
-    """|observed - expected| within z binomial standard errors (plus 0.002 for rounding)."""
-    return abs(observed - expected) <= z * math.sqrt(expected * (1 - expected) / max(n, 1)) + 0.002
-
-
-def check_instances(instances: Sequence[Instance], documents: list[list[list[str]]], max_seq_length: int,
-                    masked_lm_prob: float = 0.15, max_predictions_per_seq: int = 20,
-                    whole_word_mask: bool = False, nsp_random_range: tuple[float, float] = (0.45, 0.65),
-                    z: float = 5.0) -> list[str]:
-    """Check instances against the recipe; return the list of failures (empty = all good).
-
-    Exact checks, per instance: ``[CLS] A [SEP] B [SEP]`` layout and segment ids, length
-    ``<= max_seq_length``, non-empty A and B, positions increasing and never on ``[CLS]``/
-    ``[SEP]``, the number of predictions (= ``min(P, max(1, round(len·p)))``; with whole-word
-    masking at most that, and every masked word masked whole); ``A`` and ``B`` (unmasked) are
-    contiguous runs of their documents; IsNext ⇔ ``B`` from A's document, after ``A``; a random
-    ``B`` from another document; no random replacement is a bracketed token.
-    Statistical checks, over all predictions, within ``z`` standard errors: 80% ``[MASK]``,
-    10% random, 10% kept; the fraction of random next segments in ``nsp_random_range`` (above
-    1/2: a one-sentence chunk always gets a random B).
-    """
-    failures: list[str] = []
-    n_instance_failures = 0
-
-    def fail(msg: str) -> None:                 # per-instance problems: keep the first 20
-        nonlocal n_instance_failures
-        n_instance_failures += 1
-        if n_instance_failures <= 20:
-            failures.append(msg)
-
-    streams = ["\x00" + "\x00".join(t for s in doc for t in s) + "\x00" for doc in documents]
-
-    def locate(doc: int, segment: list[str]) -> int:
-        return streams[doc].find("\x00" + "\x00".join(segment) + "\x00")
-
-    n_expected_total = 0
-    for n, x in enumerate(instances):
-        L = len(x.tokens)
-        if L > max_seq_length:
-            fail(f"instance {n}: {L} tokens > max_seq_length={max_seq_length}")
-        positions = x.masked_lm_positions
-        if (positions != sorted(set(positions)) or len(positions) != len(x.masked_lm_labels)
-                or (positions and not 0 <= positions[0] <= positions[-1] < L)):
-            fail(f"instance {n}: masked positions not increasing, unique and inside the sequence")
-            continue
-        original = list(x.tokens)                           # the instance before masking
-        for pos, label in zip(positions, x.masked_lm_labels):
-            original[pos] = label
-        seps = [i for i, s in enumerate(x.segment_ids) if i > 0 and s != x.segment_ids[i - 1]]
-        if (len(x.segment_ids) != L or original[0] != "[CLS]" or original[-1] != "[SEP]" or len(seps) != 1
-                or x.segment_ids[0] != 0 or x.segment_ids[-1] != 1 or original[seps[0] - 1] != "[SEP]"):
-            fail(f"instance {n}: not laid out as [CLS] A [SEP] B [SEP] with segment ids 0…0 1…1")
-            continue
-        a_end = seps[0] - 1                                 # index of the first [SEP]
-        if a_end < 2 or L - a_end < 3:
-            fail(f"instance {n}: an empty segment")
-        special_positions = {0, a_end, L - 1}
-        if special_positions & set(positions) or any(t in ("[CLS]", "[SEP]") for t in x.masked_lm_labels):
-            fail(f"instance {n}: a [CLS]/[SEP] token is masked")
-            continue
-        expected = min(max_predictions_per_seq, max(1, int(round(L * masked_lm_prob))))
-        n_expected_total += expected
-        if (len(positions) != expected) if not whole_word_mask else (len(positions) > expected):
-            fail(f"instance {n}: {len(positions)} predictions, the recipe gives {expected}")
-        for pos, label in zip(positions, x.masked_lm_labels):
-            token = x.tokens[pos]
-            if token not in ("[MASK]", label) and token.startswith("[") and token.endswith("]"):
-                fail(f"instance {n}: random replacement {token!r} is a special token")
-        if whole_word_mask:
-            masked = set(positions)
-            for i in range(1, L):
-                if original[i].startswith("##") and i - 1 not in special_positions and (
-                        (i in masked) != (i - 1 in masked)):
-                    fail(f"instance {n}: word pieces {original[i - 1]!r} {original[i]!r} of one word "
-                         f"masked apart (whole-word masking)")
-                    break
-        seg_a, seg_b = original[1:a_end], original[a_end + 1:L - 1]
-        if x.is_random_next != (x.doc_index_a != x.doc_index_b):
-            fail(f"instance {n}: is_random_next={x.is_random_next} but A from document {x.doc_index_a}, "
-                 f"B from document {x.doc_index_b}")
-        at_a, at_b = locate(x.doc_index_a, seg_a), locate(x.doc_index_b, seg_b)
-        if at_a < 0:
-            fail(f"instance {n}: segment A is not a contiguous run of document {x.doc_index_a}")
-        if at_b < 0:
-            fail(f"instance {n}: segment B is not a contiguous run of document {x.doc_index_b}")
-        if not x.is_random_next and at_a >= 0 and at_b >= 0:
-            a_string = "\x00" + "\x00".join(seg_a) + "\x00"
-            b_string = "\x00" + "\x00".join(seg_b) + "\x00"
-            if streams[x.doc_index_a].find(b_string, at_a + len(a_string) - 1) < 0:
-                fail(f"instance {n}: IsNext but B does not come after A in the document")
-
-    if n_instance_failures > 20:
-        failures.append(f"... and {n_instance_failures - 20} more per-instance failures")
-    stats = instance_statistics(instances)
-    n_pred = int(stats["predictions"])
-    fail = failures.append                  # aggregate problems: always reported
-    if whole_word_mask and n_pred < 0.9 * n_expected_total:
-        fail(f"whole-word masking predicted {n_pred} tokens, under 90% of the {n_expected_total} expected")
-    for key, expected in (("frac_mask", 0.8), ("frac_random", 0.1), ("frac_keep", 0.1)):
-        if not _within(stats[key], expected, n_pred, z):
-            fail(f"{key} = {stats[key]:.4f} over {n_pred} predictions, expected {expected} "
-                 f"(80% [MASK] / 10% random / 10% kept)")
-    lo, hi = nsp_random_range
-    if not lo <= stats["frac_random_next"] <= hi:
-        fail(f"fraction of random next segments {stats['frac_random_next']:.3f} outside [{lo}, {hi}]")
-    return failures

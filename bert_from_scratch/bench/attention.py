@@ -1,6 +1,6 @@
 """Benchmark the attention core: NumPy reference vs fused Numba kernel vs torch SDPA vs CUDA.
 
-    python -m bert_from_scratch.bench_attention --backends numpy,numba,torch --out bench.json
+    python -m bert_from_scratch.bench.attention --backends numpy,numba,torch --out bench.json
 
 For every shape (B, H, T, d) and backend, float32, no mask, no dropout, it times the forward
 and the forward + backward and prints one row each:
@@ -19,7 +19,7 @@ and the forward + backward and prints one row each:
 - ``x numpy`` / ``x torch``: how many times faster than numpy / torch on the same row
   (> 1 is faster), measured in the same run.
 
-Backends: ``numpy`` (the reference in ``bert_from_scratch.attention``), ``numba``,
+Backends: ``numpy`` (the reference in ``bert_from_scratch.nn.attention``), ``numba``,
 ``torch`` (``torch.nn.functional.scaled_dot_product_attention``, when torch is installed),
 ``cupy`` (the fused CUDA kernel) and ``cupy_matmul`` (the NumPy reference run on CuPy
 arrays), when a GPU is present, and ``torch_cuda`` (SDPA on the GPU, the production kernel to compare the CUDA kernel with;
@@ -39,8 +39,8 @@ from typing import Callable
 
 import numpy as np
 
-from .attention import attention_backward_reference, attention_forward_reference
-from .xp import gpu_available
+from ..nn.attention import attention_backward_reference, attention_forward_reference
+from ..nn.xp import gpu_available
 
 DEFAULT_BACKENDS = ("numpy", "numba", "torch", "cupy")
 ALL_BACKENDS = ("numpy", "numba", "torch", "cupy", "cupy_matmul", "torch_cuda")
@@ -78,13 +78,13 @@ def _make_runs(backend, arrays):
     if backend == "numpy":
         return _numpy_like_runs(attention_forward_reference, attention_backward_reference, q, k, v, dout)
     if backend == "numba":
-        from .kernels import numba_attention as na
+        from ..kernels import numba_attention as na
         return _numpy_like_runs(na.attention_forward, na.attention_backward, q, k, v, dout)
     if backend in ("cupy", "cupy_matmul"):
         import cupy as cp  # type: ignore
         qg, kg, vg, dg = (cp.asarray(a) for a in arrays)
         if backend == "cupy":
-            from .kernels import cuda_attention as ca
+            from ..kernels import cuda_attention as ca
             return _numpy_like_runs(ca.attention_forward, ca.attention_backward, qg, kg, vg, dg)
         return _numpy_like_runs(attention_forward_reference, attention_backward_reference, qg, kg, vg, dg)
     if backend in ("torch", "torch_cuda"):

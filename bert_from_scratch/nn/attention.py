@@ -27,34 +27,13 @@ import math
 
 import numpy as np
 
-from .xp import get_array_module, is_cupy_array
+from .layers import softmax_forward
+from .xp import get_array_module
 
-#: added to the scores of padded keys before the softmax (google-research/bert uses -10000)
-MASK_VALUE = -10000.0
-
-BACKENDS = ("auto", "numpy", "numba", "cupy", "cuda")
-
-
-# --------------------------------------------------------------------------------------
-# Counter-based dropout mask (shared bit for bit with kernels/numba_attention.py and
-# kernels/attention.cu)
-# --------------------------------------------------------------------------------------
-GOLDEN = 0x9E3779B9
-
-
-def mix32(x, xp=np):
-    """The "lowbias32" integer finalizer: a bijective avalanche hash of uint32 values."""
-    x = x ^ (x >> xp.uint32(16))
-    x = x * xp.uint32(0x7FEB352D)
-    x = x ^ (x >> xp.uint32(15))
-    x = x * xp.uint32(0x846CA68B)
-    x = x ^ (x >> xp.uint32(16))
-    return x
-
-
-def dropout_threshold(p: float) -> int:
-    """Entries whose 24-bit hash is below this are dropped: P(drop) = threshold / 2**24."""
-    return int(round(p * (1 << 24)))
+# The constants and the counter-based dropout hash are shared bit for bit with the kernels
+# (kernels/numba_attention.py, kernels/attention.cu); they live in the kernels' leaf module.
+from ..kernels.kernel_args import (GOLDEN, MASK_VALUE, check_kernel_inputs, check_qkv,  # noqa: E402,F401
+                                   dropout_threshold, mix32)
 
 
 def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np):
@@ -78,23 +57,6 @@ def additive_mask(mask, dtype, xp=np):
     return ((1.0 - mask.astype(dtype)) * dtype.type(MASK_VALUE))[:, None, None, :]
 
 
-def check_qkv(q, k, v, mask):
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
-    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
-        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
-
-
-def check_kernel_inputs(q, k, v, mask, dropout_p, backend: str):
-    """What the fused kernels (Numba, CUDA) accept: the shapes above, one float32/float64 dtype, 0 <= p < 1."""
-    check_qkv(q, k, v, mask)
-    if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"{backend} attention supports float32 or float64 with one dtype for q, k, v; "
-                         f"got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
-
-
 # --------------------------------------------------------------------------------------
 # The NumPy reference
 # --------------------------------------------------------------------------------------
@@ -103,12 +65,7 @@ def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0):
     xp = get_array_module(q, k, v)
     B, H, T, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    scores = xp.matmul(q, k.swapaxes(-1, -2)) * q.dtype.type(scale)       # (B, H, T, T)
-    if mask is not None:
-        scores += additive_mask(mask, q.dtype, xp)                          # pads -> -10000
-    scores -= scores.max(axis=-1, keepdims=True)                           # stable softmax
-    probs = xp.exp(scores)
-    probs /= probs.sum(axis=-1, keepdims=True)                             # P: (B, H, T, T)
+    probs = attention_probabilities(q, k, mask)                            # P: (B, H, T, T)
     if dropout_p > 0.0:
         keep = dropout_keep_mask(seed, B, H, T, T, dropout_p, xp)          # Z: (B, H, T, T)
         probs_dropped = probs * keep * q.dtype.type(1.0 / (1.0 - dropout_p))
@@ -142,67 +99,36 @@ def attention_backward_reference(dout, cache):
 
 
 # --------------------------------------------------------------------------------------
-# Public dispatcher
+# For callers of the attention core alone: the backend's implementation (nn/backend.py)
 # --------------------------------------------------------------------------------------
-def resolve_backend(backend: str, q) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if backend == "cuda":
-        backend = "cupy"
-    if backend == "auto":
-        if is_cupy_array(q):
-            return "cupy"
-        try:
-            from .kernels import numba_attention  # noqa: F401
-            return "numba"
-        except Exception:
-            return "numpy"
-    return backend
-
-
 def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, backend="auto"):
     """``softmax(q k^T / sqrt(d) + mask) v`` with dropout on the probabilities.
 
     q, k, v: (B, H, T, d); mask: (B, T), 1 = keep, 0 = padding (or None).
-    backend: "numpy" (reference), "numba" (fused CPU kernel), "cupy"/"cuda" (fused GPU kernel)
-    or "auto" (cupy for CuPy arrays, numba when installed, else numpy).
+    backend: "numpy" (reference), "numba" (fused CPU kernel), "cupy" (fused GPU kernel)
+    or "auto" (cupy for CuPy arrays, numba when installed, else numpy); see ``nn/backend.py``.
     Returns ``(out, cache)``; pass ``cache`` to :func:`attention_backward`.
     """
+    from .backend import get_backend
+
     check_qkv(q, k, v, mask)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p}")
-    backend = resolve_backend(backend, q)
-    if backend == "numpy":
-        return attention_forward_reference(q, k, v, mask, dropout_p, seed)
-    if backend == "numba":
-        from .kernels import numba_attention
-        return numba_attention.attention_forward(q, k, v, mask, dropout_p, seed)
-    if backend == "cupy":
-        from .kernels import cuda_attention
-        return cuda_attention.attention_forward(q, k, v, mask, dropout_p, seed)
-    raise AssertionError(backend)
+    return get_backend(backend, like=q).attention_forward(q, k, v, mask, dropout_p, seed)
 
 
 def attention_backward(dout, cache):
     """Gradients ``(dq, dk, dv)`` of the attention core, given ``dout`` of shape (B, H, T, d)."""
-    backend = cache["backend"]
-    if backend == "numpy":
-        return attention_backward_reference(dout, cache)
-    if backend == "numba":
-        from .kernels import numba_attention
-        return numba_attention.attention_backward(dout, cache)
-    if backend == "cupy":
-        from .kernels import cuda_attention
-        return cuda_attention.attention_backward(dout, cache)
-    raise AssertionError(backend)
+    from .backend import get_backend
+
+    return get_backend(cache["backend"]).attention_backward(dout, cache)
 
 
 def attention_probabilities(q, k, mask=None):
-    """The (B, H, T, T) softmax probabilities (no dropout), for ``output_attentions`` and plots."""
+    """P = softmax(Q K^T / sqrt(d) + M) over the keys, (B, H, T, T), no dropout: the reference
+    forward's P, and ``output_attentions`` for plots on every backend."""
     xp = get_array_module(q, k)
-    scores = xp.matmul(q, k.swapaxes(-1, -2)) * q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
+    scores = xp.matmul(q, k.swapaxes(-1, -2)) * q.dtype.type(1.0 / math.sqrt(q.shape[-1]))   # (B, H, T, T)
     if mask is not None:
-        scores += additive_mask(mask, q.dtype, xp)
-    scores -= scores.max(axis=-1, keepdims=True)
-    probs = xp.exp(scores)
-    return probs / probs.sum(axis=-1, keepdims=True)
+        scores += additive_mask(mask, q.dtype, xp)                          # pads -> -10000
+    return softmax_forward(scores)[0]                                      # stable: the row max subtracted

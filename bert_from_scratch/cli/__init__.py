@@ -1,0 +1,62 @@
+"""The ``bert-from-scratch`` command.
+
+    bert-from-scratch pretrain                 # the main job: pretrain a small BERT on BBC News (< 10 min)
+    bert-from-scratch fill-mask --checkpoint runs/pretrain "the [MASK] rose sharply"
+    bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png
+    bert-from-scratch finetune / predict       # sentence classification
+    bert-from-scratch check 3                  # grade the exercises of chapter 3
+    bert-from-scratch bench train-step|attention
+
+User errors (a missing file, a bad option, a corrupt checkpoint) print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .common import command
+
+#: name -> (module, function adding the options, function running the command, help)
+COMMANDS = {
+    "pretrain": ("pretrain", "add_pretrain_arguments", "cli_pretrain",
+                 "pretrain a small BERT from raw text (the main job)"),
+    "fill-mask": ("fill_mask", "add_fill_mask_arguments", "cli_fill_mask", "top predictions for [MASK] tokens"),
+    "attention": ("attention", "add_attention_arguments", "cli_attention",
+                  "plot what a (pretrained) BERT attends to"),
+    "finetune": ("finetune", "add_finetune_arguments", "cli_finetune", "fine-tune a sentence classifier"),
+    "predict": ("finetune", "add_predict_arguments", "cli_predict", "classify text with a fine-tuned checkpoint"),
+    "check": ("check", "add_check_arguments", "cli_check", "grade a chapter's exercises"),
+    "bench": ("bench", "add_bench_arguments", "cli_bench", "benchmarks that print tables"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bert-from-scratch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, add_name, run_name, help_text) in COMMANDS.items():
+        module = importlib.import_module("." + module_name, __name__)
+        p = sub.add_parser(name, help=help_text)
+        getattr(module, add_name)(p)
+        p.set_defaults(run=getattr(module, run_name))
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"{category.__name__}: {message}\n"
+
+
+def main(argv=None) -> int:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning      # a user sees the message, not a source line
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    return command(args.run)(args)                  # one error path, also for commands that bring their own
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,24 @@
+"""``bert-from-scratch bench``: the benchmarks (``bert_from_scratch/bench/``) print tables."""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+from .common import command
+from .process import keep_freed_memory
+
+BENCHES = {"train-step": "bert_from_scratch.bench.train_step", "attention": "bert_from_scratch.bench.attention"}
+
+
+def add_bench_arguments(p):
+    p.add_argument("what", choices=sorted(BENCHES), help="train-step: model forward+backward vs torch; "
+                                                         "attention: the attention kernels")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
+
+
+@command
+def cli_bench(args) -> int:
+    """``bert-from-scratch bench WHAT ...``: hands the rest of the command line to that benchmark's main()."""
+    keep_freed_memory()
+    module = importlib.import_module(BENCHES[args.what])
+    return module.main(args.rest) or 0

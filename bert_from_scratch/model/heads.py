@@ -1,0 +1,77 @@
+r"""The task heads on top of the encoder, each a forward/backward pair (same conventions as ``blocks.py``).
+
+- masked LM (``cls.predictions``): dense -> GELU -> LayerNorm -> decoder tied to the word
+  embedding, plus its own bias: ``logits = LN(gelu(h W^T + b)) E^T + b_dec``, (N, H) -> (N, V);
+- next-sentence prediction (``cls.seq_relationship``): a linear layer on the pooled output, (B, H) -> (B, 2),
+  label 0 = "B follows A", 1 = "B is random";
+- sequence classification (``classifier``): dropout then a linear layer on the pooled output, (B, H) -> (B, K).
+
+The decoder's weight *is* ``bert.embeddings.word_embeddings.weight``: its gradient is added to the
+one the embedding lookup accumulates (``G.add``), which is all weight tying takes.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..config import BertConfig
+from ..nn.layers import linear_backward, linear_forward
+from .blocks import dense_backward, dense_forward, norm_backward, norm_forward
+from .params import Scope
+
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+class MLMHeadCache(NamedTuple):
+    dense: tuple
+    gelu: tuple
+    layernorm: tuple
+    decoder: tuple
+
+
+def mlm_head_forward(rows, P: Scope, ops, cfg: BertConfig):
+    """rows: (N..., H) hidden states at the predicted positions -> logits (N..., V). ``P``: scope ``cls.predictions.``
+    over the model's params (the tied decoder is read from the same dict)."""
+    h, c_dense = dense_forward(rows, P / "transform.dense")
+    g, c_gelu = ops.gelu_forward(h)
+    t, c_ln = norm_forward(g, P / "transform.LayerNorm", ops, cfg)
+    decoder = P.tensors[WORD_EMBEDDINGS]                                                   # (V, H), tied
+    logits, c_dec = linear_forward(t, decoder, P["bias"])                                  # (N..., V)
+    return logits, MLMHeadCache(c_dense, c_gelu, c_ln, c_dec)
+
+
+def mlm_head_backward(dlogits, cache: MLMHeadCache, G: Scope, ops):
+    """dlogits: (N..., V) -> drows (N..., H); ``G``: scope ``cls.predictions.`` over the gradient dict."""
+    dt, dw_dec, db = linear_backward(dlogits, cache.decoder)
+    Scope(G.tensors).add(WORD_EMBEDDINGS, dw_dec)            # tied: summed with the input lookup's gradient
+    G.add("bias", db)
+    dg = norm_backward(dt, cache.layernorm, G / "transform.LayerNorm", ops)
+    dh = ops.gelu_backward(dg, cache.gelu)
+    return dense_backward(dh, cache.dense, G / "transform.dense")
+
+
+def nsp_head_forward(pooled, P: Scope):
+    """pooled: (B, H) -> logits (B, 2). ``P``: scope ``cls.seq_relationship.``."""
+    return dense_forward(pooled, P)
+
+
+def nsp_head_backward(dlogits, cache, G: Scope):
+    """dlogits: (B, 2) -> dpooled (B, H)."""
+    return dense_backward(dlogits, cache, G)
+
+
+class ClassifierHeadCache(NamedTuple):
+    dropout: object
+    linear: tuple
+
+
+def classifier_head_forward(pooled, P: Scope, ops, cfg: BertConfig, rng, training: bool):
+    """pooled: (B, H) -> logits (B, K). ``P``: scope ``classifier.``."""
+    dropped, c_drop = ops.dropout_forward(pooled, cfg.hidden_dropout_prob, rng, training)
+    logits, c_lin = dense_forward(dropped, P)
+    return logits, ClassifierHeadCache(c_drop, c_lin)
+
+
+def classifier_head_backward(dlogits, cache: ClassifierHeadCache, G: Scope, ops):
+    """dlogits: (B, K) -> dpooled (B, H)."""
+    ddropped = dense_backward(dlogits, cache.linear, G)
+    return ops.dropout_backward(ddropped, cache.dropout)

@@ -1,0 +1,1 @@
+"""The numerical building blocks: array module, reference layers, attention, gradient checking, backends."""

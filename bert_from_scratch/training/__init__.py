@@ -1,0 +1,1 @@
+"""Training: the one loop, AdamW, the pretraining and fine-tuning jobs, metrics, atomic artifacts."""

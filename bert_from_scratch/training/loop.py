@@ -1,0 +1,125 @@
+r"""The one training loop: every job (pretraining, fine-tuning) trains through :func:`run_loop`.
+
+One step (:func:`train_step`) on a batch, for a model with ``forward(**inputs, training=True)`` and
+``backward()``:
+
+.. math::
+    L = \text{model.forward}(x),\qquad g = \nabla_\theta L \xrightarrow{\ \text{clip}\ \lVert g\rVert\le c\ }
+    \theta \leftarrow \text{AdamW}(\theta, g, \eta_s)
+
+The loss is checked before the backward and the gradient norm before the update: a NaN/inf
+skips the update and ends the loop ("diverged"), so the weights stay those of the last good step
+and the job's last checkpoint stays as it was.
+
+:func:`run_loop` draws batches, runs steps, keeps the progress bar and the clock, and after each
+step calls the job's callbacks with a :class:`LoopState` (then updates the bar): they record
+metrics, evaluate, save checkpoints, and may set ``state.stop`` (early stopping). A job describes only its data, its
+schedule and its metrics.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from .optim import clip_grad_norm
+
+
+@dataclass
+class StepResult:
+    """What one training step did."""
+
+    loss: float                 # the batch's loss before the update
+    grad_norm: float            # global gradient norm before clipping (NaN when the loss was not finite)
+    output: object              # the model's forward output (logits, for the job's metrics)
+    diverged: bool              # loss or gradient norm not finite: the update was skipped
+
+    def what_diverged(self) -> str:
+        if not math.isfinite(self.loss):
+            return f"loss {self.loss}"
+        return f"gradient norm {self.grad_norm} (loss {self.loss})"
+
+
+def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float) -> StepResult:
+    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr``."""
+    out = model.forward(**inputs, training=True)
+    loss = out.loss
+    grad_norm = float("nan")
+    grads = None
+    if math.isfinite(loss):
+        grads = model.backward()
+        grad_norm = clip_grad_norm(grads, max_grad_norm)
+    diverged = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if not diverged:
+        optimizer.step(grads, lr=lr)
+    return StepResult(loss, grad_norm, out, diverged)
+
+
+@dataclass
+class LoopState:
+    """The loop's state, handed to every callback after every step."""
+
+    step: int                           # optimizer steps done (a resumed run starts above 0)
+    total_steps: int                    # length of the schedule (and of the progress bar)
+    last: StepResult | None = None      # the step just done
+    batch: dict | None = None           # its batch, as the job's iterator yielded it
+    lr: float = 0.0                     # its learning rate
+    seconds: float = 0.0                # time spent in steps (batch fetch included; callbacks excluded)
+    stop: bool = False                  # a callback sets it to end the loop after this step
+    diverged: bool = False
+    message: str = ""                   # why the loop diverged, for the user
+
+
+def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[int], float], total_steps: int,
+             start_step: int = 0, stop_at: int | None = None, max_grad_norm: float = 1.0,
+             inputs: Callable[[dict], dict] = dict, callbacks: Sequence[Callable[[LoopState], None]] = (),
+             kept: Callable[[LoopState], str] = lambda state: "no checkpoint had been written yet",
+             advice: str = "Lower the learning rate.", postfix: Callable[[LoopState], dict] | None = None,
+             progress: bool = True, desc: str = "train", log: Callable[[str], None] | None = None) -> LoopState:
+    """Train until ``stop_at`` steps (default ``total_steps``), ``batches`` runs out, a callback stops, or a NaN.
+
+    Parameters
+    ----------
+    model, optimizer : trained in place.
+    batches : yields one batch (any dict) per step; ``inputs(batch)`` gives the model's forward kwargs.
+    schedule : step index (0-based, the update about to be made) -> learning rate.
+    callbacks : called in order after every completed step with the :class:`LoopState`.
+    kept : on divergence, says which weights the user can still use (e.g. the last checkpoint's step).
+    postfix : the progress bar's numbers after each step.
+    """
+    from tqdm.auto import tqdm
+
+    log = log or tqdm.write
+    stop_at = total_steps if stop_at is None else stop_at
+    state = LoopState(step=start_step, total_steps=total_steps)
+    batch_iter = iter(batches)
+    bar = tqdm(total=total_steps, initial=start_step, disable=not progress, desc=desc, unit="step",
+               dynamic_ncols=True)
+    try:
+        while state.step < stop_at:
+            t0 = time.perf_counter()
+            batch = next(batch_iter, None)
+            if batch is None:
+                break
+            lr = schedule(state.step)
+            result = train_step(model, inputs(batch), optimizer, lr, max_grad_norm)
+            state.last, state.batch, state.lr = result, batch, lr
+            if result.diverged:
+                state.diverged = True
+                state.message = (f"training diverged at step {state.step}: {result.what_diverged()} is not finite; "
+                                 f"stopped before updating the weights; {kept(state)}. {advice}")
+                log(state.message)
+                break
+            state.step += 1
+            state.seconds += time.perf_counter() - t0
+            for callback in callbacks:
+                callback(state)
+            bar.update(1)
+            if postfix is not None:
+                bar.set_postfix(**postfix(state))
+            if state.stop:
+                break
+    finally:
+        bar.close()
+    return state

@@ -1,0 +1,52 @@
+"""The Numba backend's AdamW update: the signature of ``training/optim.py``'s ``adamw_update``, one fused loop.
+
+The reference update makes five passes over memory through NumPy's ``out=`` ufuncs, on one core.
+This kernel reads each of the four arrays once and writes three of them once. It does the same
+operations in the same order, with every scalar cast to the array's dtype first and no fast-math
+(no reassociation, no fused multiply-add), so its results are bit-identical to the reference's
+(``tests/test_optim.py`` checks that, and both against ``torch.optim.AdamW``).
+
+A parallel loop costs a thread-pool wake-up per call; BERT has ~100 tensors, most of them tiny
+(biases, LayerNorm). Tensors under ``PARALLEL_MIN_SIZE`` entries take the same loop compiled
+without threads.
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+#: smallest tensor updated by the multi-threaded loop (below: the same loop on one thread)
+PARALLEL_MIN_SIZE = 1 << 16
+
+
+def _adamw_loop(param, grad, exp_avg, exp_avg_sq, decay_factor, beta1, one_minus_beta1, beta2,
+                one_minus_beta2, eps, step_size, bias_correction2_sqrt):
+    """Flat (n,) arrays of one dtype; ``decay_factor = 1 - lr wd``, ``step_size = lr / bc1``."""
+    for i in numba.prange(param.shape[0]):
+        g = grad[i]
+        m = exp_avg[i] * beta1 + g * one_minus_beta1                 # m <- b1 m + (1 - b1) g
+        v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2        # v <- b2 v + (1 - b2) g^2
+        denom = math.sqrt(v) / bias_correction2_sqrt + eps
+        exp_avg[i] = m
+        exp_avg_sq[i] = v
+        param[i] = param[i] * decay_factor + (m / denom) * (-step_size)
+
+
+_adamw_parallel = numba.njit(parallel=True, cache=True)(_adamw_loop)
+_adamw_serial = numba.njit(cache=True)(_adamw_loop)
+
+
+def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay, beta1, beta2, eps,
+                 bias_correction1, bias_correction2):
+    """One AdamW update of one parameter, in place (``scratch`` is not needed here)."""
+    for a in (param, exp_avg, exp_avg_sq):
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous):
+            raise ValueError("the Numba AdamW updates C-contiguous NumPy arrays in place")
+    dt = param.dtype.type
+    grad = np.ascontiguousarray(grad, dtype=param.dtype)
+    loop = _adamw_parallel if param.size >= PARALLEL_MIN_SIZE else _adamw_serial
+    loop(param.reshape(-1), grad.reshape(-1), exp_avg.reshape(-1), exp_avg_sq.reshape(-1),
+         dt(1.0 - lr * weight_decay), dt(beta1), dt(1.0 - beta1), dt(beta2), dt(1.0 - beta2), dt(eps),
+         dt(lr / bias_correction1), dt(math.sqrt(bias_correction2)))

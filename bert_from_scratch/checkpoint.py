@@ -123,6 +123,13 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
     if dropped:
         warnings.warn(f"{source}: ignored {len(dropped)} tensor(s) of another head ({dropped[0]}, ...)",
                       stacklevel=3)
+    broken = {name: int((~np.isfinite(value)).sum()) for name, value in tensors.items()
+              if name in params and np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all()}
+    if broken:                                          # never serve (or resume from) NaN/inf weights
+        name, count = next(iter(broken.items()))
+        raise CheckpointError(f"{source}: {sum(broken.values()):,} non-finite weight value(s) in "
+                              f"{len(broken)} tensor(s), e.g. {count:,} in {name}; the training that wrote it had "
+                              f"diverged: use an earlier checkpoint")
     xp = model.xp
     for name, value in tensors.items():
         if name in params:
@@ -130,29 +137,96 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
     return {"missing": missing, "dropped": dropped}
 
 
+def _first_architecture(raw: dict) -> str:
+    """``architectures[0]`` of a config.json, or "" when it has none (or not a list of names)."""
+    archs = raw.get("architectures")
+    return archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else ""
+
+
+def _keys_list(keys) -> str:
+    shown = [repr(k) for k in keys[:5]]
+    return ", ".join(shown) + (f" ... ({len(keys)} in all)" if len(keys) > 5 else "")
+
+
+def _id2label_names(id2label, num_labels: int, path) -> list[str]:
+    """``id2label`` of ``path`` as the list of label names for outputs 0..num_labels-1.
+
+    Its keys must be exactly "0" .. str(num_labels - 1); each value a non-empty name (a number is
+    taken as its text), all different. Anything else is a :class:`CheckpointError` naming the file.
+    """
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"{path}: id2label must be an object {{\"0\": name, ...}}; got "
+                              f"{type(id2label).__name__}")
+    want = [str(i) for i in range(num_labels)]
+    missing = [k for k in want if k not in id2label]
+    wanted = set(want)
+    extra = sorted(str(k) for k in id2label if k not in wanted)
+    if missing or extra:
+        problems = ([f"missing key(s) {_keys_list(missing)}"] if missing else []) + \
+                   ([f"extra key(s) {_keys_list(extra)}"] if extra else [])
+        raise CheckpointError(f"{path}: id2label must have exactly the keys \"0\" .. \"{num_labels - 1}\" "
+                              f"(num_labels = {num_labels}, the classifier's outputs); {'; '.join(problems)}")
+    names = []
+    for key in want:
+        name = id2label[key]
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)
+        if not isinstance(name, str) or not name.strip():
+            raise CheckpointError(f"{path}: id2label[{key!r}] must be a non-empty label name; got {name!r}")
+        names.append(name)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise CheckpointError(f"{path}: id2label names two or more outputs {_keys_list(repeated)}: each label name "
+                              f"must be different")
+    return names
+
+
 def from_pretrained(cls, folder, dtype=np.float32, **kwargs):
-    """Build ``cls`` from a Hugging Face BERT folder (``config.json`` + ``model.safetensors``)."""
+    """Build ``cls`` from a Hugging Face BERT folder (``config.json`` + ``model.safetensors``).
+
+    Every field of ``config.json`` is checked (:meth:`BertConfig.validate`); a classifier checkpoint's
+    ``id2label`` must have exactly the keys "0" .. "K-1" for its K outputs. Problems are a
+    :class:`CheckpointError` naming the file.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder not found: {folder}")
-    if not (folder / CONFIG_NAME).is_file():
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
         raise CheckpointError(f"{folder} is not a checkpoint: it has no {CONFIG_NAME}")
     try:
-        config = BertConfig.from_json_file(folder / CONFIG_NAME)
+        config = BertConfig.from_json_file(config_path)
     except ConfigError as e:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: {e}") from None
+        raise CheckpointError(f"{config_path}: {e}") from None
+    raw = json.loads(config_path.read_text(encoding="utf-8"))          # a JSON object: from_json_file checked
     tensors = load_safetensors(folder / WEIGHTS_NAME)
-    if "num_labels" in cls.__init__.__code__.co_varnames and "num_labels" not in kwargs:
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        if "classifier.weight" in tensors:
-            kwargs["num_labels"] = int(tensors["classifier.weight"].shape[0])
-        elif isinstance(raw.get("num_labels"), int) and raw.get("architectures", [""])[0].endswith("Classification"):
-            kwargs["num_labels"] = raw["num_labels"]
+    label_names = None
+    if "num_labels" in cls.__init__.__code__.co_varnames:
+        if "num_labels" not in kwargs:
+            if "classifier.weight" in tensors:
+                weight = tensors["classifier.weight"]
+                if weight.ndim != 2 or weight.shape[0] < 2:
+                    raise CheckpointError(f"{folder / WEIGHTS_NAME}: classifier.weight has shape "
+                                          f"{tuple(weight.shape)}; a classifier's is (num_labels >= 2, hidden_size)")
+                kwargs["num_labels"] = int(weight.shape[0])
+            elif "num_labels" in raw and _first_architecture(raw).endswith("Classification"):
+                n = raw["num_labels"]
+                if not isinstance(n, int) or isinstance(n, bool) or n < 2:
+                    raise CheckpointError(f"{config_path}: num_labels must be an integer >= 2; got {n!r}")
+                kwargs["num_labels"] = n
+        weight = tensors.get("classifier.weight")
+        if "id2label" in raw and weight is not None and weight.ndim == 2:
+            # the checkpoint's classifier has weight.shape[0] outputs: id2label must name each of them
+            label_names = _id2label_names(raw["id2label"], int(weight.shape[0]), config_path)
     model = cls(config, dtype=dtype, **kwargs)
     load_state_dict(model, tensors, source=str(folder))
-    raw = json.loads((folder / CONFIG_NAME).read_text())
-    if "id2label" in raw and hasattr(model, "num_labels") and len(raw["id2label"]) == model.num_labels:
-        model.label_names = [raw["id2label"][str(i)] for i in range(model.num_labels)]
+    if label_names is None and "id2label" in raw and hasattr(model, "num_labels"):
+        try:                        # no trained classifier: id2label describes nothing; used only when it fits
+            label_names = _id2label_names(raw["id2label"], model.num_labels, config_path)
+        except CheckpointError:
+            label_names = None
+    if label_names is not None and hasattr(model, "num_labels") and len(label_names) == model.num_labels:
+        model.label_names = label_names
     return model
 
 

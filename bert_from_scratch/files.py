@@ -17,7 +17,28 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
+
+#: tests only: ``"<point>:<n>:<marker path>"`` pauses the n-th arrival at ``point`` (see :func:`_test_pause`)
+TEST_PAUSE_ENV = "BERT_FROM_SCRATCH_TEST_PAUSE"
+_arrivals: dict[str, int] = {}
+
+
+def _test_pause(point: str) -> None:
+    """A deterministic window for the kill tests: when ``$BERT_FROM_SCRATCH_TEST_PAUSE`` is
+    ``"<point>:<n>:<marker>"``, the n-th time this process reaches ``point`` ("in-write": a folder's
+    files are written but not yet swapped in; "between-renames": the old folder is renamed aside and
+    the new one not yet in place) it creates the file ``marker`` and sleeps until it is killed."""
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec or not spec.startswith(point + ":"):
+        return
+    _, n, marker = spec.split(":", 2)
+    _arrivals[point] = _arrivals.get(point, 0) + 1
+    if _arrivals[point] == int(n):
+        Path(marker).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
 
 
 def temporary_name(target: Path) -> Path:
@@ -66,6 +87,7 @@ def replace_dir(tmp: Path, target: Path) -> None:
         if old.exists():
             shutil.rmtree(old)                     # leftover of a swap that finished but was not cleaned up
         os.replace(target, old)
+        _test_pause("between-renames")
     os.replace(tmp, target)                        # (if target was missing, a resumed .old stays until now)
     if old.exists():
         shutil.rmtree(old)
@@ -84,6 +106,7 @@ def atomic_dir(target):
     tmp.mkdir(parents=True)
     try:
         yield tmp
+        _test_pause("in-write")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,7 +15,7 @@ from bert_from_scratch.training import finetuning as ft
 from bert_from_scratch.training import metrics
 from bert_from_scratch.checkpoint import load_safetensors
 from bert_from_scratch.config import BertConfig
-from bert_from_scratch.data.corpora import ClassificationData, Example
+from bert_from_scratch.data.labeled import ClassificationData, Example
 from bert_from_scratch.nn.gradcheck import gradcheck
 from bert_from_scratch.model import BertForPreTraining, BertForSequenceClassification
 from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer

@@ -58,6 +58,12 @@ def cli_attention(args) -> int:
         return error(f"--html {args.html}: the file name must end in .html")
     if args.max_tokens is not None and args.max_tokens < 1:
         return error(f"--max-tokens must be at least 1; got {args.max_tokens}")
+    if args.head is not None and args.head < 0:
+        return error(f"--head must be 0 or more (heads are counted from 0); got {args.head}")
+    if args.layer is not None and args.layer < -1:
+        return error(f"--layer must be 0 or more, or -1 for the last layer; got {args.layer}")
+    if not 3 <= args.max_length <= 512:
+        return error(f"--max-length must be in [3, 512] (BERT's position table has 512 entries); got {args.max_length}")
     if not args.text.strip():
         return error("the text is empty")
     from ..model import BertModel

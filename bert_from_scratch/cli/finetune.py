@@ -52,12 +52,14 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--patience", type=int, default=1, help="early stop after this many epochs without gain")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch order, dropout and the new head")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the best/ model an earlier run left in --out (refused otherwise)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def _load_data(args):
-    from ..data.corpora import ClassificationData, load_classification, read_classification_csv
+    from ..data.labeled import ClassificationData, load_classification, read_classification_csv
 
     if args.train is None and args.dev is None and args.test is None:
         return load_classification(args.dataset, seed=args.split_seed)
@@ -98,7 +100,7 @@ def cli_finetune(args) -> int:
                       lr=args.lr,
                       warmup_ratio=args.warmup_ratio, max_length=args.max_length, patience=args.patience,
                       seed=args.seed, max_train_examples=max_train, progress=not args.no_progress,
-                      log=print, run_info=run_info)
+                      log=print, run_info=run_info, overwrite=args.overwrite)
     print(f"best epoch {result.best_epoch}: dev accuracy {result.best_dev_accuracy}, dev macro-F1 "
           f"{result.best_dev_macro_f1}" if result.best_epoch else "no epoch finished")
     if result.test_accuracy is not None:

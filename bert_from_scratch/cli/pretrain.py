@@ -5,11 +5,29 @@ reads the options (all checked before any work starts) and prints the report.
 """
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
 from .common import command, error
 from .process import keep_freed_memory
+
+
+#: (option, lowest, highest, why) checked before any work
+BOUNDS = (
+    ("steps", 1, 10_000_000, " (the learning-rate schedule spans --steps; 10 million steps take months here)"),
+    ("batch_size", 1, 65_536, ""),
+    ("seq_len", 8, 512, " (BERT's position table has 512 entries; [CLS] A [SEP] B [SEP] needs a few tokens)"),
+    ("vocab_size", 100, 1_000_000, ""),
+    ("dupe_factor", 1, 100, ""),
+    ("warmup", 0, 10_000_000, ""),
+    ("save_every", 1, 10_000_000, ""),
+    ("eval_every", 1, 10_000_000, ""),
+    ("layers", 1, 48, ""),
+    ("hidden", 8, 4096, ""),
+    ("heads", 1, 64, ""),
+    ("intermediate", 8, 16384, ""),
+)
 
 
 def add_pretrain_arguments(p):
@@ -34,6 +52,11 @@ def add_pretrain_arguments(p):
     p.add_argument("--dupe-factor", type=int, default=2, help="times each document is masked anew")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint, bit for bit")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an OUT that holds a checkpoint, replacing it (refused otherwise)")
+    p.add_argument("--save-every", type=int, default=None, help="steps between checkpoints (default: --steps / 10)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="steps between held-out evaluations (default: --steps / 10)")
     p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
                    choices=["auto", "numpy", "numba", "cupy"],
                    help="numpy: the readable reference; numba: fused CPU kernels; cupy: the GPU; auto (default): "
@@ -50,11 +73,16 @@ def cli_pretrain(args) -> int:
 
     keep_freed_memory()
     # cheap checks first: never spend a minute on data before refusing an option
-    for name in ("steps", "batch_size", "seq_len", "vocab_size", "dupe_factor"):
-        if getattr(args, name) <= 0:
-            return error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
-    if not args.lr > 0:
-        return error(f"--lr must be positive; got {args.lr}")
+    for name, low, high, why in BOUNDS:
+        value = getattr(args, name)
+        if value is not None and not low <= value <= high:
+            return error(f"--{name.replace('_', '-')} must be in [{low:,}, {high:,}]; got {value:,}{why}")
+    if args.warmup is not None and args.warmup > args.steps:
+        return error(f"--warmup ({args.warmup:,}) cannot exceed --steps ({args.steps:,})")
+    if args.resume and args.overwrite:
+        return error("--resume continues the checkpoint in --out and --overwrite replaces it: choose one")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        return error(f"--lr must be a positive number; got {args.lr}")
     if args.vocab and not Path(args.vocab).is_file():
         return error(f"vocabulary file not found: {args.vocab}")
     if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
@@ -70,7 +98,7 @@ def cli_pretrain(args) -> int:
         corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
         vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
-        backend=args.backend, layers=args.layers, hidden=args.hidden, heads=args.heads,
+        backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every, layers=args.layers, hidden=args.hidden, heads=args.heads,
         intermediate=args.intermediate, progress=not args.no_progress, device=args.device)
     if result.diverged:
         print(result.message, file=sys.stderr)

@@ -133,7 +133,7 @@ def predict(checkpoint_dir, texts: Sequence[str], text_pairs: Sequence[str] | No
     model, tokenizer, trained_length = load_classifier(checkpoint_dir)
     max_length = max_length or trained_length
 
-    from ..data.corpora import Example
+    from ..data.labeled import Example
 
     # label 0 is a placeholder: evaluate_classifier's accuracy is ignored, its probabilities are what we want
     examples = [Example(t, 0, text_pairs[i] if text_pairs is not None else None) for i, t in enumerate(texts)]

@@ -72,12 +72,13 @@ from ..checkpoint import load_safetensors, load_state_dict
 from ..constants import BEST_DIR, CONFUSION_MATRIX_NAME, RESULTS_NAME, TRAINING_ARGS_NAME, VOCAB_NAME, WEIGHTS_NAME
 from ..data.classification import (EncodedExamples, FinetuneError, collate, encode_examples,  # noqa: F401
                                    length_bucketed_batches)
-from ..files import atomic_dir, atomic_write, check_writable
+from ..files import atomic_dir, atomic_write
 from ..nn.layers import softmax_forward
 from ..nn.xp import to_numpy
 from .loop import LoopState, run_loop
 from .metrics import accuracy_from_confusion, confusion_matrix, macro_f1_from_confusion
 from .optim import AdamW, linear_warmup_decay
+from .run_folder import hold_run_folder, refuse_to_clobber
 
 # ======================================================================================
 # Data: encode once, batch by length
@@ -222,14 +223,15 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
              warmup_ratio: float = 0.1, max_length: int = 64, patience: int = 1, seed: int = 0,
              max_train_examples: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
-             eval_batch_size: int = 64, plot: bool = True, run_info: dict | None = None) -> FinetuneResult:
+             eval_batch_size: int = 64, plot: bool = True, run_info: dict | None = None,
+             overwrite: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` (a ``BertForSequenceClassification``) on ``data``; see the module docstring.
 
     Parameters
     ----------
     model, tokenizer : the classifier (trained in place; on return it holds the *best* weights)
         and the tokenizer of its vocabulary.
-    data : ``corpora.ClassificationData``-like: ``train``, ``dev``, ``test`` lists of examples with
+    data : ``data.labeled.ClassificationData``-like: ``train``, ``dev``, ``test`` lists of examples with
         ``.text``, ``.text_b`` (None for single sentences), ``.label`` (int), and ``label_names``.
         ``test`` may be empty.
     out_dir : folder for ``best/``, ``confusion_matrix.png``, ``results.json``; checked writable first.
@@ -239,6 +241,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     patience : stop after this many epochs without a better dev accuracy (ties: macro-F1, then dev loss).
     seed : batch order and dropout (the classifier's init is the model's own ``seed``).
     max_train_examples : train on a seeded random subset of this size (the dev/test splits stay whole).
+    overwrite : a run over a folder that holds a ``best/`` model is refused unless this is True.
     """
     from tqdm.auto import tqdm
 
@@ -249,131 +252,132 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     K = model.num_labels
     _check_data(data, K)
     out_dir = Path(out_dir)
-    check_writable(out_dir)
-    model.label_names = [str(n) for n in data.label_names]      # -> id2label in config.json
-    started = time.perf_counter()
+    with hold_run_folder(out_dir, log):                      # one writer; debris of killed runs removed
+        refuse_to_clobber(out_dir, BEST_DIR, False, overwrite, resume_flag="")
+        model.label_names = [str(n) for n in data.label_names]      # -> id2label in config.json
+        started = time.perf_counter()
 
-    data_rng = np.random.default_rng(seed)
-    train_examples = list(data.train)
-    if max_train_examples is not None and max_train_examples < len(train_examples):
-        keep = np.sort(data_rng.choice(len(train_examples), size=max_train_examples, replace=False))
-        train_examples = [train_examples[i] for i in keep]
-    pad = tokenizer.pad_token_id
-    train = encode_examples(tokenizer, train_examples, max_length, K, "train")
-    dev = encode_examples(tokenizer, data.dev, max_length, K, "dev")
-    test = encode_examples(tokenizer, data.test, max_length, K, "test") if len(data.test) else None
+        data_rng = np.random.default_rng(seed)
+        train_examples = list(data.train)
+        if max_train_examples is not None and max_train_examples < len(train_examples):
+            keep = np.sort(data_rng.choice(len(train_examples), size=max_train_examples, replace=False))
+            train_examples = [train_examples[i] for i in keep]
+        pad = tokenizer.pad_token_id
+        train = encode_examples(tokenizer, train_examples, max_length, K, "train")
+        dev = encode_examples(tokenizer, data.dev, max_length, K, "dev")
+        test = encode_examples(tokenizer, data.test, max_length, K, "test") if len(data.test) else None
 
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = int(round(warmup_ratio * total_steps))
-    model.rng = np.random.default_rng(seed)                     # dropout masks: reproducible per run
-    optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)
-    training_args = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
-                     "max_length": max_length, "patience": patience, "seed": seed,
-                     "max_train_examples": max_train_examples, "train_examples": len(train),
-                     "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, **(run_info or {})}
-    result = FinetuneResult(label_names=list(model.label_names), train_examples=len(train))
-    majority = np.bincount(dev.labels, minlength=K).max() / len(dev)
-    result.majority_dev_accuracy = float(majority)
-    log(f"fine-tuning on {len(train)} train / {len(dev)} dev / {len(test) if test else 0} test examples, "
-        f"{K} labels; {steps_per_epoch} steps per epoch, at most {total_steps} steps "
-        f"(warmup {warmup_steps}); majority-class dev accuracy {majority:.4f}")
+        steps_per_epoch = math.ceil(len(train) / batch_size)
+        total_steps = epochs * steps_per_epoch
+        warmup_steps = int(round(warmup_ratio * total_steps))
+        model.rng = np.random.default_rng(seed)                     # dropout masks: reproducible per run
+        optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)
+        training_args = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
+                         "max_length": max_length, "patience": patience, "seed": seed,
+                         "max_train_examples": max_train_examples, "train_examples": len(train),
+                         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, **(run_info or {})}
+        result = FinetuneResult(label_names=list(model.label_names), train_examples=len(train))
+        majority = np.bincount(dev.labels, minlength=K).max() / len(dev)
+        result.majority_dev_accuracy = float(majority)
+        log(f"fine-tuning on {len(train)} train / {len(dev)} dev / {len(test) if test else 0} test examples, "
+            f"{K} labels; {steps_per_epoch} steps per epoch, at most {total_steps} steps "
+            f"(warmup {warmup_steps}); majority-class dev accuracy {majority:.4f}")
 
-    def epochs_of_batches():
-        """Each epoch's length-bucketed batches, drawn when the epoch starts; the last one is marked."""
-        for epoch in range(1, epochs + 1):
-            batches = length_bucketed_batches(train.lengths, batch_size, data_rng)
-            for n, idx in enumerate(batches):
-                yield {**collate(train, idx, pad), "epoch": epoch, "epoch_end": n == len(batches) - 1}
+        def epochs_of_batches():
+            """Each epoch's length-bucketed batches, drawn when the epoch starts; the last one is marked."""
+            for epoch in range(1, epochs + 1):
+                batches = length_bucketed_batches(train.lengths, batch_size, data_rng)
+                for n, idx in enumerate(batches):
+                    yield {**collate(train, idx, pad), "epoch": epoch, "epoch_end": n == len(batches) - 1}
 
-    # ---- the job's callbacks: running train metrics, the end of an epoch ---------------------------
-    report_every = max(1, steps_per_epoch // 5)
-    running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "t_epoch": time.perf_counter(), "first_step": 0}
-    best = {"key": None, "epochs_without_gain": 0}
+        # ---- the job's callbacks: running train metrics, the end of an epoch ---------------------------
+        report_every = max(1, steps_per_epoch // 5)
+        running = {"loss_sum": 0.0, "correct": 0, "seen": 0, "t_epoch": time.perf_counter(), "first_step": 0}
+        best = {"key": None, "epochs_without_gain": 0}
 
-    def record(state: LoopState):
-        batch, n = state.batch, len(state.batch["labels"])
-        running["loss_sum"] += state.last.loss * n
-        running["correct"] += int((to_numpy(state.last.output.logits).argmax(axis=1) == batch["labels"]).sum())
-        running["seen"] += n
-        if not progress and state.step % report_every == 0:            # a log line instead of the bar
-            log(f"epoch {batch['epoch']} step {state.step}/{total_steps}: train loss "
-                f"{running['loss_sum'] / running['seen']:.4f}  accuracy {running['correct'] / running['seen']:.4f}  "
-                f"({(time.perf_counter() - running['t_epoch']) / (state.step - running['first_step']):.2f} s/step)")
+        def record(state: LoopState):
+            batch, n = state.batch, len(state.batch["labels"])
+            running["loss_sum"] += state.last.loss * n
+            running["correct"] += int((to_numpy(state.last.output.logits).argmax(axis=1) == batch["labels"]).sum())
+            running["seen"] += n
+            if not progress and state.step % report_every == 0:            # a log line instead of the bar
+                log(f"epoch {batch['epoch']} step {state.step}/{total_steps}: train loss "
+                    f"{running['loss_sum'] / running['seen']:.4f}  accuracy {running['correct'] / running['seen']:.4f}  "
+                    f"({(time.perf_counter() - running['t_epoch']) / (state.step - running['first_step']):.2f} s/step)")
 
-    def end_of_epoch(state: LoopState):
-        if not state.batch["epoch_end"]:
-            return
-        epoch = state.batch["epoch"]
-        ev = evaluate_classifier(model, dev, eval_batch_size, pad)
-        # ties broken by macro-F1, then by dev loss to 4 decimals (a change below that is no progress)
-        key = (ev["accuracy"], ev["macro_f1"], -round(ev["loss"], 4))
-        improved = best["key"] is None or key > best["key"]
-        record_ = {"epoch": epoch, "train_loss": running["loss_sum"] / running["seen"],
-                   "train_accuracy": running["correct"] / running["seen"], "dev_loss": ev["loss"],
-                   "dev_accuracy": ev["accuracy"], "dev_macro_f1": ev["macro_f1"],
-                   "seconds": time.perf_counter() - running["t_epoch"], "improved": improved}
-        result.epochs.append(record_)
-        log(f"epoch {epoch}: train loss {record_['train_loss']:.4f}  dev loss {ev['loss']:.4f}  "
-            f"dev accuracy {ev['accuracy']:.4f}  dev macro-F1 {ev['macro_f1']:.4f}  "
-            f"({record_['seconds']:.0f} s){'  -> best, saved' if improved else ''}")
-        if improved:
-            best["key"], best["epochs_without_gain"] = key, 0
-            result.best_epoch, result.best_dev_accuracy, result.best_dev_macro_f1 = epoch, key[0], key[1]
-            result.checkpoint_dir = _save_best(out_dir, model, tokenizer, {**training_args, "best_epoch": epoch})
-        else:
-            best["epochs_without_gain"] += 1
-            if best["epochs_without_gain"] >= patience and epoch < epochs:
-                result.stopped_early = True
-                state.stop = True
-                log(f"early stop: no better dev accuracy for {patience} epoch(s); best was epoch {result.best_epoch}")
-        running.update(loss_sum=0.0, correct=0, seen=0, t_epoch=time.perf_counter(), first_step=state.step)
+        def end_of_epoch(state: LoopState):
+            if not state.batch["epoch_end"]:
+                return
+            epoch = state.batch["epoch"]
+            ev = evaluate_classifier(model, dev, eval_batch_size, pad)
+            # ties broken by macro-F1, then by dev loss to 4 decimals (a change below that is no progress)
+            key = (ev["accuracy"], ev["macro_f1"], -round(ev["loss"], 4))
+            improved = best["key"] is None or key > best["key"]
+            record_ = {"epoch": epoch, "train_loss": running["loss_sum"] / running["seen"],
+                       "train_accuracy": running["correct"] / running["seen"], "dev_loss": ev["loss"],
+                       "dev_accuracy": ev["accuracy"], "dev_macro_f1": ev["macro_f1"],
+                       "seconds": time.perf_counter() - running["t_epoch"], "improved": improved}
+            result.epochs.append(record_)
+            log(f"epoch {epoch}: train loss {record_['train_loss']:.4f}  dev loss {ev['loss']:.4f}  "
+                f"dev accuracy {ev['accuracy']:.4f}  dev macro-F1 {ev['macro_f1']:.4f}  "
+                f"({record_['seconds']:.0f} s){'  -> best, saved' if improved else ''}")
+            if improved:
+                best["key"], best["epochs_without_gain"] = key, 0
+                result.best_epoch, result.best_dev_accuracy, result.best_dev_macro_f1 = epoch, key[0], key[1]
+                result.checkpoint_dir = _save_best(out_dir, model, tokenizer, {**training_args, "best_epoch": epoch})
+            else:
+                best["epochs_without_gain"] += 1
+                if best["epochs_without_gain"] >= patience and epoch < epochs:
+                    result.stopped_early = True
+                    state.stop = True
+                    log(f"early stop: no better dev accuracy for {patience} epoch(s); best was epoch {result.best_epoch}")
+            running.update(loss_sum=0.0, correct=0, seen=0, t_epoch=time.perf_counter(), first_step=state.step)
 
-    def kept(state: LoopState) -> str:
-        if not result.best_epoch:
-            return "no checkpoint had been written yet"
-        return f"the best model so far (epoch {result.best_epoch}) is kept in {out_dir / BEST_DIR}"
+        def kept(state: LoopState) -> str:
+            if not result.best_epoch:
+                return "no checkpoint had been written yet"
+            return f"the best model so far (epoch {result.best_epoch}) is kept in {out_dir / BEST_DIR}"
 
-    shown = {}
+        shown = {}
 
-    def postfix(state: LoopState) -> dict:
-        if running["seen"]:                         # (zero right after an epoch ends: keep the last numbers)
-            shown.update(epoch=state.batch["epoch"], loss=f"{running['loss_sum'] / running['seen']:.3f}",
-                         acc=f"{running['correct'] / running['seen']:.3f}")
-        return shown
+        def postfix(state: LoopState) -> dict:
+            if running["seen"]:                         # (zero right after an epoch ends: keep the last numbers)
+                shown.update(epoch=state.batch["epoch"], loss=f"{running['loss_sum'] / running['seen']:.3f}",
+                             acc=f"{running['correct'] / running['seen']:.3f}")
+            return shown
 
-    def model_inputs(batch: dict) -> dict:
-        return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+        def model_inputs(batch: dict) -> dict:
+            return {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
 
-    loop = run_loop(model, optimizer, epochs_of_batches(),
-                    schedule=lambda s: linear_warmup_decay(s, total_steps, warmup_steps, lr), total_steps=total_steps,
-                    max_grad_norm=max_grad_norm, inputs=model_inputs, callbacks=(record, end_of_epoch), kept=kept,
-                    postfix=postfix, progress=progress, desc="finetune", log=log)
-    step = loop.step
-    result.diverged, result.message = loop.diverged, loop.message
-    result.steps = step
+        loop = run_loop(model, optimizer, epochs_of_batches(),
+                        schedule=lambda s: linear_warmup_decay(s, total_steps, warmup_steps, lr), total_steps=total_steps,
+                        max_grad_norm=max_grad_norm, inputs=model_inputs, callbacks=(record, end_of_epoch), kept=kept,
+                        postfix=postfix, progress=progress, desc="finetune", log=log)
+        step = loop.step
+        result.diverged, result.message = loop.diverged, loop.message
+        result.steps = step
 
-    if result.checkpoint_dir is not None:
-        # the best weights back into the model (exactly what best/ holds), then the test split once
-        load_state_dict(model, load_safetensors(result.checkpoint_dir / WEIGHTS_NAME),
-                        source=str(result.checkpoint_dir))
-        final = evaluate_classifier(model, test if test is not None else dev, eval_batch_size, pad)
-        result.confusion_matrix = final["confusion_matrix"]
-        result.confusion_split = "test" if test is not None else "dev"
-        if test is not None:
-            result.test_accuracy, result.test_macro_f1, result.test_loss = (final["accuracy"], final["macro_f1"],
-                                                                            final["loss"])
-            log(f"best model (epoch {result.best_epoch}) on test: accuracy {final['accuracy']:.4f}  "
-                f"macro-F1 {final['macro_f1']:.4f}  loss {final['loss']:.4f}")
-        if plot:
-            from ..viz.figures import plot_confusion_matrix
+        if result.checkpoint_dir is not None:
+            # the best weights back into the model (exactly what best/ holds), then the test split once
+            load_state_dict(model, load_safetensors(result.checkpoint_dir / WEIGHTS_NAME),
+                            source=str(result.checkpoint_dir))
+            final = evaluate_classifier(model, test if test is not None else dev, eval_batch_size, pad)
+            result.confusion_matrix = final["confusion_matrix"]
+            result.confusion_split = "test" if test is not None else "dev"
+            if test is not None:
+                result.test_accuracy, result.test_macro_f1, result.test_loss = (final["accuracy"], final["macro_f1"],
+                                                                                final["loss"])
+                log(f"best model (epoch {result.best_epoch}) on test: accuracy {final['accuracy']:.4f}  "
+                    f"macro-F1 {final['macro_f1']:.4f}  loss {final['loss']:.4f}")
+            if plot:
+                from ..viz.figures import plot_confusion_matrix
 
-            title = (f"{result.confusion_split} split, best epoch {result.best_epoch}: accuracy "
-                     f"{final['accuracy']:.3f}, macro-F1 {final['macro_f1']:.3f}")
-            result.confusion_matrix_path = plot_confusion_matrix(result.confusion_matrix, result.label_names,
-                                                                 out_dir / CONFUSION_MATRIX_NAME, title)
-    result.seconds = time.perf_counter() - started
-    result.results_path = atomic_write(out_dir / RESULTS_NAME,
-                                       json.dumps({**result.to_dict(), "training_args": training_args}, indent=1)
-                                       + "\n")
-    return result
+                title = (f"{result.confusion_split} split, best epoch {result.best_epoch}: accuracy "
+                         f"{final['accuracy']:.3f}, macro-F1 {final['macro_f1']:.3f}")
+                result.confusion_matrix_path = plot_confusion_matrix(result.confusion_matrix, result.label_names,
+                                                                     out_dir / CONFUSION_MATRIX_NAME, title)
+        result.seconds = time.perf_counter() - started
+        result.results_path = atomic_write(out_dir / RESULTS_NAME,
+                                           json.dumps({**result.to_dict(), "training_args": training_args}, indent=1)
+                                           + "\n")
+        return result

@@ -8,8 +8,10 @@ One step (:func:`train_step`) on a batch, for a model with ``forward(**inputs, t
     \theta \leftarrow \text{AdamW}(\theta, g, \eta_s)
 
 The loss is checked before the backward and the gradient norm before the update: a NaN/inf
-skips the update and ends the loop ("diverged"), so the weights stay those of the last good step
-and the job's last checkpoint stays as it was.
+skips the update and ends the loop ("diverged"). A finite gradient can still make non-finite
+weights (a learning rate of 1e300); the weights are checked after the update too, and such a step
+ends the loop as well, before any callback could save them. Either way the job's last checkpoint
+stays as it was, and the message names the step it holds.
 
 :func:`run_loop` draws batches, runs steps, keeps the progress bar and the clock, and after each
 step calls the job's callbacks with a :class:`LoopState` (then updates the bar): they record
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from ..nn.xp import get_array_module
 from .optim import clip_grad_norm
 
 
@@ -33,16 +36,25 @@ class StepResult:
     loss: float                 # the batch's loss before the update
     grad_norm: float            # global gradient norm before clipping (NaN when the loss was not finite)
     output: object              # the model's forward output (logits, for the job's metrics)
-    diverged: bool              # loss or gradient norm not finite: the update was skipped
+    diverged: bool              # loss, gradient norm or the updated weights not finite
+    updated: bool = True        # False when the update was skipped (non-finite loss or gradient)
 
     def what_diverged(self) -> str:
         if not math.isfinite(self.loss):
-            return f"loss {self.loss}"
-        return f"gradient norm {self.grad_norm} (loss {self.loss})"
+            return f"loss {self.loss} is not finite; stopped before updating the weights"
+        if not math.isfinite(self.grad_norm):
+            return f"gradient norm {self.grad_norm} (loss {self.loss}) is not finite; stopped before updating the weights"
+        return (f"the update made the weights non-finite (loss {self.loss}, gradient norm {self.grad_norm}); "
+                f"stopped, and they are not saved")
+
+
+def weights_finite(params: dict) -> bool:
+    """True when every parameter is finite (one pass over the model: cheap next to a training step)."""
+    return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
 
 
 def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float) -> StepResult:
-    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr``."""
+    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr`` -> finite check."""
     out = model.forward(**inputs, training=True)
     loss = out.loss
     grad_norm = float("nan")
@@ -50,10 +62,10 @@ def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float) 
     if math.isfinite(loss):
         grads = model.backward()
         grad_norm = clip_grad_norm(grads, max_grad_norm)
-    diverged = not (math.isfinite(loss) and math.isfinite(grad_norm))
-    if not diverged:
-        optimizer.step(grads, lr=lr)
-    return StepResult(loss, grad_norm, out, diverged)
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        return StepResult(loss, grad_norm, out, diverged=True, updated=False)
+    optimizer.step(grads, lr=lr)
+    return StepResult(loss, grad_norm, out, diverged=not weights_finite(model.params))
 
 
 @dataclass
@@ -107,8 +119,8 @@ def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[i
             state.last, state.batch, state.lr = result, batch, lr
             if result.diverged:
                 state.diverged = True
-                state.message = (f"training diverged at step {state.step}: {result.what_diverged()} is not finite; "
-                                 f"stopped before updating the weights; {kept(state)}. {advice}")
+                state.message = (f"training diverged at step {state.step}: {result.what_diverged()}; {kept(state)}. "
+                                 f"{advice}")
                 log(state.message)
                 break
             state.step += 1

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..config import BertConfig
-from ..constants import RESULTS_NAME
+from ..constants import CHECKPOINT_DIR, RESULTS_NAME
 from ..files import atomic_write
 from .metrics import auc_interval, wilson_interval
+from .run_folder import hold_run_folder, refuse_to_clobber
 from ..data.corpora import load_documents
 from ..model import BertForPreTraining
 from ..data.pretraining import create_pretraining_instances, instances_to_arrays, tokenize_documents
@@ -106,18 +107,30 @@ def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -
 def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=128, lr=3e-3, warmup=None,
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
-                    intermediate=None, log=print, progress=True, device="cpu"):
+                    intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
+                    save_every=None):
     """Run the whole job; returns (TrainResult, baselines dict).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
-    arrays; checkpoints are written from host copies, so they load on either)."""
-    from .pretraining import pretrain
-
+    arrays; checkpoints are written from host copies, so they load on either).
+    The run folder ``out`` is locked and checked (no second writer, no checkpoint replaced without
+    ``resume`` or ``overwrite``) before the corpus is read: no minutes of data preparation are lost."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
+    with hold_run_folder(out, log):
+        refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
+        return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
+                    dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
+                    overwrite, eval_every, save_every)
+
+
+def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
+         dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
+         eval_every, save_every):
+    from .pretraining import pretrain
 
     data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                     seed=seed, log=log)
@@ -131,7 +144,8 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
         f"on the {device.upper()}")
     warmup = max(1, steps // 10) if warmup is None else warmup
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
-                      seed=seed, resume=resume, tokenizer=data.tokenizer, log=log, progress=progress)
+                      seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
+                      progress=progress, eval_every=eval_every, save_every=save_every)
     base = baselines(data.train, data.eval)
     report = {"steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,

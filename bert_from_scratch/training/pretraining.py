@@ -35,12 +35,12 @@ import numpy as np
 
 from ..checkpoint import CheckpointError
 from ..constants import CHECKPOINT_DIR, CURVE_NAME, IGNORE_INDEX, OPTIMIZER_NAME, TRAINER_STATE_NAME
-from ..files import check_writable
 from ..nn.xp import get_array_module, to_numpy
 from .checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
 from .loop import LoopState, run_loop
 from .metrics import roc_auc
 from .optim import AdamW, linear_warmup_decay
+from .run_folder import hold_run_folder, refuse_to_clobber
 
 ARRAY_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_labels")
 # config.json keys that do not change the computation (or are written by save_pretrained itself)
@@ -262,7 +262,7 @@ def _restore_optimizer(optimizer: AdamW, optimizer_state: dict, step: int) -> No
 
 
 def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps: int, batch_size: int = 32,
-             lr: float = 1e-4, warmup: int = 0, seed: int = 0, resume=False, *, tokenizer=None,
+             lr: float = 1e-4, warmup: int = 0, seed: int = 0, resume=False, *, overwrite: bool = False, tokenizer=None,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_every: int | None = None, save_every: int | None = None, eval_batch_size: int | None = None,
              stop_at: int | None = None, progress: bool = True, plot: bool = True) -> TrainResult:
@@ -278,6 +278,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     steps : total number of optimizer steps (also the length of the lr schedule).
     batch_size, lr, warmup, seed : sequences per step, peak lr, warmup steps, data-order seed.
     resume : False, True (from ``out_dir/checkpoint``) or a checkpoint folder. Continues bit for bit.
+    overwrite : a fresh run over a folder that holds a checkpoint is refused unless this is True.
     tokenizer : optional, anything with ``save_vocab(path)``; writes ``vocab.txt`` into checkpoints.
     log : callable for messages (default: ``tqdm.write``).
     eval_every, save_every : in steps (default: ``max(1, steps // 10)``); both also happen at the end.
@@ -294,97 +295,98 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     eval_batch_size = eval_batch_size or batch_size
     stop_at = steps if stop_at is None else min(int(stop_at), steps)
     out_dir = Path(out_dir)
-    check_writable(out_dir)                                    # fail now, not after an hour of training
+    with hold_run_folder(out_dir, log):                      # one writer; debris of killed runs removed
+        refuse_to_clobber(out_dir, CHECKPOINT_DIR, resume, overwrite)
 
-    order = BatchOrder(n_train, batch_size, seed)
-    history = {"loss": [], "mlm_accuracy": [], "nsp_accuracy": [], "lr": [], "grad_norm": [], "evals": []}
-    step = 0
-    optimizer_state = None
-    if resume:
-        step, history, optimizer_state = _restore(find_checkpoint(out_dir if resume is True else Path(resume)),
-                                                  model, order, {"seed": seed, "steps": steps, "lr": lr,
-                                                                 "warmup": warmup}, log)
-    elif (out_dir / CHECKPOINT_DIR).exists():
-        log(f"note: {out_dir / CHECKPOINT_DIR} exists and will be replaced (pass resume=True to continue it)")
+        order = BatchOrder(n_train, batch_size, seed)
+        history = {"loss": [], "mlm_accuracy": [], "nsp_accuracy": [], "lr": [], "grad_norm": [], "evals": []}
+        step = 0
+        optimizer_state = None
+        if resume:
+            step, history, optimizer_state = _restore(find_checkpoint(out_dir if resume is True else Path(resume)),
+                                                      model, order, {"seed": seed, "steps": steps, "lr": lr,
+                                                                     "warmup": warmup}, log)
+        elif (out_dir / CHECKPOINT_DIR).exists():
+            log(f"note: overwrite: {out_dir / CHECKPOINT_DIR} will be replaced at the first save")
 
-    optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)   # after loading
-    if optimizer_state is not None:
-        _restore_optimizer(optimizer, optimizer_state, step)
+        optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)   # after loading
+        if optimizer_state is not None:
+            _restore_optimizer(optimizer, optimizer_state, step)
 
-    def trainer_state(at: int) -> dict:
-        return {"step": at, "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "seed": seed,
-                "model_rng_state": model.rng.bit_generator.state, "data_order": order.state(),
-                "history": history}
+        def trainer_state(at: int) -> dict:
+            return {"step": at, "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "seed": seed,
+                    "model_rng_state": model.rng.bit_generator.state, "data_order": order.state(),
+                    "history": history}
 
-    def run_eval(at: int):
-        if eval_arrays is None:
-            return None
-        ev = {"step": at, **evaluate(model, eval_arrays, eval_batch_size)}
-        history["evals"].append(ev)
-        log(f"step {at}: eval loss {ev['loss']:.4f}  MLM acc {ev['mlm_accuracy']:.4f}  "
-            f"NSP acc {ev['nsp_accuracy']:.4f}")
-        return ev
+        def run_eval(at: int):
+            if eval_arrays is None:
+                return None
+            ev = {"step": at, **evaluate(model, eval_arrays, eval_batch_size)}
+            history["evals"].append(ev)
+            log(f"step {at}: eval loss {ev['loss']:.4f}  MLM acc {ev['mlm_accuracy']:.4f}  "
+                f"NSP acc {ev['nsp_accuracy']:.4f}")
+            return ev
 
-    # ---- the job's callbacks: metrics, evaluation, checkpoints -----------------------------------
-    xp = model.xp
-    saved = {"step": step if resume else None}
-    tokens = {"seen": 0}
+        # ---- the job's callbacks: metrics, evaluation, checkpoints -----------------------------------
+        xp = model.xp
+        saved = {"step": step if resume else None}
+        tokens = {"seen": 0}
 
-    def record(state: LoopState):
-        mc, mn, nc, nn = batch_accuracies(state.last.output, state.batch)
-        history["loss"].append(state.last.loss)
-        history["mlm_accuracy"].append(mc / mn if mn else float("nan"))
-        history["nsp_accuracy"].append(nc / nn)
-        history["lr"].append(state.lr)
-        history["grad_norm"].append(state.last.grad_norm)
-        tokens["seen"] += int(state.batch["attention_mask"].sum())
+        def record(state: LoopState):
+            mc, mn, nc, nn = batch_accuracies(state.last.output, state.batch)
+            history["loss"].append(state.last.loss)
+            history["mlm_accuracy"].append(mc / mn if mn else float("nan"))
+            history["nsp_accuracy"].append(nc / nn)
+            history["lr"].append(state.lr)
+            history["grad_norm"].append(state.last.grad_norm)
+            tokens["seen"] += int(state.batch["attention_mask"].sum())
 
-    def evaluate_and_save(state: LoopState):
-        if state.step % eval_every == 0 or state.step == stop_at:
-            run_eval(state.step)
-        if state.step % save_every == 0 or state.step == stop_at:
-            save_checkpoint(out_dir, model, optimizer, trainer_state(state.step), tokenizer)
-            saved["step"] = state.step
+        def evaluate_and_save(state: LoopState):
+            if state.step % eval_every == 0 or state.step == stop_at:
+                run_eval(state.step)
+            if state.step % save_every == 0 or state.step == stop_at:
+                save_checkpoint(out_dir, model, optimizer, trainer_state(state.step), tokenizer)
+                saved["step"] = state.step
 
-    def kept(state: LoopState) -> str:
-        if saved["step"] is None:
-            return "no checkpoint had been written yet"
-        return f"the last good checkpoint ({out_dir / CHECKPOINT_DIR}, step {saved['step']}) is kept"
+        def kept(state: LoopState) -> str:
+            if saved["step"] is None:
+                return "no checkpoint had been written yet"
+            return f"the last good checkpoint ({out_dir / CHECKPOINT_DIR}, step {saved['step']}) is kept"
 
-    def postfix(state: LoopState) -> dict:
-        return {"loss": f"{state.last.loss:.3f}", "mlm": f"{history['mlm_accuracy'][-1]:.3f}",
-                "nsp": f"{history['nsp_accuracy'][-1]:.2f}", "tok_s": f"{tokens['seen'] / state.seconds:.0f}"}
+        def postfix(state: LoopState) -> dict:
+            return {"loss": f"{state.last.loss:.3f}", "mlm": f"{history['mlm_accuracy'][-1]:.3f}",
+                    "nsp": f"{history['nsp_accuracy'][-1]:.2f}", "tok_s": f"{tokens['seen'] / state.seconds:.0f}"}
 
-    def model_inputs(batch: dict) -> dict:
-        return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
-                "attention_mask": batch["attention_mask"], "labels": batch["labels"],
-                "next_sentence_label": batch["next_sentence_labels"]}
+        def model_inputs(batch: dict) -> dict:
+            return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
+                    "attention_mask": batch["attention_mask"], "labels": batch["labels"],
+                    "next_sentence_label": batch["next_sentence_labels"]}
 
-    batches = (take_batch(train_arrays, order.next(), xp) for _ in itertools.count())     # endless, in order
-    loop = run_loop(model, optimizer, batches, schedule=lambda s: linear_warmup_decay(s, steps, warmup, lr),
-                    total_steps=steps, start_step=step, stop_at=stop_at, max_grad_norm=max_grad_norm,
-                    inputs=model_inputs, callbacks=(record, evaluate_and_save), kept=kept,
-                    advice="Lower the learning rate or raise the warmup.", postfix=postfix, progress=progress,
-                    desc="pretrain", log=log)
-    step = loop.step
+        batches = (take_batch(train_arrays, order.next(), xp) for _ in itertools.count())     # endless, in order
+        loop = run_loop(model, optimizer, batches, schedule=lambda s: linear_warmup_decay(s, steps, warmup, lr),
+                        total_steps=steps, start_step=step, stop_at=stop_at, max_grad_norm=max_grad_norm,
+                        inputs=model_inputs, callbacks=(record, evaluate_and_save), kept=kept,
+                        advice="Lower the learning rate or raise the warmup.", postfix=postfix, progress=progress,
+                        desc="pretrain", log=log)
+        step = loop.step
 
-    result = TrainResult(step=step, diverged=loop.diverged, message=loop.message)
-    if (not history["evals"] or history["evals"][-1]["step"] != step) and not result.diverged:
-        run_eval(step)
-    result.losses = list(history["loss"])
-    result.mlm_accuracies = list(history["mlm_accuracy"])
-    result.nsp_accuracies = list(history["nsp_accuracy"])
-    result.learning_rates = list(history["lr"])
-    result.evals = list(history["evals"])
-    if history["evals"]:
-        last = history["evals"][-1]
-        result.mlm_accuracy, result.nsp_accuracy, result.eval_loss = (last["mlm_accuracy"], last["nsp_accuracy"],
-                                                                      last["loss"])
-        result.nsp_auc = last.get("nsp_auc")
-    result.checkpoint_dir = out_dir / CHECKPOINT_DIR if saved["step"] is not None else None
-    result.tokens_per_second = tokens["seen"] / loop.seconds if loop.seconds else 0.0
-    if plot and history["loss"]:
-        from ..viz.figures import plot_training_curves
+        result = TrainResult(step=step, diverged=loop.diverged, message=loop.message)
+        if (not history["evals"] or history["evals"][-1]["step"] != step) and not result.diverged:
+            run_eval(step)
+        result.losses = list(history["loss"])
+        result.mlm_accuracies = list(history["mlm_accuracy"])
+        result.nsp_accuracies = list(history["nsp_accuracy"])
+        result.learning_rates = list(history["lr"])
+        result.evals = list(history["evals"])
+        if history["evals"]:
+            last = history["evals"][-1]
+            result.mlm_accuracy, result.nsp_accuracy, result.eval_loss = (last["mlm_accuracy"], last["nsp_accuracy"],
+                                                                          last["loss"])
+            result.nsp_auc = last.get("nsp_auc")
+        result.checkpoint_dir = out_dir / CHECKPOINT_DIR if saved["step"] is not None else None
+        result.tokens_per_second = tokens["seen"] / loop.seconds if loop.seconds else 0.0
+        if plot and history["loss"]:
+            from ..viz.figures import plot_training_curves
 
-        result.curve_path = plot_training_curves(history, out_dir / CURVE_NAME)
-    return result
+            result.curve_path = plot_training_curves(history, out_dir / CURVE_NAME)
+        return result

@@ -11,7 +11,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -210,9 +209,8 @@ def test_a_200000_character_review_loads_and_the_csv_limit_is_restored(tmp_path)
     assert data.label_names == ["neg", "pos"] and [e.label for e in data.examples] == [1, 0]
     tok = Tokenizer(TOKENS)
     from bert_from_scratch.data.classification import encode_examples
-    start = time.perf_counter()
     encoded = encode_examples(tok, data.examples, max_length=16, num_labels=2)
-    assert encoded.lengths[0] == 16 and time.perf_counter() - start < 30
+    assert encoded.lengths[0] == 16
 
 
 def test_any_csv_error_names_the_file_and_line(tmp_path, monkeypatch):
@@ -284,9 +282,7 @@ def test_cli_predict_with_an_id2label_gap(tmp_path):
 def test_integer_labels_are_the_values_observed(tmp_path):
     f = tmp_path / "sparse.csv"
     f.write_text("text,label\ngood,0\nbad,999999999\nfine,0\n")
-    start = time.perf_counter()
     data = read_classification_csv(f)
-    assert time.perf_counter() - start < 1.0
     assert data.label_names == ["0", "999999999"]
     assert [e.label for e in data.examples] == [0, 1, 0]
     f.write_text("text,label\na,10\nb,2\nc,1\nd,2\n")                          # numeric order, not text order
@@ -299,7 +295,7 @@ def test_integer_labels_are_the_values_observed(tmp_path):
 
 
 def test_finetune_data_with_labels_0_and_999999999(tmp_path):
-    """The CLI's data step builds 2 label names, at once (it used to build a billion)."""
+    """The CLI's data step builds 2 label names (it used to build a billion: a MemoryError or a hang)."""
     from bert_from_scratch.cli.finetune import _load_data
 
     train, dev = tmp_path / "train.csv", tmp_path / "dev.csv"
@@ -310,9 +306,7 @@ def test_finetune_data_with_labels_0_and_999999999(tmp_path):
         pass
     args = Args()
     args.train, args.dev, args.test = str(train), str(dev), None
-    start = time.perf_counter()
     data = _load_data(args)
-    assert time.perf_counter() - start < 1.0
     assert data.label_names == ["0", "999999999"] and data.num_labels == 2
     assert [e.label for e in data.dev] == [0, 1]
 

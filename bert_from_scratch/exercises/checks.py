@@ -12,6 +12,9 @@ Each check takes the learner's module, calls its functions on fixed random input
 returns a short success note or raises :class:`~.grader.Wrong` with what is wrong. Forward
 passes are compared with the package's reference code; backward passes go through the
 finite-difference gradient checker (float64); the masking recipe is checked by statistics.
+Every check also passes read-only inputs (a write into an input or a cache is reported), checks
+that float32 stays float32 where the package's layers keep it, feeds softmax-like functions
+scores ~1000 and calls the edge cases the stubs' docstrings promise.
 """
 from __future__ import annotations
 

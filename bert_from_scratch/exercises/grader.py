@@ -15,6 +15,13 @@ the finite-difference gradient checker (:mod:`bert_from_scratch.nn.gradcheck`), 
 comparison with the package's own reference, the masking recipe by statistics over thousands of
 sequences. Where a common mistake can be recognised (a missing ``1/sqrt(d)``, ``dW[ids] += dy``,
 a forgotten residual gradient ...) the message names it.
+
+Beyond the values, every check probes the classes of bugs a fixed float64 input hides: the
+learner's functions get READ-ONLY arrays (:func:`frozen`, :func:`freeze`: a write into an input
+or into a cache raises, and the report says "do not modify your inputs in place"), float32 inputs
+must give float32 outputs where the package's layers keep the dtype (:func:`expect_dtype`),
+softmax-like functions are fed scores ~1000 (:data:`STABILITY_HINT` names the row-max shift), and
+the edge cases the docstrings promise (every label -100, an absent class ...) are called.
 """
 from __future__ import annotations
 
@@ -61,20 +68,22 @@ def expect_shape(what: str, got, shape) -> np.ndarray:
 
 
 def expect_close(what: str, got, want, rtol: float = 1e-6, atol: float = 1e-9,
-                 variants: dict | None = None) -> str:
+                 variants: dict | None = None, nonfinite: str = "") -> str:
     """``got`` must equal ``want`` to ``rtol``/``atol``; ``variants`` maps a diagnosis to what a
-    typical wrong answer returns (the first one ``got`` matches is named in the message)."""
+    typical wrong answer returns (the first one ``got`` matches is named in the message);
+    ``nonfinite`` is the hint when ``got`` holds NaN or inf where ``want`` is finite."""
     want = np.asarray(want, dtype=np.float64)
     got = expect_shape(what, got, want.shape)
-    if not np.all(np.isfinite(got)):
-        raise Wrong(f"{what} holds NaN or inf")
-    if np.allclose(got, want, rtol=rtol, atol=atol):
-        err = float(np.abs(got - want).max()) if got.size else 0.0
-        return f"max abs error {err:.1e}"
-    diff = np.abs(got - want)
+    bad = ~np.isfinite(got) & ~((got == want) & ~np.isnan(want))    # an expected -inf may be -inf
+    if np.any(bad):
+        raise Wrong(f"{what} holds NaN or inf" + (f": {nonfinite}" if nonfinite else ""))
+    with np.errstate(invalid="ignore"):
+        diff = np.where(got == want, 0.0, np.abs(got - want))
+    if np.allclose(got, want, rtol=rtol, atol=atol, equal_nan=True):
+        return f"max abs error {float(diff.max()) if got.size else 0.0:.1e}"
     idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.ndim else ()
     msg = (f"{what} is wrong: max abs error {float(diff.max()):.3g} at index {tuple(int(i) for i in idx)} "
-           f"(got {float(got[idx]):.6g}, expected {float(want[idx]):.6g})")
+           f"(got {float(got[idx]):.9g}, expected {float(want[idx]):.9g})")
     for diagnosis, variant in (variants or {}).items():
         variant = np.asarray(variant, dtype=np.float64)
         if variant.shape == got.shape and np.allclose(got, variant, rtol=rtol, atol=atol):
@@ -83,11 +92,58 @@ def expect_close(what: str, got, want, rtol: float = 1e-6, atol: float = 1e-9,
     raise Wrong(msg)
 
 
+STABILITY_HINT = ("exp overflows for large scores (~1000): subtract the row maximum before exp, "
+                  "softmax(x) = exp(x - max(x)) / sum(exp(x - max(x))) row by row, and "
+                  "logsumexp(x) = max(x) + log(sum(exp(x - max(x))))")
+READ_ONLY_HINT = ("do not modify your inputs in place; copy first (`x = x.copy()`) or build a new array "
+                  "(`y = x * 2`, not `x *= 2`): the caller, and a backward's cache, still need the original values")
+
+
+def frozen(*arrays):
+    """Read-only copies of ``arrays`` (one array, or a tuple of them): a learner's function that
+    writes into one raises ``ValueError: ... read-only``, which :func:`grade` reports with
+    :data:`READ_ONLY_HINT`."""
+    out = []
+    for a in arrays:
+        a = np.array(a, copy=True)
+        a.setflags(write=False)
+        out.append(a)
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def freeze(obj, _depth: int = 0):
+    """Make every array in ``obj`` (an array, or tuples / lists / dicts of them: a cache) read-only,
+    in place; returns ``obj``. A backward that writes into its cache then raises."""
+    if isinstance(obj, np.ndarray):
+        obj.setflags(write=False)
+    elif _depth < 4 and isinstance(obj, (tuple, list)):
+        for x in obj:
+            freeze(x, _depth + 1)
+    elif _depth < 4 and isinstance(obj, dict):
+        for x in obj.values():
+            freeze(x, _depth + 1)
+    return obj
+
+
+def expect_dtype(what: str, got, dtype=np.float32) -> None:
+    """``got`` must be an array of ``dtype`` (float32 in, float32 out, as the package's layers)."""
+    dtype = np.dtype(dtype)
+    have = getattr(got, "dtype", None)
+    if have != dtype:
+        raise Wrong(f"{what} has dtype {have if have is not None else type(got).__name__} for {dtype.name} "
+                    f"inputs; expected {dtype.name}: keep the inputs' dtype (np.zeros / np.full / np.eye without "
+                    f"dtype=..., np.float64 constants or an integer mask in the arithmetic promote to float64; "
+                    f"use dtype=x.dtype, x.dtype.type(c), .astype(x.dtype) or plain Python floats)")
+
+
 def expect_gradients(what: str, f: Callable[[], float], inputs: dict, analytic: dict,
-                     hints: dict | None = None, tol: float = 1e-6, max_entries: int = 60) -> str:
+                     hints: dict | None = None, tol: float = 1e-6, max_entries: int = 60,
+                     variants: dict | None = None) -> str:
     """Gradient check of ``analytic`` (name -> your gradient) against central differences of ``f``.
 
-    ``hints`` maps a tensor name to what to look at when that tensor's gradient is wrong."""
+    ``hints`` maps a tensor name to what to look at when that tensor's gradient is wrong;
+    ``variants`` maps a tensor name to ``{diagnosis: the gradient a typical mistake gives}``: a
+    matching diagnosis is named instead of the hint."""
     for name, x in inputs.items():
         expect_shape(f"{what}: the gradient of {name}", analytic.get(name), x.shape)
     report = gradcheck(f, inputs, {k: np.asarray(v, dtype=np.float64) for k, v in analytic.items()},
@@ -97,7 +153,12 @@ def expect_gradients(what: str, f: Callable[[], float], inputs: dict, analytic: 
     parts = []
     for c in report.failures():
         text = f"{c.name} (relative error {c.rel_error:.2g}, worst at index {c.worst_index})"
-        if hints and c.name in hints:
+        mine = np.asarray(analytic[c.name], dtype=np.float64)
+        match = [d for d, g in (variants or {}).get(c.name, {}).items()
+                 if np.shape(g) == mine.shape and np.allclose(mine, g, rtol=1e-6, atol=1e-9)]
+        if match:
+            text += f" -- looks like: {match[0]}"
+        elif hints and c.name in hints:
             text += f" -- {hints[c.name]}"
         parts.append(text)
     raise Wrong(f"{what}: gradient check failed for " + "; ".join(parts))
@@ -289,6 +350,13 @@ def grade(chapter, module=None, file=None, verbose: bool = True) -> GradeReport:
                                              "NotImplementedError)", status="TODO"))
         except Wrong as e:
             report.results.append(PartResult(part.name, False, str(e)))
+        except ValueError as e:
+            if "read-only" not in str(e):           # not a write into one of the grader's read-only arrays
+                report.results.append(PartResult(part.name, False,
+                                                 f"raised ValueError: {e}{_where(e, source)}"))
+            else:
+                report.results.append(PartResult(part.name, False, f"writes into an array it was given "
+                                                 f"(ValueError: {e}){_where(e, source)}: {READ_ONLY_HINT}"))
         except Exception as e:  # the learner's code crashed: say where
             report.results.append(PartResult(part.name, False,
                                              f"raised {type(e).__name__}: {e}{_where(e, source)}"))

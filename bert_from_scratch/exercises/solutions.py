@@ -27,8 +27,14 @@ CONTINUATION = "##"
 # =======================================================================================
 # Chapter 1 — tokenization
 # =======================================================================================
+CJK_BLOCKS = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F), (0x2B740, 0x2B81F),
+              (0x2B820, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))     # CJK ideographs (not kana, hangul)
+
+
 def basic_tokenize(text: str) -> list[str]:
-    """Lowercase, strip accents (NFD, drop ``Mn``), split on whitespace and cut out punctuation."""
+    """Space out CJK ideographs, lowercase, strip accents (NFD, drop ``Mn``), split on whitespace
+    and cut out punctuation (Unicode ``P*`` and the ASCII symbols: ``_`` yes, ``£`` no)."""
+    text = "".join(f" {ch} " if any(lo <= ord(ch) <= hi for lo, hi in CJK_BLOCKS) else ch for ch in text)
     text = unicodedata.normalize("NFD", text.lower())
     text = "".join(ch for ch in text if unicodedata.category(ch) != "Mn")
     words: list[str] = []
@@ -98,8 +104,8 @@ def attention_forward(q, k, v, mask=None):
     """softmax(q k^T / sqrt(d) + bias) v; q, k, v (B, H, T, d), mask (B, T) 1 keep / 0 pad."""
     d = q.shape[-1]
     scores = q @ k.swapaxes(-1, -2) / math.sqrt(d)                  # (B, H, T, T)
-    if mask is not None:
-        scores = scores + (1.0 - mask[:, None, None, :]) * MASK_VALUE
+    if mask is not None:                                            # in the scores' dtype: float32 stays float32
+        scores = scores + ((1.0 - mask[:, None, None, :]) * MASK_VALUE).astype(scores.dtype)
     scores = scores - scores.max(axis=-1, keepdims=True)
     probs = np.exp(scores)
     probs /= probs.sum(axis=-1, keepdims=True)                      # (B, H, T, T)
@@ -299,9 +305,9 @@ def online_softmax_update(m, l, o, scores, v_tile):
 def tiled_attention(q, k, v, block_k=16):
     """One head, q, k, v (T, d): softmax(q k^T / sqrt d) v, keys in tiles of ``block_k``."""
     T, d = q.shape
-    m = np.full(T, -np.inf)
-    l = np.zeros(T)
-    o = np.zeros((T, d))
+    m = np.full(T, -np.inf, dtype=q.dtype)                          # dtype=: float32 stays float32
+    l = np.zeros(T, dtype=q.dtype)
+    o = np.zeros((T, d), dtype=q.dtype)
     for j in range(0, k.shape[0], block_k):
         scores = q @ k[j:j + block_k].T / math.sqrt(d)
         m, l, o = online_softmax_update(m, l, o, scores, v[j:j + block_k])
@@ -320,7 +326,7 @@ def attention_entropy(att):
 def attention_rollout(att, residual_weight=0.5):
     """(L, H, T, T) -> (L, T, T): R_0 = Â_0, R_l = Â_l R_{l-1}, Â = rownorm((1-a) mean_h A + a I)."""
     L, _, T, _ = att.shape
-    mixed = (1.0 - residual_weight) * att.mean(axis=1) + residual_weight * np.eye(T)
+    mixed = (1.0 - residual_weight) * att.mean(axis=1) + residual_weight * np.eye(T, dtype=att.dtype)
     mixed = mixed / mixed.sum(axis=-1, keepdims=True)
     out = np.empty_like(mixed)
     out[0] = mixed[0]

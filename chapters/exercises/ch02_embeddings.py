@@ -1,6 +1,8 @@
 """Chapter 2 exercises: the embedding layer and its backward (a scatter-add).
 
 Check with:  bert-from-scratch check 2
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype).
 """
 import numpy as np  # noqa: F401
 

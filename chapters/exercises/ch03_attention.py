@@ -1,6 +1,9 @@
 """Chapter 3 exercises: scaled dot-product attention, forward and backward.
 
 Check with:  bert-from-scratch check 3   (the backward is graded with a gradient check)
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype)
+and on scores ~1000 (exp(1000) overflows: subtract the row max).
 """
 import math  # noqa: F401
 

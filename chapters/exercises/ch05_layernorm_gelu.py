@@ -1,6 +1,8 @@
 """Chapter 5 exercises: LayerNorm and GELU, forward and backward.
 
 Check with:  bert-from-scratch check 5
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype).
 """
 import math  # noqa: F401
 

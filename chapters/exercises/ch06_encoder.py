@@ -1,6 +1,8 @@
 """Chapter 6 exercises: the feed-forward sub-block with its residual connection and LayerNorm.
 
 Check with:  bert-from-scratch check 6
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype).
 You may reuse the package's layers (or your own from chapter 5):
 """
 import numpy as np  # noqa: F401

@@ -1,6 +1,9 @@
 """Chapter 7 exercises: the masked-LM gather and the cross-entropy loss with ignored rows.
 
 Check with:  bert-from-scratch check 7
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype),
+on logits ~1000 and with every label -100.
 """
 import numpy as np  # noqa: F401
 

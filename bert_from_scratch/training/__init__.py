@@ -1,1 +1,1 @@
-"""Training: the one loop, AdamW, the pretraining and fine-tuning jobs, metrics, atomic artifacts."""
+"""Training: the one loop, AdamW, run folders and checkpoints, the pretraining and fine-tuning jobs, metrics."""

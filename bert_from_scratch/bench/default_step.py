@@ -1,0 +1,218 @@
+"""Benchmark case ``bench train-step --case default-step``.
+
+ONE OPTIMIZER STEP of the default pretraining job (``bert-from-scratch pretrain``:
+size "tiny" = 2 layers x hidden 128, 2 heads, FFN 512, vocab 8000, T=64, B=128, ~15% of the
+non-pad tokens masked with at most 20 per sequence, MLM + NSP, AdamW with weight decay 0.01,
+gradient clipping at 1.0), CPU only, three sides, each in its own process (``multiprocessing``
+spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc``):
+
+- ours: :func:`bert_from_scratch.training.loop.train_step` (the job's own step) with
+  :class:`~bert_from_scratch.training.optim.AdamW`;
+- torch eager, same work: Hugging Face's ``BertModel`` + its pretraining heads with the MLM head on the
+  masked rows only, cross-entropies, ``backward``, ``clip_grad_norm_``, ``torch.optim.AdamW``
+  (eps 1e-6, no decay on LayerNorm and biases, as ours), ``zero_grad(set_to_none=True)``;
+- torch ``BertForPreTraining`` as users run it (LM head at every position, labels -100 elsewhere),
+  same optimizer step.
+
+Prints the median ms per step of ``--repeats`` timed steps (after warm-up steps: numba compile, heap
+growth), the ratio to torch's same-work step, and each side's matmul GFLOP/s (see :func:`model_flops`)
+as a share of the ``np.matmul`` float32 rate measured in the same run (in ours' process).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+
+from ..config import BertConfig
+from ..model import BertForPreTraining
+from ..cli.process import keep_freed_memory
+from .train_step import WARMUP, model_flops, matmul_gflops
+
+JOB_LR = 3e-3           # the job's peak learning rate (cli/pretrain.py); the step's cost does not depend on it
+JOB_WEIGHT_DECAY = 0.01
+JOB_MAX_GRAD_NORM = 1.0
+SIDES = {"ours": "ours: training.loop.train_step + AdamW",
+         "torch_same": "torch eager, same work (MLM on masked rows)",
+         "torch_hf": "torch BertForPreTraining (MLM at all positions)"}
+
+
+def job_config(vocab_size: int = 8000, T: int = 64) -> BertConfig:
+    """The default job's model: ``model_config("tiny", ...)`` of training/pretrain_job.py."""
+    from ..training.pretrain_job import model_config
+    return model_config("tiny", vocab_size, T)
+
+
+def make_job_batch(cfg: BertConfig, B: int, T: int, max_predictions: int = 20, masked_lm_prob: float = 0.15,
+                   short_seq_prob: float = 0.1, seed: int = 0) -> dict:
+    """A batch shaped like the job's (data/pretraining.py): most sequences fill T, ``short_seq_prob`` of
+    them are shorter (padded); ``min(max_predictions, max(1, round(len * masked_lm_prob)))`` positions
+    of each, among all but [CLS] and the last [SEP], carry an MLM label (-100 elsewhere)."""
+    rng = np.random.default_rng(seed)
+    ids = np.zeros((B, T), dtype=np.int64)
+    tt = np.zeros((B, T), dtype=np.int64)
+    mask = np.zeros((B, T), dtype=np.int64)
+    labels = np.full((B, T), -100, dtype=np.int64)
+    lo = min(5, cfg.vocab_size - 1)
+    for b in range(B):
+        n_tok = T if rng.random() >= short_seq_prob else int(rng.integers(min(5, T), T + 1))
+        ids[b, :n_tok] = rng.integers(lo, cfg.vocab_size, n_tok)
+        tt[b, n_tok // 2:n_tok] = 1
+        mask[b, :n_tok] = 1
+        n_pred = min(max_predictions, max(1, int(round(n_tok * masked_lm_prob))), max(1, n_tok - 2))
+        pos = rng.choice(np.arange(1, max(2, n_tok - 1)), size=n_pred, replace=False)
+        labels[b, pos] = rng.integers(lo, cfg.vocab_size, n_pred)
+    nsl = rng.integers(0, 2, B).astype(np.int64)
+    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask, "labels": labels,
+            "next_sentence_label": nsl}
+
+
+def _time_steps(step, repeats: int, warmup: int) -> list[float]:
+    times = []
+    for _ in range(warmup + repeats):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return times[warmup:]
+
+
+def _ours_steps(cfg: BertConfig, batch: dict, backend: str):
+    from ..training.loop import train_step
+    from ..training.optim import AdamW
+    model = BertForPreTraining(cfg, seed=0, backend=backend)               # as training/pretrain_job.py builds it
+    optimizer = AdamW(model.params, lr=JOB_LR, weight_decay=JOB_WEIGHT_DECAY, backend=model.backend)
+
+    def step():
+        result = train_step(model, batch, optimizer, JOB_LR, max_grad_norm=JOB_MAX_GRAD_NORM)
+        if result.diverged:
+            raise RuntimeError(f"the benchmark's step diverged: {result.what_diverged()}")
+    return step, {"backend": model.backend.name}
+
+
+def _torch_steps(cfg: BertConfig, batch: dict, side: str):
+    import torch
+    import transformers
+    from ..training.optim import default_no_decay
+    torch.manual_seed(0)
+    hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
+    model = transformers.BertForPreTraining(hcfg).train()
+    named = list(model.named_parameters())                                 # the tied decoder weight once
+    groups = [{"params": [p for n, p in named if not default_no_decay(n)], "weight_decay": JOB_WEIGHT_DECAY},
+              {"params": [p for n, p in named if default_no_decay(n)], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=JOB_LR, weight_decay=JOB_WEIGHT_DECAY, eps=1e-6)
+    params = [p for _, p in named]
+    ids, tt, mask, labels, nsl = (torch.from_numpy(batch[k]) for k in
+                                  ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"))
+    flat = labels.reshape(-1)
+    rows = torch.nonzero(flat != -100).squeeze(1)                         # the masked rows, row-major as ours
+    targets = flat[rows]
+    F = torch.nn.functional
+    H = cfg.hidden_size
+
+    if side == "torch_same":
+        def loss_fn():
+            seq, pooled = model.bert(input_ids=ids, token_type_ids=tt, attention_mask=mask, return_dict=True)[:2]
+            mlm_logits = model.cls.predictions(seq.reshape(-1, H).index_select(0, rows))    # (N, V)
+            nsp_logits = model.cls.seq_relationship(pooled)                                  # (B, 2)
+            return F.cross_entropy(mlm_logits, targets) + F.cross_entropy(nsp_logits, nsl)
+    else:
+        def loss_fn():
+            return model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels,
+                         next_sentence_label=nsl).loss
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, JOB_MAX_GRAD_NORM)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the benchmark's torch step diverged (loss {float(loss)})")
+    return step, {"torch_threads": torch.get_num_threads(),
+                  "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+
+
+def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: int, backend: str,
+                 keep_memory: bool, measure_matmul: bool) -> dict:
+    """Runs in a fresh process: build one side, warm it up, time ``repeats`` steps."""
+    kept = keep_freed_memory() if keep_memory else False
+    cfg = BertConfig(**cfg_dict)
+    step, info = _ours_steps(cfg, batch, backend) if side == "ours" else _torch_steps(cfg, batch, side)
+    times = _time_steps(step, repeats, warmup)
+    info.update(times_s=times, keep_freed_memory=kept)
+    if measure_matmul:
+        info["matmul_gflops"] = matmul_gflops()
+    return info
+
+
+def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
+                     keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0):
+    """One optimizer step of the default job: ours, torch same work, torch BertForPreTraining; prints a table.
+
+    Each side runs in its own spawned process, one after the other. Returns the rows (dicts); the
+    torch rows are left out when torch or transformers is not installed (or ``torch_too`` is False)."""
+    if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8 and masked >= 1; got repeats "
+                         f"{repeats}, warmup {warmup}, batch {B}, seq {T}, masked {max_predictions}")
+    cfg = job_config(vocab_size, T)
+    batch = make_job_batch(cfg, B, T, max_predictions, seed=seed)
+    n_pred = int((batch["labels"] != -100).sum())
+    n_tokens = int(batch["attention_mask"].sum())
+    sides = ["ours"]
+    skipped = None
+    if torch_too:
+        missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+        if missing:
+            skipped = f"torch rows skipped: {', '.join(missing)} not installed"
+        else:
+            sides += ["torch_same", "torch_hf"]
+    results = {}
+    spawn = multiprocessing.get_context("spawn")
+    for side in sides:                            # a fresh process each: no thread pool, heap or JIT shared
+        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            results[side] = pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
+                                        keep_memory, side == "ours").result()
+    peak = results["ours"]["matmul_gflops"]
+    same = statistics.median(results["torch_same"]["times_s"]) if "torch_same" in results else None
+    rows = []
+    for side in sides:
+        r = results[side]
+        med = statistics.median(r["times_s"])
+        flops = model_flops(cfg, B, T, B * T if side == "torch_hf" else n_pred)
+        rows.append({"side": side, "label": SIDES[side], "ms_per_step": 1e3 * med,
+                     "times_ms": [1e3 * t for t in r["times_s"]],
+                     "vs_torch_same": None if same is None else med / same,
+                     "gflop": flops / 1e9, "gflops": flops / med / 1e9, "matmul_peak_gflops": peak,
+                     "fraction_of_matmul": flops / med / 1e9 / peak,
+                     **{k: v for k, v in r.items() if k not in ("times_s", "matmul_gflops")}})
+    kept = results["ours"]["keep_freed_memory"]
+    torch_info = results.get("torch_same", {})
+    print(f"One optimizer step of the default pretraining job: tiny config (L={cfg.num_hidden_layers}, "
+          f"H={cfg.hidden_size}, heads={cfg.num_attention_heads}, FFN={cfg.intermediate_size}, V={cfg.vocab_size}), "
+          f"B={B}, T={T}, {n_tokens} non-pad tokens, {n_pred} MLM rows (<= {max_predictions}/seq), MLM + NSP, "
+          f"AdamW (wd {JOB_WEIGHT_DECAY}), clip {JOB_MAX_GRAD_NORM}, float32, CPU")
+    print(f"each side in its own process (multiprocessing spawn), one after the other; glibc keeping freed memory: "
+          f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
+          f"ours backend={results['ours']['backend']}"
+          + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}"
+             if torch_info else ""))
+    print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s")
+    head = (f"{'side':<50} {'ms/step':>8} {'vs torch same':>13} {'GFLOP':>6} {'GFLOP/s':>8} {'% np.matmul':>11}")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        ratio = "-" if r["vs_torch_same"] is None else f"{r['vs_torch_same']:.2f}x"
+        print(f"{r['label']:<50} {r['ms_per_step']:>8.1f} {ratio:>13} {r['gflop']:>6.2f} {r['gflops']:>8.1f} "
+              f"{100 * r['fraction_of_matmul']:>10.1f}%")
+    if skipped:
+        print(f"({skipped})")
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rows": rows,
+                       "skipped": skipped}, f, indent=2)
+    return rows

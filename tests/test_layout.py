@@ -85,28 +85,51 @@ def test_the_cycle_finder_finds_a_cycle():
     assert import_cycles({"a": {"b"}, "b": set()}) == []
 
 
+def imports_outside_kernels(source: str) -> list[str]:
+    """Imports of a kernels/ module that reach into the package (anything but kernels/ itself and third parties)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and (node.level > 1 or (node.module or "").startswith("bert_from_scratch")):
+            found.append(ast.unparse(node))
+        elif isinstance(node, ast.Import) and any(a.name.startswith("bert_from_scratch") for a in node.names):
+            found.append(ast.unparse(node))
+    return found
+
+
 def test_kernels_are_a_leaf():
-    """kernels/ imports nothing from the package (no import cycle): every import there is relative to
-    kernels/ itself or a third-party module."""
-    import ast
-    root = Path(__file__).resolve().parent.parent / "kernels"
-    for path in root.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                assert node.level <= 1, f"{path.name} imports from outside kernels/: {ast.unparse(node)}"
-                assert not (node.module or "").startswith("bert_from_scratch"), f"{path.name}: {ast.unparse(node)}"
-            elif isinstance(node, ast.Import):
-                assert not any(a.name.startswith("bert_from_scratch") for a in node.names), path.name
+    """kernels/ imports nothing from the package (no import cycle)."""
+    offending = {p.name: imports_outside_kernels(p.read_text(encoding="utf-8")) for p in KERNELS.glob("*.py")}
+    assert not {name: found for name, found in offending.items() if found}
+
+
+def test_the_leaf_check_finds_an_import_of_the_package():
+    """The import the kernels had before (a planted one) is found; their own and third-party imports are not."""
+    assert imports_outside_kernels("from ..attention import MASK_VALUE\n") == ["from ..attention import MASK_VALUE"]
+    assert imports_outside_kernels("import bert_from_scratch.nn\n") == ["import bert_from_scratch.nn"]
+    assert imports_outside_kernels("from .kernel_args import GOLDEN\nimport numpy as np\n") == []
+
+
+def step_runners(source: str) -> list[str]:
+    """Functions of ``source`` that call both ``....backward()`` and ``optimizer.step(...)``."""
+    runners = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef):
+            calls = {ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
+            if any(c.endswith(".backward") for c in calls) and any(c.endswith("optimizer.step") for c in calls):
+                runners.append(node.name)
+    return runners
 
 
 def test_exactly_one_function_runs_a_training_step():
     """``model.backward()`` followed by ``optimizer.step(...)`` lives in training/loop.py's train_step only;
     every job trains through it (the benchmarks time forward+backward without an update)."""
-    runners = []
-    for path in package_files():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef):
-                calls = {ast.unparse(c.func) for c in ast.walk(node) if isinstance(c, ast.Call)}
-                if any(c.endswith(".backward") for c in calls) and any(c.endswith("optimizer.step") for c in calls):
-                    runners.append(f"{path.relative_to(ROOT)}:{node.name}")
+    runners = [f"{p.relative_to(ROOT)}:{name}" for p in package_files()
+               for name in step_runners(p.read_text(encoding="utf-8"))]
     assert runners == ["bert_from_scratch/training/loop.py:train_step"]
+
+
+def test_the_step_finder_finds_a_second_loop():
+    """The check above can fail: a job with its own step (a planted second loop) is found."""
+    planted = "def my_loop(model, optimizer):\n    grads = model.backward()\n    optimizer.step(grads)\n"
+    assert step_runners(planted) == ["my_loop"]
+    assert step_runners("def bench(model):\n    model.backward()\n") == []

@@ -31,9 +31,10 @@ BOUNDS = (
 
 
 #: share of the machine's np.matmul rate that the default step has reached, lowest and highest of the
-#: machines measured (2026-11/12, whole runs of the default job incl. evaluation and checkpoints:
-#: 0.38 at 121 GFLOP/s, 0.46 at 165, 0.55 at 198)
-SHARE_OF_MATMUL = (0.38, 0.55)
+#: machines measured: the job's printed tokens/s (12,407 / 22,037 / 27,561 on VMs whose square float32
+#: np.matmul ran at ~121 / ~165 / ~198 GFLOP/s) over the ~7,900 tokens of a step gives 0.64 / 0.36 / 0.29 s
+#: per step of 28.6 GFLOP of matmuls (bench/train_step.py model_flops): 0.37 / 0.48 / 0.51 of the rate
+SHARE_OF_MATMUL = (0.37, 0.51)
 
 
 def estimate(args) -> str:

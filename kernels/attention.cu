@@ -129,7 +129,7 @@ __device__ void attention_forward(const scalar_t* __restrict__ q, const scalar_t
                                   scalar_t* __restrict__ out, scalar_t* __restrict__ row_max,
                                   scalar_t* __restrict__ row_inv_sum, int T, int n_heads, double scale_d,
                                   unsigned int seed_hash, unsigned int threshold, double keep_scale_d,
-                                  int planted_bug) {
+                                  int planted_bug, unsigned int bh_offset) {
     constexpr int TK = Tile<scalar_t>::N;
     __shared__ scalar_t k_tile[TK][PADDED_DIM];
     __shared__ scalar_t v_tile[TK][PADDED_DIM];
@@ -145,7 +145,7 @@ __device__ void attention_forward(const scalar_t* __restrict__ q, const scalar_t
     const scalar_t* v_head = v + (index_t)bh * T * HEAD_DIM;
     const scalar_t scale = (scalar_t)scale_d;
     const scalar_t keep_scale = (scalar_t)keep_scale_d;
-    const unsigned int row_h = row_hash(seed_hash, bh, i);
+    const unsigned int row_h = row_hash(seed_hash, (int)((unsigned int)bh + bh_offset), i);   // global b*H+h
 
     scalar_t q_row[COLS], acc[COLS];        // this lane's columns of q_i and of the running output
     load_row(q_row, q_head, i, valid, lane);
@@ -206,7 +206,8 @@ __device__ void attention_backward_dq(const scalar_t* __restrict__ q, const scal
                                       const scalar_t* __restrict__ key_bias, const scalar_t* __restrict__ row_max,
                                       const scalar_t* __restrict__ row_inv_sum, const scalar_t* __restrict__ delta,
                                       scalar_t* __restrict__ dq, int T, int n_heads, double scale_d,
-                                      unsigned int seed_hash, unsigned int threshold, double keep_scale_d) {
+                                      unsigned int seed_hash, unsigned int threshold, double keep_scale_d,
+                                      unsigned int bh_offset) {
     constexpr int TK = Tile<scalar_t>::N;
     __shared__ scalar_t k_tile[TK][PADDED_DIM];
     __shared__ scalar_t v_tile[TK][PADDED_DIM];
@@ -220,7 +221,7 @@ __device__ void attention_backward_dq(const scalar_t* __restrict__ q, const scal
     const index_t head = (index_t)bh * T * HEAD_DIM;
     const scalar_t scale = (scalar_t)scale_d;
     const scalar_t keep_scale = (scalar_t)keep_scale_d;
-    const unsigned int row_h = row_hash(seed_hash, bh, i);
+    const unsigned int row_h = row_hash(seed_hash, (int)((unsigned int)bh + bh_offset), i);   // global b*H+h
 
     scalar_t q_row[COLS], do_row[COLS], dq_row[COLS];
     load_row(q_row, q + head, i, valid, lane);
@@ -269,7 +270,7 @@ __device__ void attention_backward_dkdv(const scalar_t* __restrict__ q, const sc
                                         const scalar_t* __restrict__ row_inv_sum, const scalar_t* __restrict__ delta,
                                         scalar_t* __restrict__ dk, scalar_t* __restrict__ dv, int T, int n_heads,
                                         double scale_d, unsigned int seed_hash, unsigned int threshold,
-                                        double keep_scale_d) {
+                                        double keep_scale_d, unsigned int bh_offset) {
     constexpr int TQ = Tile<scalar_t>::N;
     __shared__ scalar_t q_tile[TQ][PADDED_DIM];
     __shared__ scalar_t do_tile[TQ][PADDED_DIM];
@@ -283,7 +284,7 @@ __device__ void attention_backward_dkdv(const scalar_t* __restrict__ q, const sc
     const index_t head = (index_t)bh * T * HEAD_DIM;
     const scalar_t scale = (scalar_t)scale_d;
     const scalar_t keep_scale = (scalar_t)keep_scale_d;
-    const unsigned int bh_h = mix32(seed_hash ^ (unsigned int)bh);
+    const unsigned int bh_h = mix32(seed_hash ^ ((unsigned int)bh + bh_offset));
 
     scalar_t k_row[COLS], v_row[COLS], dk_row[COLS], dv_row[COLS];
     load_row(k_row, k + head, j, valid, lane);
@@ -339,37 +340,37 @@ __device__ void attention_backward_dkdv(const scalar_t* __restrict__ q, const sc
 #define FORWARD_ARGS(S)                                                                                  \
     const S *q, const S *k, const S *v, const S *key_bias, S *out, S *row_max, S *row_inv_sum, int T,    \
         int n_heads, double scale, unsigned int seed_hash, unsigned int threshold, double keep_scale,    \
-        int planted_bug
+        int planted_bug, unsigned int bh_offset
 #define DQ_ARGS(S)                                                                                       \
     const S *q, const S *k, const S *v, const S *dout, const S *key_bias, const S *row_max,              \
         const S *row_inv_sum, const S *delta, S *dq, int T, int n_heads, double scale,                   \
-        unsigned int seed_hash, unsigned int threshold, double keep_scale
+        unsigned int seed_hash, unsigned int threshold, double keep_scale, unsigned int bh_offset
 #define DKDV_ARGS(S)                                                                                     \
     const S *q, const S *k, const S *v, const S *dout, const S *key_bias, const S *row_max,              \
         const S *row_inv_sum, const S *delta, S *dk, S *dv, int T, int n_heads, double scale,            \
-        unsigned int seed_hash, unsigned int threshold, double keep_scale
+        unsigned int seed_hash, unsigned int threshold, double keep_scale, unsigned int bh_offset
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_forward_f32(FORWARD_ARGS(float)) {
     attention_forward<float>(q, k, v, key_bias, out, row_max, row_inv_sum, T, n_heads, scale, seed_hash,
-                             threshold, keep_scale, planted_bug);
+                             threshold, keep_scale, planted_bug, bh_offset);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_forward_f64(FORWARD_ARGS(double)) {
     attention_forward<double>(q, k, v, key_bias, out, row_max, row_inv_sum, T, n_heads, scale, seed_hash,
-                              threshold, keep_scale, planted_bug);
+                              threshold, keep_scale, planted_bug, bh_offset);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_backward_dq_f32(DQ_ARGS(float)) {
     attention_backward_dq<float>(q, k, v, dout, key_bias, row_max, row_inv_sum, delta, dq, T, n_heads, scale,
-                                 seed_hash, threshold, keep_scale);
+                                 seed_hash, threshold, keep_scale, bh_offset);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_backward_dq_f64(DQ_ARGS(double)) {
     attention_backward_dq<double>(q, k, v, dout, key_bias, row_max, row_inv_sum, delta, dq, T, n_heads, scale,
-                                  seed_hash, threshold, keep_scale);
+                                  seed_hash, threshold, keep_scale, bh_offset);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_backward_dkdv_f32(DKDV_ARGS(float)) {
     attention_backward_dkdv<float>(q, k, v, dout, key_bias, row_max, row_inv_sum, delta, dk, dv, T, n_heads,
-                                   scale, seed_hash, threshold, keep_scale);
+                                   scale, seed_hash, threshold, keep_scale, bh_offset);
 }
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS) attention_backward_dkdv_f64(DKDV_ARGS(double)) {
     attention_backward_dkdv<double>(q, k, v, dout, key_bias, row_max, row_inv_sum, delta, dk, dv, T, n_heads,
-                                    scale, seed_hash, threshold, keep_scale);
+                                    scale, seed_hash, threshold, keep_scale, bh_offset);
 }

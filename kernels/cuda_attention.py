@@ -79,8 +79,9 @@ def _check_inputs(q, k, v, mask, dropout_p):
         raise ValueError(f"cupy attention supports head sizes 1..{MAX_HEAD_DIM}; got {q.shape[-1]}")
 
 
-def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=BUG_NONE):
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, *, planted_bug=BUG_NONE):
     """Fused attention forward on the GPU. q, k, v: CuPy (B, H, T, d); mask: (B, T) or None.
+    ``row_offset``: global row of ``q[0]`` (keys the dropout mask, as the reference's).
 
     Returns ``(out, cache)``; ``planted_bug`` (tests only) as in ``numba_attention``.
     """
@@ -103,10 +104,12 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=
     grid = ((T + rows - 1) // rows, B * H)
     kernel(grid, (threads,),
            (q3, k3, v3, key_bias, out, row_max, row_inv_sum, np.int32(T), np.int32(H), np.float64(scale),
-            np.uint32(seed_h), np.uint32(threshold), np.float64(keep_scale), np.int32(planted_bug)))
+            np.uint32(seed_h), np.uint32(threshold), np.float64(keep_scale), np.int32(planted_bug),
+            np.uint32((int(row_offset) * H) & 0xFFFFFFFF)))
     cache = {"backend": "cupy", "q": q3, "k": k3, "v": v3, "out": out, "key_bias": key_bias,
              "row_max": row_max, "row_inv_sum": row_inv_sum, "shape": (B, H, T, d),
-             "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug}
+             "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug,
+             "row_offset": row_offset}
     return out.reshape(B, H, T, d), cache
 
 
@@ -127,7 +130,7 @@ def attention_backward(dout, cache):
     grid = ((T + rows - 1) // rows, B * H)
     common = (cache["key_bias"], cache["row_max"], cache["row_inv_sum"], delta)
     tail = (np.int32(T), np.int32(H), np.float64(cache["scale"]), np.uint32(seed_h), np.uint32(threshold),
-            np.float64(keep_scale))
+            np.float64(keep_scale), np.uint32((int(cache.get("row_offset", 0)) * H) & 0xFFFFFFFF))
     module.get_function(f"attention_backward_dq_{_suffix(dtype)}")(
         grid, (threads,), (q3, cache["k"], cache["v"], dout3) + common + (dq,) + tail)
     module.get_function(f"attention_backward_dkdv_{_suffix(dtype)}")(

@@ -115,7 +115,7 @@ def _tile(buffer, rows, cols):
 # --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, keep_scale,
-                   planted_bug, out, row_max, row_inv_sum):
+                   planted_bug, out, row_max, row_inv_sum, bh_offset=0):
     """q, k, v, out: (B*H, T, d); key_bias: (B, T) 0 or -10000; row_max, row_inv_sum: (B*H, T).
 
     drop_threshold = 0 means no dropout. One prange task = one (batch*head, query block).
@@ -150,7 +150,7 @@ def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, ke
         pow2 = np.empty(BLOCK_K * nq, dt)               # exponent scratch for _exp_inplace
         row_hash = np.empty(nq, np.int64)               # dropout hash of (b*H+h, query row)
         if drop_threshold > 0:
-            h_bh = mix32(seed_h ^ bh)
+            h_bh = mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF))     # global (batch*head) of a shard
             for i in range(nq):
                 row_hash[i] = mix32(h_bh ^ (i0 + i))
         for j0 in range(0, T, BLOCK_K):
@@ -203,7 +203,7 @@ def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, ke
 # --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def backward_kernel(q, k, v, out, dout, key_bias, row_max, row_inv_sum, n_heads, scale, seed_h,
-                    drop_threshold, keep_scale, dq, dk, dv):
+                    drop_threshold, keep_scale, dq, dk, dv, bh_offset=0):
     """All (B*H, T, d) except key_bias (B, T), row_max/row_inv_sum (B*H, T). Writes dq, dk, dv.
 
     One prange task = one (batch*head): key blocks outside, query blocks inside. The five tile
@@ -268,7 +268,7 @@ def backward_kernel(q, k, v, out, dout, key_bias, row_max, row_inv_sum, n_heads,
                     inv = row_inv_sum[bh, i0 + i]
                     d_i = delta[i0 + i]
                     if drop_threshold > 0:
-                        h_row = mix32(mix32(seed_h ^ bh) ^ (i0 + i))
+                        h_row = mix32(mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF)) ^ (i0 + i))
                         for jj in range(nk):
                             p = row[jj] * inv
                             keep = (mix32(h_row ^ (j0 + jj)) >> 8) >= drop_threshold
@@ -320,8 +320,9 @@ def _key_bias(mask, B, T, dtype):
     return np.ascontiguousarray((1.0 - mask.astype(dtype)) * dtype.type(MASK_VALUE))
 
 
-def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=BUG_NONE):
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, *, planted_bug=BUG_NONE):
     """Fused attention forward. q, k, v: (B, H, T, d) float32/float64; mask: (B, T) 1 keep / 0 pad.
+    ``row_offset``: global row of ``q[0]`` (keys the dropout mask, as the reference's).
 
     Returns ``(out, cache)`` with out (B, H, T, d). ``planted_bug`` (tests only) makes the kernel
     deliberately wrong, to show the comparison against the reference catches it.
@@ -338,10 +339,11 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, *, planted_bug=
     scale = 1.0 / math.sqrt(d)
     with _dynamic_schedule():
         forward_kernel(q3, k3, v3, key_bias, H, scale, seed_h, threshold, keep_scale, planted_bug,
-                       out, row_max, row_inv_sum)
+                       out, row_max, row_inv_sum, (int(row_offset) * H) & 0xFFFFFFFF)
     cache = {"backend": "numba", "q": q3, "k": k3, "v": v3, "out": out, "key_bias": key_bias,
              "row_max": row_max, "row_inv_sum": row_inv_sum, "shape": (B, H, T, d),
-             "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug}
+             "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug,
+             "row_offset": row_offset}
     return out.reshape(B, H, T, d), cache
 
 
@@ -356,5 +358,6 @@ def attention_backward(dout, cache):
     dq, dk, dv = (np.empty((B * H, T, d), q3.dtype) for _ in range(3))
     with _dynamic_schedule():
         backward_kernel(q3, cache["k"], cache["v"], cache["out"], dout3, cache["key_bias"], cache["row_max"],
-                        cache["row_inv_sum"], H, cache["scale"], seed_h, threshold, keep_scale, dq, dk, dv)
+                        cache["row_inv_sum"], H, cache["scale"], seed_h, threshold, keep_scale, dq, dk, dv,
+                        (int(cache.get("row_offset", 0)) * H) & 0xFFFFFFFF)
     return dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, d)

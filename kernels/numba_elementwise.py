@@ -218,9 +218,9 @@ def dropout_seed_hash(seed: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def dropout_kernel(x, seed_h, threshold, scale, y):
+def dropout_kernel(x, seed_h, threshold, scale, y, offset=0):
     """y = x * keep * scale on flat arrays; the same kernel is the forward (x) and the backward (dy):
-    the mask is recomputed from (seed, index), never stored."""
+    the mask is recomputed from (seed, index + offset), never stored (offset: see ``dropout_forward``)."""
     n = x.size
     dt = x.dtype
     scale = dt.type(scale)
@@ -230,7 +230,7 @@ def dropout_kernel(x, seed_h, threshold, scale, y):
         stop = min(n, start + CHUNK)
         xs, ys = x[start:stop], y[start:stop]
         for i in range(stop - start):
-            keep = (mix32(seed_h ^ (start + i)) >> 8) >= threshold
+            keep = (mix32(seed_h ^ ((offset + start + i) & 0xFFFFFFFF)) >> 8) >= threshold
             ys[i] = xs[i] * scale if keep else zero
 
 

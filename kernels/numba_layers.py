@@ -70,17 +70,19 @@ class HashDropoutCache(NamedTuple):
     seed_hash: int          # mix32(seed ^ GOLDEN)
     threshold: int          # drop where the 24-bit hash is below it
     scale: float            # 1 / (1 - p)
+    offset: int = 0         # hash index of element 0: row_offset x elements per row (data-parallel ranks)
 
 
-def dropout_forward(x, p, rng, training=True):
-    """Inverted dropout; the same seed draw and the same mask as the reference."""
+def dropout_forward(x, p, rng, training=True, row_offset=0):
+    """Inverted dropout; the same seed draw and the same mask as the reference (``row_offset`` too)."""
     if not training or p == 0.0:
         return x, None
     seed = int(rng.integers(0, 2**32))
     x = _flat(x, x.dtype)
-    cache = HashDropoutCache(ew.dropout_seed_hash(seed), dropout_threshold(p), x.dtype.type(1.0 / (1.0 - p)))
+    offset = (int(row_offset) * (x.size // max(x.shape[0], 1))) & 0xFFFFFFFF if x.ndim else 0
+    cache = HashDropoutCache(ew.dropout_seed_hash(seed), dropout_threshold(p), x.dtype.type(1.0 / (1.0 - p)), offset)
     y = np.empty_like(x)
-    ew.dropout_kernel(x.reshape(-1), cache.seed_hash, cache.threshold, cache.scale, y.reshape(-1))
+    ew.dropout_kernel(x.reshape(-1), cache.seed_hash, cache.threshold, cache.scale, y.reshape(-1), cache.offset)
     return y, cache
 
 
@@ -90,7 +92,7 @@ def dropout_backward(dy, cache):
         return dy
     dy = np.ascontiguousarray(dy)
     dx = np.empty_like(dy)
-    ew.dropout_kernel(dy.reshape(-1), cache.seed_hash, cache.threshold, cache.scale, dx.reshape(-1))
+    ew.dropout_kernel(dy.reshape(-1), cache.seed_hash, cache.threshold, cache.scale, dx.reshape(-1), cache.offset)
     return dx
 
 

@@ -28,7 +28,8 @@ def notebook_param(path):
 
 def test_one_notebook_per_chapter_with_exercises():
     numbers = [int(p.name[:2]) for p in NOTEBOOKS]
-    assert numbers == list(range(1, 13)), [p.name for p in NOTEBOOKS]
+    assert numbers == list(range(1, len(NOTEBOOKS) + 1)), [p.name for p in NOTEBOOKS]   # no gap, no repeat
+    assert numbers == sorted(chapters()), "every chapter with exercises has its notebook, and the reverse"
     for path in NOTEBOOKS:
         n = int(path.name[:2])
         chapter = chapters()[n]

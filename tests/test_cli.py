@@ -127,3 +127,32 @@ def test_kernels_import_from_a_plain_checkout():
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(root / "kernels" / "cuda_attention.py"), "numba"]
+
+
+# -- fill-mask: a [MASK] cut off by truncation, several masks (issue 16) -------------------------------
+
+def test_fill_mask_helpers_word_number_and_fill():
+    from bert_from_scratch.cli.fill_mask import fill, word_number
+    text = "a  bc [MASK] d[MASK]"
+    assert [word_number(text, i) for i in (0, 3, 6, 14)] == [1, 2, 3, 4]
+    assert fill(text, [((14, 20), "##s"), ((6, 12), "x")]) == "a  bc x ds"
+
+
+def test_fill_mask_names_the_word_of_a_mask_cut_off(tiny_run, capsys):
+    text = "the function " * 40 + "returns [MASK]"              # words 1..80, then "returns", then [MASK]: word 82
+    message = run_error(["fill-mask", "--checkpoint", str(tiny_run), text], capsys)
+    assert "the [MASK] at word 82 is beyond max length 64" in message and "has no [MASK]" not in message
+    # one mask kept, one cut off: a note names the lost one, the kept one is filled
+    assert main(["fill-mask", "--checkpoint", str(tiny_run), "the [MASK] is " + text, "--top-k", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the [MASK] at word 85 is beyond max length 64" in out
+    assert sum("%" in line for line in out.splitlines()) == 2 and "filled:" not in out
+
+
+def test_fill_mask_with_several_masks_shows_the_filled_sentence(tiny_run, capsys):
+    assert main(["fill-mask", "--checkpoint", str(tiny_run), "the [MASK] is a [MASK].", "--top-k", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "[MASK] #1:" and lines[3] == "[MASK] #2:"
+    first, second = lines[1].split()[1], lines[4].split()[1]         # the top token of each mask
+    assert lines[1].endswith(f"the {first.replace('##', '')} is a [MASK].")
+    assert lines[-1] == f"filled: the {first.replace('##', '')} is a {second.replace('##', '')}."

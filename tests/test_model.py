@@ -103,9 +103,8 @@ def test_tied_decoder_gradient_is_the_sum_of_both_uses():
     c = model._cache
     from bert_from_scratch.model.heads import mlm_head_backward
     from bert_from_scratch.model.params import Scope
-    from bert_from_scratch.nn.layers import cross_entropy_backward
     dec_only = {}
-    mlm_head_backward(cross_entropy_backward(1.0, c["mlm_loss"]), c["mlm"], Scope(dec_only, "cls.predictions."),
+    mlm_head_backward(model.backend.cross_entropy_backward(1.0, c["mlm_loss"]), c["mlm"], Scope(dec_only, "cls.predictions."),
                       model.backend)
     decoder_share = dec_only["bert.embeddings.word_embeddings.weight"]
     input_share = full - decoder_share

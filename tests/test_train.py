@@ -192,7 +192,7 @@ def test_checkpoint_folder_layout_and_trainer_state(tmp_path):
     ckpt = tmp_path / CHECKPOINT_DIR
     assert result.checkpoint_dir == ckpt
     assert sorted(p.name for p in ckpt.iterdir()) == ["config.json", "model.safetensors", "optimizer.safetensors",
-                                                       "trainer_state.json", "vocab.txt"]
+                                                       "tokenizer_config.json", "trainer_state.json", "vocab.txt"]
     assert ckpt.joinpath("vocab.txt").read_text().split("\n")[:5] == tokens[:5]
     state = json.loads(ckpt.joinpath("trainer_state.json").read_text())
     assert state["step"] == 5 and state["history"]["loss"] == result.losses

@@ -4,6 +4,7 @@
     bert-from-scratch fill-mask --checkpoint runs/pretrain "the [MASK] rose sharply"
     bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png
     bert-from-scratch finetune / predict       # sentence classification
+    bert-from-scratch transfer --checkpoint runs/pretrain   # does pretraining help? (the table, with intervals)
     bert-from-scratch check 3                  # grade the exercises of chapter 3
     bert-from-scratch bench train-step|attention
 
@@ -25,6 +26,8 @@ COMMANDS = {
                   "plot what a (pretrained) BERT attends to"),
     "finetune": ("finetune", "add_finetune_arguments", "cli_finetune", "fine-tune a sentence classifier"),
     "predict": ("finetune", "add_predict_arguments", "cli_predict", "classify text with a fine-tuned checkpoint"),
+    "transfer": ("transfer", "add_transfer_arguments", "cli_transfer",
+                 "does pretraining help? fine-tune each starting point the same way, print the test table"),
     "check": ("check", "add_check_arguments", "cli_check", "grade a chapter's exercises"),
     "bench": ("bench", "add_bench_arguments", "cli_bench", "benchmarks that print tables"),
 }
@@ -50,12 +53,17 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.formatwarning = _one_line_warning      # a user sees the message, not a source line
+    from ..distributed.world import end_every_rank_on_failure, quiet_other_ranks
+
+    quiet_other_ranks()                             # under mpiexec: one report, rank 0's
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    return command(args.run)(args)                  # one error path, also for commands that bring their own
+    status = command(args.run)(args)                # one error path, also for commands that bring their own
+    end_every_rank_on_failure(status)               # under mpiexec: no rank left waiting for one that stopped
+    return status
 
 
 if __name__ == "__main__":

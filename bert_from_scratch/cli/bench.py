@@ -7,12 +7,14 @@ import importlib
 from .common import command
 from .process import keep_freed_memory
 
-BENCHES = {"train-step": "bert_from_scratch.bench.train_step", "attention": "bert_from_scratch.bench.attention"}
+BENCHES = {"train-step": "bert_from_scratch.bench.train_step", "attention": "bert_from_scratch.bench.attention",
+           "distributed": "bert_from_scratch.bench.distributed"}
 
 
 def add_bench_arguments(p):
     p.add_argument("what", choices=sorted(BENCHES), help="train-step: a training step (or forward+backward) vs torch; "
-                                                         "attention: the attention kernels")
+                                                         "attention: the attention kernels; distributed: data-parallel "
+                                                         "steps on 1, 2 ... MPI ranks")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
 
 

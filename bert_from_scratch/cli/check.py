@@ -8,7 +8,7 @@ from .common import command
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("chapter", help="chapter number (1-12), or 'all'")
+    parser.add_argument("chapter", help="chapter number (1-15), or 'all'")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--file", default=None, help="grade this file instead of chapters/exercises/chNN_*.py")
     group.add_argument("--solutions", action="store_true", help="grade the reference solutions (they pass)")

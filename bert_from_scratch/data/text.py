@@ -5,13 +5,19 @@ The steps are those of google-research/bert's ``BasicTokenizer`` and Hugging Fac
 
 - the character classes: :func:`is_whitespace`, :func:`is_control`, :func:`is_punctuation`,
   :func:`is_cjk`;
-- three ``str.translate`` tables, each filled lazily one code point at a time, so that the
-  per-character work runs in C: ``_CLEAN`` (drop control characters, any whitespace becomes a
-  space, CJK ideographs are spaced out), ``_SPLIT`` (punctuation is spaced out) and, for
-  uncased models on NFD text, ``_UNCASE_SPLIT`` (drop ``Mn`` marks, lowercase, space out
-  punctuation);
-- :func:`normalize_and_space` applies them; :func:`basic_tokenize` keeps special tokens written
-  in the text whole and splits the rest on whitespace.
+- :class:`Normalizer`: every step works on one code point at a time, so all of them together are
+  one ``str.translate`` table (filled lazily, one code point at a time, so the per-character
+  work runs in C). A character becomes ``""`` (dropped), one character, or several (``é`` ->
+  ``e`` + accent under NFD, a CJK ideograph or a punctuation mark -> ``" c "``);
+- :func:`basic_tokenize` keeps special tokens written in the text whole and splits the rest on
+  spaces; :func:`basic_tokenize_with_offsets` does the same and also says, for every character
+  of every word, which character of the *original* text it came from. Because each original
+  character becomes its own piece of the normalised text, that is just a running count of the
+  pieces' lengths -- the alignment Hugging Face's Rust ``NormalizedString`` keeps.
+
+One known difference from a whole-string NFD: the decomposition is done per code point, so the
+canonical reordering of adjacent combining marks is skipped. With accent stripping every
+reordered mark but 25 rare ``Mc`` characters is dropped anyway; without it there is no NFD.
 
 The tokenizer (``tokenizer.py``) and the vocabulary trainer (``wordpiece_trainer.py``) both
 split text with :func:`basic_tokenize`.
@@ -20,12 +26,15 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
+from itertools import chain, repeat
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"         # WordPiece's prefix of every piece that continues a word
 
 # special tokens written in the input text are kept whole, as Hugging Face does
 _SPECIAL_SPLIT = re.compile("(" + "|".join(re.escape(t) for t in SPECIAL_TOKENS) + ")")
+_WORD = re.compile("[^ ]+")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -64,90 +73,149 @@ def is_cjk(ch: str) -> bool:
             or 0xF900 <= cp <= 0xFAFF or 0x2F800 <= cp <= 0x2FA1F)
 
 
-# ----------------------------------------------------------------------------------------------
-# str.translate tables
-
-class _CleanTable(dict):
-    """``str.translate`` table for the *clean* and *CJK* steps, filled lazily per code point.
-
-    translate() looks every character up here (in C); a miss computes the answer once.
-    """
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        if cp == 0 or cp == 0xFFFD or is_control(ch):
-            out = None                      # dropped
-        elif is_whitespace(ch):
-            out = " "
-        elif is_cjk(ch):
-            out = f" {ch} "
-        else:
-            out = ch
-        self[cp] = out
-        return out
-
-
-class _SplitTable(dict):
-    """``str.translate`` table that surrounds every punctuation character with spaces."""
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        out = f" {ch} " if is_punctuation(ch) else ch
-        self[cp] = out
-        return out
-
-
-class _UncaseSplitTable(dict):
-    """``str.translate`` table for NFD text: drop ``Mn`` marks, lowercase, space out punctuation."""
-
-    def __missing__(self, cp: int):
-        ch = chr(cp)
-        if unicodedata.category(ch) == "Mn":
-            out = None
-        elif is_punctuation(ch):
-            out = f" {ch} "
-        else:
-            out = ch.lower()
-        self[cp] = out
-        return out
-
-
-_CLEAN = _CleanTable()
-_SPLIT = _SplitTable()
-_UNCASE_SPLIT = _UncaseSplitTable()
+def _splits_words(ch: str) -> bool:
+    """Whitespace as the pre-tokenizer sees it (Rust's ``char::is_whitespace``: no ``\\x1c``-``\\x1f``)."""
+    return ch.isspace() and not 0x1C <= ord(ch) <= 0x1F
 
 
 # ----------------------------------------------------------------------------------------------
-# text -> words
+# the normaliser: one str.translate table per set of options
 
-def normalize_and_space(text: str, do_lower_case: bool = True) -> str:
-    """Clean + CJK, then (uncased) NFD, drop ``Mn``, lowercase; punctuation spaced out.
+class _Table(dict):
+    """``str.translate`` table ``code point -> str``, filled on first sight of each code point."""
 
-    The result split on whitespace is the list of words (special tokens are not treated apart
-    here: :func:`basic_tokenize` does that).
+    def __init__(self, lowercase: bool, strip_accents: bool, chinese: bool, clean: bool):
+        super().__init__()
+        self.options = (lowercase, strip_accents, chinese, clean)
+
+    def __missing__(self, cp: int) -> str:
+        lowercase, strip_accents, chinese, clean = self.options
+        ch = chr(cp)
+        if clean and (cp == 0 or cp == 0xFFFD or is_control(ch)):
+            out = ""                                            # clean: dropped
+        elif (clean and is_whitespace(ch)) or _splits_words(ch):
+            out = " "                                           # any whitespace: a plain space
+        elif chinese and is_cjk(ch):
+            out = f" {ch} "                                     # a word of its own
+        else:
+            if strip_accents:                                   # NFD, then drop the marks (é -> e)
+                ch = "".join(c for c in unicodedata.normalize("NFD", ch) if unicodedata.category(c) != "Mn")
+            if lowercase:
+                ch = "".join(c.lower() for c in ch)
+            out = "".join(f" {c} " if is_punctuation(c) else c for c in ch)   # pre-tokenizer: cut punctuation
+        self[cp] = out
+        return out
+
+
+@lru_cache(maxsize=None)
+def _table(lowercase: bool, strip_accents: bool, chinese: bool, clean: bool) -> _Table:
+    return _Table(lowercase, strip_accents, chinese, clean)
+
+
+class Normalizer:
+    """Hugging Face's ``BertNormalizer`` followed by the punctuation cut of ``BertPreTokenizer``.
+
+    lowercase: lower-case every character (``do_lower_case``).
+    strip_accents: NFD-decompose and drop the combining marks (``Mn``); ``None`` follows
+        ``lowercase``, as in original BERT and Hugging Face.
+    tokenize_chinese_chars: every CJK ideograph becomes a word of its own.
+    clean_text: drop NUL, U+FFFD and every control/format character (``C*`` but ``\\t\\n\\r``),
+        and turn every whitespace character into a space. With ``False`` control characters are
+        kept as ordinary characters (Hugging Face's ``clean_text=False``).
+    never_split: words (as written between whitespace) that are kept exactly as they are: not
+        lower-cased, not stripped, not cut at punctuation (the slow ``BasicTokenizer``'s option;
+        it also leaves uncut a word that only its lower-cased form makes one of them, ``E.g.``
+        for ``e.g.``: here a word must be written exactly as listed).
     """
-    text = text.translate(_CLEAN)
-    if not do_lower_case:
-        return text.translate(_SPLIT)
-    if text.isascii():
-        return text.lower().translate(_SPLIT)
-    # Whole-string NFD first (so combining marks come in canonical order), then drop the
-    # Mn marks and lowercase character by character, as HF's BertNormalizer does.
-    return unicodedata.normalize("NFD", text).translate(_UNCASE_SPLIT)
+
+    def __init__(self, lowercase: bool = True, strip_accents: bool | None = None,
+                 tokenize_chinese_chars: bool = True, clean_text: bool = True, never_split=()):
+        self.lowercase = bool(lowercase)
+        self.strip_accents = self.lowercase if strip_accents is None else bool(strip_accents)
+        self.tokenize_chinese_chars = bool(tokenize_chinese_chars)
+        self.clean_text = bool(clean_text)
+        if isinstance(never_split, str):
+            raise TypeError(f"never_split must be a list of words, not the string {never_split!r}")
+        self.never_split = frozenset(w for w in never_split or () if w)
+        self.table = _table(self.lowercase, self.strip_accents, self.tokenize_chinese_chars, self.clean_text)
+        # a never_split word is one between whitespace (or the ends of the text)
+        self._never = (re.compile(r"(?<!\S)(" + "|".join(map(re.escape, sorted(self.never_split, key=len,
+                                                                                  reverse=True))) + r")(?!\S)")
+                       if self.never_split else None)
+
+    def spaced(self, text: str) -> str:
+        """The normalised text with punctuation spaced out; its words are split on ``" "``."""
+        return text.translate(self.table)
+
+    def _pieces(self, text: str):
+        """``(is_kept_whole, piece, offset)``: the special tokens and never_split words, and the text between."""
+        patterns = [_SPECIAL_SPLIT] + ([self._never] if self._never is not None else [])
+        pos = 0
+        while True:
+            found = [m for m in (p.search(text, pos) for p in patterns) if m is not None]
+            if not found:
+                break
+            m = min(found, key=lambda m: m.start())
+            if m.start() > pos:
+                yield False, text[pos:m.start()], pos
+            yield True, m.group(), m.start()
+            pos = m.end()
+        if pos < len(text):
+            yield False, text[pos:], pos
+
+    def words(self, text: str) -> list[str]:
+        """Split ``text`` into normalised words and single punctuation characters."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if "[" not in text and self._never is None:
+            return self.spaced(text).split() if self.clean_text else _split_spaces(self.spaced(text))
+        words: list[str] = []
+        for whole, piece, _ in self._pieces(text):
+            if whole:
+                words.append(piece)
+            else:
+                words.extend(_split_spaces(self.spaced(piece)))
+        return words
+
+    def words_with_offsets(self, text: str) -> list[tuple[str, list[int]]]:
+        """Like :meth:`words`, with each word's origin: ``(word, origin)`` where ``origin[k]`` is the
+        index in ``text`` of the character that became the word's ``k``-th character.
+
+        A word's span in ``text`` is ``(origin[0], origin[-1] + 1)``; a piece ``word[a:b]`` came
+        from ``text[origin[a] : origin[b - 1] + 1]``. Lower-casing and accent stripping may change
+        the number of characters (``é`` -> ``e``, ``İ`` -> ``i̇``): each normalised character
+        points back to the one it came from.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        out: list[tuple[str, list[int]]] = []
+        table = self.table
+        for whole, piece, start in self._pieces(text):
+            if whole:
+                out.append((piece, list(range(start, start + len(piece)))))
+                continue
+            normalized = piece.translate(table)
+            # normalised position p comes from piece character owner[p]: repeat i len(table[i]) times
+            # normalised position p comes from text[owner[p]]: index i repeated len(table[c_i]) times
+            lengths = map(len, map(table.__getitem__, map(ord, piece)))
+            owner = list(chain.from_iterable(map(repeat, range(start, start + len(piece)), lengths)))
+            out.extend((m.group(), owner[m.start():m.end()]) for m in _WORD.finditer(normalized))
+        return out
+
+
+def _split_spaces(s: str) -> list[str]:
+    return [w for w in s.split(" ") if w]
 
 
 def basic_tokenize(text: str, do_lower_case: bool = True) -> list[str]:
-    """Split ``text`` into normalised words and single punctuation characters.
+    """Split ``text`` into normalised words and single punctuation characters (BERT's defaults).
 
-    Special tokens written in the text (``SPECIAL_TOKENS``) are kept whole; every other part
-    goes through :func:`normalize_and_space` and ``str.split()`` on whitespace.
+    Special tokens written in the text (``SPECIAL_TOKENS``) are kept whole. See :class:`Normalizer`
+    for the options (``strip_accents``, ``tokenize_chinese_chars``, ``never_split`` ...).
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    words: list[str] = []
-    for i, part in enumerate(_SPECIAL_SPLIT.split(text) if "[" in text else (text,)):
-        if i % 2 == 1:                      # a special token written in the text
-            words.append(part)
-        elif part:
-            words.extend(normalize_and_space(part, do_lower_case).split())
-    return words
+    return _default_normalizer(bool(do_lower_case)).words(text)
+
+
+@lru_cache(maxsize=2)
+def _default_normalizer(lowercase: bool) -> Normalizer:
+    return Normalizer(lowercase)

@@ -4,12 +4,15 @@ Text becomes ids in two stages, exactly as in google-research/bert ``tokenizatio
 Hugging Face's ``BertTokenizerFast``:
 
 1. **Basic tokenization** (``Tokenizer.basic_tokenize``):
-   - special tokens written in the text (``[MASK]``, ``[SEP]`` ...) are kept whole;
-   - *clean*: drop NUL, U+FFFD and every control/format character (Unicode category ``C*``)
-     except ``\\t \\n \\r``; every whitespace character becomes a plain space;
-   - *CJK*: every CJK ideograph is surrounded by spaces, so it is a word of its own;
-   - *uncased only*: NFD-decompose, drop the combining marks (category ``Mn``: ``é → e``),
-     lowercase character by character;
+   - special tokens written in the text (``[MASK]``, ``[SEP]`` ...) are kept whole, and so are
+     the words of ``never_split`` written between whitespace;
+   - *clean* (``clean_text``): drop NUL, U+FFFD and every control/format character (Unicode
+     category ``C*``) except ``\\t \\n \\r``; every whitespace character becomes a plain space;
+   - *CJK* (``tokenize_chinese_chars``): every CJK ideograph is surrounded by spaces, so it is a
+     word of its own;
+   - *strip accents* (``strip_accents``, by default on when uncased): NFD-decompose, drop the
+     combining marks (category ``Mn``: ``é → e``);
+   - *uncased* (``do_lower_case``): lowercase character by character;
    - split on whitespace, and cut every punctuation character (Unicode ``P*`` and the ASCII
      symbols ``$ + < = > ^ ` | ~``) out as a word of its own.
 
@@ -21,71 +24,42 @@ Hugging Face's ``BertTokenizerFast``:
 
    A word with no complete cover, or longer than 100 characters, becomes ``[UNK]`` whole.
 
+**Offsets.** ``encode(text, return_offsets_mapping=True)`` also gives, per token, the
+``(start, end)`` character span of ``text`` it came from (``(0, 0)`` for the added ``[CLS]``/``[SEP]``),
+exactly as Hugging Face's ``BertTokenizerFast``: spans refer to the *original* text even when
+lower-casing or accent stripping changed it (``text.Normalizer.words_with_offsets``).
+
+The options of Hugging Face's ``BertTokenizer`` are there: ``do_lower_case``, ``strip_accents``
+(``None`` follows ``do_lower_case``), ``tokenize_chinese_chars``, ``never_split`` and
+``clean_text`` (see ``text.Normalizer``).
+
 Vocabularies are plain ``vocab.txt`` files, one token per line, the line number is the id.
 Ids are always looked up by token: our trained vocabularies put ``[PAD] [UNK] [CLS] [SEP]
 [MASK]`` at 0..4, the bert-base-uncased vocabulary has them at 0/100/101/102/103.
 
 ``Tokenizer.train`` learns a vocabulary from raw text (see its docstring for the algorithm).
 
-The code is in three files: ``text.py`` (stage 1: character classes, normalisation and
-splitting), this one (the ``Tokenizer``: vocabulary, stage 2, encoding and decoding) and
-``wordpiece_trainer.py`` (the vocabulary trainer).
+The code is in five files: ``text.py`` (stage 1: character classes, normalisation and
+splitting), this one (the ``Tokenizer``: vocabulary, stage 2, encoding and decoding),
+``encoding.py`` (the ``Encoding`` it returns and pair truncation),
+``tokenizer_files.py`` (reading and writing ``vocab.txt``, ``tokenizer.json`` and
+``tokenizer_config.json``) and ``wordpiece_trainer.py`` (the vocabulary trainer).
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..constants import VOCAB_NAME
-from ..files import atomic_write
-from .text import CONTINUATION, SPECIAL_TOKENS, basic_tokenize
+from . import tokenizer_files
+from .encoding import Encoding, truncate_longest_first  # noqa: F401  (re-exported)
+from .text import CONTINUATION, SPECIAL_TOKENS, Normalizer
 from .wordpiece_trainer import train_vocabulary
 
 MAX_INPUT_CHARS_PER_WORD = 100
-
-
-@dataclass
-class Encoding:
-    """One encoded text or text pair: ``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``.
-
-    ``token_type_ids`` are 0 for ``[CLS] a [SEP]`` and 1 for ``b [SEP]``; ``attention_mask`` is
-    all ones (padding happens in ``encode_batch``).
-    """
-    input_ids: list[int]
-    token_type_ids: list[int]
-    attention_mask: list[int]
-    tokens: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-
-def truncate_longest_first(tokens_a: list, tokens_b: list, max_num_tokens: int) -> None:
-    """Shorten the pair in place to ``len(a) + len(b) <= max_num_tokens`` by cutting the end of
-    the longer side, as ``_truncate_seq_pair`` in google-research/bert's ``run_classifier``.
-
-    Cutting the longer side keeps as much as possible of a short question or premise. The
-    shorter side ``s`` is kept whole if the longer can shrink to ``max(s, max_num_tokens - s)``;
-    otherwise both get half, the odd token going to the originally longer side (to ``b`` on a
-    tie). That is Hugging Face's ``truncation="longest_first"`` exactly; popping one token at a
-    time from the longer side (google-research) gives the same lengths up to that odd token.
-    """
-    n_a, n_b = len(tokens_a), len(tokens_b)
-    if n_a + n_b <= max_num_tokens:
-        return
-    swap = n_a > n_b
-    short, long_ = (n_b, n_a) if swap else (n_a, n_b)
-    long_ = short if short > max_num_tokens else max(short, max_num_tokens - short)
-    if short + long_ > max_num_tokens:
-        short = max_num_tokens // 2
-        long_ = short + max_num_tokens % 2
-    keep_a, keep_b = (long_, short) if swap else (short, long_)
-    del tokens_a[keep_a:]
-    del tokens_b[keep_b:]
+DEFAULT_MAX_LENGTH = 128        # encode_batch's length limit when the model's own is not known
 
 
 class Tokenizer:
@@ -97,7 +71,10 @@ class Tokenizer:
     >>> enc = tok.encode("a question", "its answer", max_length=16)   # doctest: +SKIP
     """
 
-    def __init__(self, vocab: dict[str, int] | Sequence[str], do_lower_case: bool = True):
+    def __init__(self, vocab: dict[str, int] | Sequence[str], do_lower_case: bool = True,
+                 strip_accents: bool | None = None, tokenize_chinese_chars: bool = True,
+                 never_split: Iterable[str] | None = None, clean_text: bool = True,
+                 model_max_length: int | None = None):
         if not isinstance(vocab, dict):
             tokens = list(vocab)
             vocab = {}
@@ -115,7 +92,11 @@ class Tokenizer:
         self.ids_to_tokens: list[str] = [""] * len(vocab)
         for t, i in vocab.items():
             self.ids_to_tokens[i] = t
-        self.do_lower_case = do_lower_case
+        self.do_lower_case = bool(do_lower_case)
+        self.normalizer = Normalizer(do_lower_case, strip_accents, tokenize_chinese_chars, clean_text, never_split)
+        #: the longest input of the model this tokenizer belongs to (None: not known); the default
+        #: ``max_length`` of ``encode_batch``. ``pretrained()`` sets it from the model folder.
+        self.model_max_length = model_max_length
         self.pad_token_id = self.vocab["[PAD]"]
         self.unk_token_id = self.vocab["[UNK]"]
         self.cls_token_id = self.vocab["[CLS]"]
@@ -126,29 +107,42 @@ class Tokenizer:
 
     # -- construction and saving ----------------------------------------------------------
 
+    @property
+    def options(self) -> dict:
+        """The normalisation options, by Hugging Face's names (what ``tokenizer_config.json`` holds)."""
+        n = self.normalizer
+        return {"do_lower_case": n.lowercase, "strip_accents": n.strip_accents,
+                "tokenize_chinese_chars": n.tokenize_chinese_chars, "clean_text": n.clean_text,
+                "never_split": sorted(n.never_split)}
+
     @classmethod
-    def from_vocab_file(cls, path: str | os.PathLike, do_lower_case: bool = True) -> "Tokenizer":
+    def from_vocab_file(cls, path: str | os.PathLike, do_lower_case: bool = True, **options) -> "Tokenizer":
         """Read ``vocab.txt`` (one token per line; line ``i`` is id ``i``), or the one in a folder."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / VOCAB_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file {path} does not exist")
-        with open(path, encoding="utf-8") as f:
-            tokens = [line.rstrip("\r\n").strip() for line in f]
-        while tokens and tokens[-1] == "":      # a trailing newline is not a token
-            tokens.pop()
-        if not tokens:
-            raise ValueError(f"vocabulary file {path} is empty")
-        return cls(tokens, do_lower_case=do_lower_case)
+        return cls(tokenizer_files.read_vocab_txt(path), do_lower_case=do_lower_case, **options)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike, vocab_file: str | os.PathLike | None = None) -> "Tokenizer":
+        """The tokenizer of a model folder (ours, or one saved by Hugging Face ``transformers`` 4 or 5).
+
+        The vocabulary comes from ``vocab_file``, else ``vocab.txt``, else ``tokenizer.json``; the
+        options from ``tokenizer_config.json``, else from ``tokenizer.json``'s normaliser, else
+        BERT's defaults (lower-case, strip accents). See ``tokenizer_files.read_folder``.
+        """
+        tokens, options = tokenizer_files.read_folder(folder, vocab_file)
+        return cls(tokens, **options)
 
     def save_vocab(self, path: str | os.PathLike) -> Path:
         """Write ``vocab.txt`` (or ``path/vocab.txt`` if ``path`` is a folder); return the file."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / VOCAB_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(path, "".join(t + "\n" for t in self.ids_to_tokens))
+        return tokenizer_files.write_vocab_txt(path, self.ids_to_tokens)
+
+    def save_pretrained(self, folder: str | os.PathLike, model_max_length: int | None = None) -> Path:
+        """Write ``vocab.txt`` and ``tokenizer_config.json`` into ``folder``; return the folder.
+
+        ``tokenizer_config.json`` tells Hugging Face's ``AutoTokenizer`` the class, the
+        lower-casing options, the special tokens and ``model_max_length`` (the longest input the
+        model takes: its ``max_position_embeddings``), so ``truncation=True`` cuts where it must.
+        """
+        return tokenizer_files.write_folder(folder, self.ids_to_tokens, self.options, model_max_length)
 
     @property
     def inv_vocab(self) -> list[str]:
@@ -166,11 +160,11 @@ class Tokenizer:
     def basic_tokenize(self, text: str) -> list[str]:
         """Split ``text`` into normalised words and single punctuation characters.
 
-        Every per-character step is a ``str.translate`` (so it runs in C): clean + CJK, then
-        (uncased) NFD of the whole string, drop ``Mn``, lowercase, and put spaces around
-        punctuation; finally ``str.split()`` on whitespace (``text.basic_tokenize``).
+        Every per-character step (clean, CJK, NFD and drop ``Mn``, lowercase, space out
+        punctuation) is one ``str.translate`` (so it runs in C); then split on spaces
+        (``text.Normalizer``).
         """
-        return basic_tokenize(text, self.do_lower_case)
+        return self.normalizer.words(text)
 
     def normalize(self, text: str) -> str:
         """The text as the model sees it: words and punctuation joined by single spaces."""
@@ -213,6 +207,28 @@ class Tokenizer:
             pieces.extend(self.wordpiece(word))
         return pieces
 
+    def tokenize_with_offsets(self, text: str) -> tuple[list[str], list[tuple[int, int]], list[int]]:
+        """``(pieces, offsets, word_ids)``: the pieces of :meth:`tokenize`, each one's ``(start, end)``
+        span in ``text`` and the index of the word it belongs to.
+
+        A piece covering characters ``a:b`` of a normalised word spans ``origin[a] : origin[b-1] + 1``
+        of the text (``text.Normalizer.words_with_offsets``); ``[UNK]`` spans its whole word.
+        """
+        pieces: list[str] = []
+        offsets: list[tuple[int, int]] = []
+        word_ids: list[int] = []
+        for w, (word, origin) in enumerate(self.normalizer.words_with_offsets(text)):
+            word_pieces = self.wordpiece(word)
+            a = 0
+            for piece in word_pieces:
+                n = len(word) if piece == "[UNK]" and word_pieces == ["[UNK]"] else \
+                    len(piece) - (len(CONTINUATION) if a else 0)
+                offsets.append((origin[a], origin[a + n - 1] + 1))
+                a += n
+            pieces.extend(word_pieces)
+            word_ids.extend([w] * len(word_pieces))
+        return pieces, offsets, word_ids
+
     # -- tokens <-> ids -------------------------------------------------------------------
 
     def convert_tokens_to_ids(self, tokens: str | Iterable[str]) -> int | list[int]:
@@ -235,16 +251,22 @@ class Tokenizer:
     # -- encoding and decoding ------------------------------------------------------------
 
     def encode(self, text: str, text_pair: str | None = None, max_length: int | None = None,
-               add_special_tokens: bool = True) -> Encoding:
+               add_special_tokens: bool = True, return_offsets_mapping: bool = False) -> Encoding:
         """Encode one text or a pair, as Hugging Face's tokenizer does with ``truncation=True``.
 
         Single: ``[CLS] a [SEP]``; pair: ``[CLS] a [SEP] b [SEP]`` with token types 0…0 1…1.
         With ``max_length`` the longer side is cut from its end (``truncate_longest_first``) until the
-        whole sequence, specials included, fits.
+        whole sequence, specials included, fits. ``return_offsets_mapping``: fill ``offsets`` and
+        ``word_ids`` (each side's spans refer to its own text, as Hugging Face's).
         """
-        tokens_a = self.tokenize(text)
-        tokens_b = self.tokenize(text_pair) if text_pair is not None else None
-        n_special = (3 if tokens_b is not None else 2) if add_special_tokens else 0
+        sides = [text] if text_pair is None else [text, text_pair]
+        if return_offsets_mapping:
+            tokenized = [self.tokenize_with_offsets(t) for t in sides]
+        else:
+            tokenized = [(self.tokenize(t), None, None) for t in sides]
+        tokens_a = tokenized[0][0]
+        tokens_b = tokenized[1][0] if text_pair is not None else None
+        n_special = len(sides) + 1 if add_special_tokens else 0
         if max_length is not None:
             if max_length < n_special:
                 raise ValueError(f"max_length={max_length} is shorter than the {n_special} special tokens")
@@ -252,24 +274,32 @@ class Tokenizer:
                 truncate_longest_first(tokens_a, tokens_b, max_length - n_special)
             else:
                 del tokens_a[max_length - n_special:]
-        if add_special_tokens:
-            tokens = ["[CLS]"] + tokens_a + ["[SEP]"]
-            types = [0] * len(tokens)
-            if tokens_b is not None:
-                tokens += tokens_b + ["[SEP]"]
-                types += [1] * (len(tokens_b) + 1)
-        else:
-            tokens = tokens_a + (tokens_b or [])
-            types = [0] * len(tokens_a) + [1] * len(tokens_b or [])
+        k = int(add_special_tokens)                 # [CLS] before the first side, [SEP] after each side
+        tokens, types, specials, offsets, word_ids = ["[CLS]"] * k, [0] * k, [1] * k, [(0, 0)] * k, [None] * k
+        for side, (pieces, spans, words) in enumerate(tokenized):
+            n = len(pieces)                         # after truncation
+            tokens += pieces + ["[SEP]"] * k
+            types += [side] * (n + k)
+            specials += [0] * n + [1] * k
+            if return_offsets_mapping:
+                offsets += spans[:n] + [(0, 0)] * k
+                word_ids += words[:n] + [None] * k
         ids = self.convert_tokens_to_ids(tokens)
-        return Encoding(ids, types, [1] * len(ids), tokens)
+        if not return_offsets_mapping:
+            offsets = word_ids = None
+        return Encoding(ids, types, [1] * len(ids), tokens, specials, offsets, word_ids)
 
     def encode_batch(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
-                     max_length: int = 128) -> dict[str, np.ndarray]:
+                     max_length: int | None = None, return_offsets_mapping: bool = False) -> dict[str, np.ndarray]:
         """Encode a batch, pad with ``[PAD]`` to the longest sequence (≤ ``max_length``).
 
+        ``max_length`` defaults to ``model_max_length`` (the model's own limit, e.g. 256 for
+        all-MiniLM-L6-v2), and to ``DEFAULT_MAX_LENGTH`` (128) for a tokenizer of no known model.
+
         Returns int64 arrays ``input_ids, token_type_ids, attention_mask``, each (B, T); the
-        attention mask is 1 on real tokens and 0 on padding.
+        attention mask is 1 on real tokens and 0 on padding. ``return_offsets_mapping`` adds
+        ``offset_mapping`` (B, T, 2): each token's ``(start, end)`` in its text, ``(0, 0)`` on
+        specials and padding (Hugging Face's ``return_tensors="np"`` layout).
         """
         if isinstance(texts, str):
             raise TypeError("encode_batch takes a list of texts; use encode() for one text")
@@ -277,18 +307,27 @@ class Tokenizer:
             raise ValueError(f"got {len(texts)} texts but {len(text_pairs)} text pairs")
         if len(texts) == 0:
             raise ValueError("encode_batch got an empty list of texts")
-        encs = [self.encode(t, text_pairs[i] if text_pairs is not None else None, max_length=max_length)
+        if max_length is None:
+            max_length = self.model_max_length or DEFAULT_MAX_LENGTH
+        encs = [self.encode(t, text_pairs[i] if text_pairs is not None else None, max_length=max_length,
+                            return_offsets_mapping=return_offsets_mapping)
                 for i, t in enumerate(texts)]
         B, T = len(encs), max(len(e) for e in encs)
         input_ids = np.full((B, T), self.pad_token_id, dtype=np.int64)      # (B, T)
         token_type_ids = np.zeros((B, T), dtype=np.int64)                   # (B, T)
         attention_mask = np.zeros((B, T), dtype=np.int64)                   # (B, T)
+        offset_mapping = np.zeros((B, T, 2), dtype=np.int64)                # (B, T, 2)
         for b, e in enumerate(encs):
             n = len(e)
             input_ids[b, :n] = e.input_ids
             token_type_ids[b, :n] = e.token_type_ids
             attention_mask[b, :n] = 1
-        return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+            if return_offsets_mapping:
+                offset_mapping[b, :n] = np.asarray(e.offsets, dtype=np.int64).reshape(n, 2)
+        out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        if return_offsets_mapping:
+            out["offset_mapping"] = offset_mapping
+        return out
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False,
                clean_up_tokenization_spaces: bool = False) -> str:

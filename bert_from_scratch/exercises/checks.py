@@ -6,7 +6,9 @@ with the other checks of their part of the book:
 - :mod:`.checks_data`: tokenization (1), embeddings (2), the pretraining data recipe (8);
 - :mod:`.checks_model`: attention (3), multi-head attention (4), LayerNorm and GELU (5), the
   encoder block (6), the heads and their losses (7);
-- :mod:`.checks_training`: the training loop (9), kernels (10), visualisation (11), fine-tuning (12).
+- :mod:`.checks_training`: the training loop (9), kernels (10), visualisation (11), fine-tuning (12);
+- :mod:`.checks_parallel`: data-parallel training (13);
+- :mod:`.checks_tasks`: token classification (14), question answering (15).
 
 Each check takes the learner's module, calls its functions on fixed random inputs and either
 returns a short success note or raises :class:`~.grader.Wrong` with what is wrong. Forward
@@ -28,6 +30,9 @@ from .checks_training import (check_adamw_step, check_attention_entropy, check_a
                               check_classifier_backward, check_classifier_forward, check_clip_by_global_norm,
                               check_macro_f1, check_online_softmax_update, check_tiled_attention,
                               check_warmup_linear_lr)
+from .checks_tasks import (check_align_labels, check_best_span, check_span_loss_backward, check_span_loss_forward,
+                          check_token_classifier_backward, check_token_classifier_forward)
+from .checks_parallel import check_loss_weights, check_ring_allreduce
 from .grader import Chapter, Part
 
 # =======================================================================================
@@ -76,4 +81,16 @@ CHAPTERS = {c.number: c for c in [
         Part("classifier_forward", ("classifier_forward",), check_classifier_forward),
         Part("classifier_backward", ("classifier_forward", "classifier_backward"), check_classifier_backward),
         Part("macro_f1", ("macro_f1",), check_macro_f1)]),
+    Chapter(13, "data_parallel", "data-parallel training: the ring allreduce and exact averaging", [
+        Part("ring_allreduce", ("ring_allreduce",), check_ring_allreduce),
+        Part("loss_weights", ("loss_weights",), check_loss_weights)]),
+    Chapter(14, "token_classification", "token classification: labels per word", [
+        Part("align_labels", ("align_labels",), check_align_labels),
+        Part("token_classifier_forward", ("token_classifier_forward",), check_token_classifier_forward),
+        Part("token_classifier_backward", ("token_classifier_forward", "token_classifier_backward"),
+             check_token_classifier_backward)]),
+    Chapter(15, "question_answering", "question answering: the span loss and decoding", [
+        Part("span_loss_forward", ("span_loss_forward",), check_span_loss_forward),
+        Part("span_loss_backward", ("span_loss_forward", "span_loss_backward"), check_span_loss_backward),
+        Part("best_span", ("best_span",), check_best_span)]),
 ]}

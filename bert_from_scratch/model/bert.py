@@ -33,8 +33,9 @@ from ..nn.xp import get_array_module, to_numpy
 from .blocks import EncoderOutput, encoder_backward, encoder_forward
 from .heads import (classifier_head_backward, classifier_head_forward, mlm_head_backward, mlm_head_forward,
                     nsp_head_backward, nsp_head_forward)
-from .inputs import _as_int_array, _check_labels, check_inputs
+from .inputs import _check_labels, check_inputs
 from .params import Scope, classifier_shapes, encoder_param_shapes, init_params, pretraining_head_shapes
+from .task_heads import check_problem_type, classification_loss_backward, classification_loss_forward
 
 
 # =======================================================================================
@@ -98,13 +99,15 @@ class _Encoder:
                 output_attentions) -> EncoderOutput:
         ids, tt, mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)
         return encoder_forward(ids, tt, mask, Scope(self.params, self.base_prefix), self.backend, self.config,
-                               self.rng, training, output_hidden_states, output_attentions)
+                               self.rng, training, output_hidden_states, output_attentions,
+                               getattr(self, "dropout_row_offset", 0))   # set per batch by distributed/job.py
 
     def _encode_backward(self, dseq, dpooled, enc_cache, grads: dict) -> None:
         if dseq is None:
             dseq = self.xp.zeros(enc_cache.seq_shape, dtype=self.dtype)
         encoder_backward(dseq, dpooled, enc_cache, Scope(self.params, self.base_prefix),
-                         Scope(grads, self.base_prefix), self.backend)
+                         Scope(grads, self.base_prefix), self.backend,
+                         getattr(self, "grad_ready_hook", None))          # set by distributed/ (overlap)
 
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
                output_hidden_states=False, output_attentions=False) -> BertModelOutput:
@@ -185,10 +188,16 @@ class _Encoder:
 # BertModel: encoder + pooler, Hugging Face's BertModel names (no "bert." prefix)
 # =======================================================================================
 class BertModel(_Encoder):
+    """``add_pooling_layer=False``: no pooler (as the encoder of a token-classification or QA checkpoint);
+    ``pooler_output`` is then None. ``from_pretrained`` picks it when the folder has no pooler."""
     base_prefix = ""
 
-    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto"):
-        self._setup(config, seed, dtype, encoder_param_shapes(config, ""), backend)
+    def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto",
+                 add_pooling_layer: bool = True):
+        shapes = encoder_param_shapes(config, "")
+        if not add_pooling_layer:
+            shapes = {k: v for k, v in shapes.items() if not k.startswith("pooler.")}
+        self._setup(config, seed, dtype, shapes, backend)
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
                 output_hidden_states=False, output_attentions=False) -> BertModelOutput:
@@ -200,6 +209,9 @@ class BertModel(_Encoder):
     def backward(self, d_last_hidden_state=None, d_pooler_output=None) -> dict:
         """Gradients of ``sum(d_last_hidden_state * last_hidden_state) + sum(d_pooler_output * pooled)``."""
         cache = self._backward_setup()
+        if d_pooler_output is not None and "pooler.dense.weight" not in self.params:
+            raise ValueError("this BertModel has no pooler (add_pooling_layer=False): there is no pooler_output "
+                             "to take a gradient of")
         grads = {}
         self._encode_backward(d_last_hidden_state, d_pooler_output, cache["encoder"], grads)
         return grads
@@ -242,7 +254,7 @@ class BertForPreTraining(_Encoder):
         mlm_loss = nsp_loss = None
         c_mlm_loss = c_nsp_loss = None
         if target is not None:
-            mlm_loss, c_mlm_loss = cross_entropy_forward(mlm_logits, target)
+            mlm_loss, c_mlm_loss = self.backend.cross_entropy_forward(mlm_logits, target)   # (N, V): fused
         if nsl is not None:
             nsp_loss, c_nsp_loss = cross_entropy_forward(nsp_logits, nsl)
         losses = [x for x in (mlm_loss, nsp_loss) if x is not None]
@@ -253,15 +265,19 @@ class BertForPreTraining(_Encoder):
                                  None if nsp_loss is None else float(nsp_loss), mlm_logits, nsp_logits,
                                  enc.hidden_states, enc.attentions, None if positions is None else tuple(positions))
 
-    def backward(self) -> dict:
-        """Gradient of ``out.loss`` (MLM mean + NSP mean) w.r.t. every parameter, keyed like ``params``."""
+    def backward(self, mlm_scale: float = 1.0, nsp_scale: float = 1.0) -> dict:
+        """Gradient of ``out.loss`` (MLM mean + NSP mean) w.r.t. every parameter, keyed like ``params``.
+
+        ``mlm_scale``, ``nsp_scale``: the gradient of ``mlm_scale * MLM + nsp_scale * NSP`` instead (a
+        data-parallel rank weights each mean by its share of the global batch: ``distributed/gradients.py``)."""
         cache = self._cache
         if cache is None:
             raise RuntimeError("backward() needs a forward() first")
         if cache["mlm_loss"] is None and cache["nsp_loss"] is None:
             raise RuntimeError("backward() needs a loss: pass labels and/or next_sentence_label to forward()")
-        d_mlm = cross_entropy_backward(1.0, cache["mlm_loss"]) if cache["mlm_loss"] is not None else None
-        d_nsp = cross_entropy_backward(1.0, cache["nsp_loss"]) if cache["nsp_loss"] is not None else None
+        d_mlm = None if cache["mlm_loss"] is None else self.backend.cross_entropy_backward(mlm_scale,
+                                                                                          cache["mlm_loss"])
+        d_nsp = cross_entropy_backward(nsp_scale, cache["nsp_loss"]) if cache["nsp_loss"] is not None else None
         return self.backward_from(d_mlm, d_nsp)
 
     def backward_from(self, d_prediction_logits=None, d_seq_relationship_logits=None,
@@ -289,9 +305,14 @@ class BertForPreTraining(_Encoder):
 # BertForSequenceClassification: pooler -> dropout -> linear
 # =======================================================================================
 class BertForSequenceClassification(_Encoder):
-    def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype=np.float32, backend="auto"):
-        if not isinstance(num_labels, int) or num_labels < 2:
-            raise ValueError(f"num_labels must be an integer >= 2; got {num_labels!r}")
+    """``problem_type`` as Hugging Face's config: "single_label_classification" (softmax cross-entropy),
+    "multi_label_classification" (a sigmoid per label, binary cross-entropy; float labels (B, K)) or
+    "regression" (mean squared error; ``num_labels=1``: labels (B,)); None resolves as Hugging Face does
+    (``model/task_heads.py``)."""
+
+    def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype=np.float32, backend="auto",
+                 problem_type=None):
+        self.problem_type = check_problem_type(problem_type, num_labels)
         self.num_labels = num_labels
         self._setup(config, seed, dtype, {**encoder_param_shapes(config, "bert."),
                                           **classifier_shapes(config, num_labels)}, backend)
@@ -305,20 +326,14 @@ class BertForSequenceClassification(_Encoder):
                                                  self.config, self.rng, training)
         loss, c_loss = None, None
         if labels is not None:
-            labels = _as_int_array("labels", labels, xp, 1)
-            if labels.shape != (enc.sequence.shape[0],):
-                raise ValueError(f"labels has shape {tuple(labels.shape)}; expected ({enc.sequence.shape[0]},)")
-            if int(labels.min()) < 0 or int(labels.max()) >= self.num_labels:
-                raise ValueError(f"labels must be in [0, {self.num_labels})")
-            loss, c_loss = cross_entropy_forward(logits, labels)
-            loss = float(loss)
+            loss, c_loss = classification_loss_forward(logits, labels, self.problem_type, self.num_labels, xp)
         self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "seq_shape": enc.sequence.shape}
         return SequenceClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
 
     def backward(self) -> dict:
         if self._cache is None or self._cache["loss"] is None:
             raise RuntimeError("backward() needs a forward() with labels first")
-        return self.backward_from(cross_entropy_backward(1.0, self._cache["loss"]))
+        return self.backward_from(classification_loss_backward(1.0, self._cache["loss"]))
 
     def backward_from(self, d_logits) -> dict:
         cache = self._backward_setup()

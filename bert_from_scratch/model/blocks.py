@@ -68,15 +68,15 @@ class EmbeddingsCache(NamedTuple):
     seq_len: int            # T: rows of the position table in use
 
 
-def embeddings_forward(ids, token_type_ids, P: Scope, ops, cfg: BertConfig, rng, training: bool):
-    """ids, token_type_ids: (B, T) ints -> (B, T, H)."""
+def embeddings_forward(ids, token_type_ids, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
+    """ids, token_type_ids: (B, T) ints -> (B, T, H). ``row_offset``: see :func:`encoder_forward`."""
     T = ids.shape[1]
     words, c_words = embedding_forward(ids, P["word_embeddings.weight"])                  # (B, T, H)
     types, c_types = embedding_forward(token_type_ids, P["token_type_embeddings.weight"])  # (B, T, H)
     x = words + types
     x += P["position_embeddings.weight"][:T]                                              # (T, H) broadcast
     y, c_ln = norm_forward(x, P / "LayerNorm", ops, cfg)
-    y, c_drop = ops.dropout_forward(y, cfg.hidden_dropout_prob, rng, training)
+    y, c_drop = ops.dropout_forward(y, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
     return y, EmbeddingsCache(c_words, c_types, c_ln, c_drop, T)
 
 
@@ -112,7 +112,7 @@ class AttentionBlockCache(NamedTuple):
 
 
 def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
-                            output_attentions: bool = False):
+                            output_attentions: bool = False, row_offset: int = 0):
     """x: (B, T, H), mask: (B, T) or None -> (y (B, T, H), probs (B, nh, T, T) or None, cache)."""
     xp = get_array_module(x)
     B, T, H = x.shape
@@ -125,13 +125,13 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
     q, k, v = (xp.ascontiguousarray(qkv[j]) for j in range(3))
     att_p = cfg.attention_probs_dropout_prob if training else 0.0
     seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0
-    ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed)                       # (B, nh, T, d)
+    ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed, row_offset=row_offset)  # (B, nh, T, d)
     probs = None
     if output_attentions:
         probs = c_core["probs"] if "probs" in c_core else attention_probabilities(q, k, mask)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                                      # merge heads
     out, c_out = dense_forward(ctx, P / "output.dense")
-    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training)
+    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
     out += x                                                                              # residual
     y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
     return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, c_drop, c_ln, (B, T, H, nh, d))
@@ -168,12 +168,12 @@ class FFNBlockCache(NamedTuple):
     layernorm: tuple
 
 
-def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool):
+def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
     """x: (B, T, H) -> (y (B, T, H), cache). ``P`` is the layer's scope (``intermediate.*``, ``output.*``)."""
     h, c_in = dense_forward(x, P / "intermediate.dense")                                  # (B, T, I)
     g, c_gelu = ops.gelu_forward(h)
     out, c_out = dense_forward(g, P / "output.dense")                                     # (B, T, H)
-    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training)
+    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
     out += x                                                                              # residual
     y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
     return y, FFNBlockCache(c_in, c_gelu, c_out, c_drop, c_ln)
@@ -238,30 +238,38 @@ class EncoderOutput(NamedTuple):
 
 
 def encoder_forward(ids, token_type_ids, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
-                    output_hidden_states: bool = False, output_attentions: bool = False) -> EncoderOutput:
-    """``P`` is the encoder's scope (``bert.`` for the task models, empty for ``BertModel``)."""
-    x, c_emb = embeddings_forward(ids, token_type_ids, P / "embeddings", ops, cfg, rng, training)
+                    output_hidden_states: bool = False, output_attentions: bool = False,
+                    row_offset: int = 0) -> EncoderOutput:
+    """``P`` is the encoder's scope (``bert.`` for the task models, empty for ``BertModel``).
+
+    ``row_offset``: the global row of ``ids[0]`` when this is a data-parallel rank's shard of a larger batch;
+    every dropout mask is keyed by (seed, global position), so N shards drop what one process would."""
+    x, c_emb = embeddings_forward(ids, token_type_ids, P / "embeddings", ops, cfg, rng, training, row_offset)
     hidden_states = [x] if output_hidden_states else None
     attentions = [] if output_attentions else None
     layer_caches = []
     for i in range(cfg.num_hidden_layers):
         layer = P / f"encoder.layer.{i}"
         x, probs, c_att = attention_block_forward(x, mask, layer / "attention", ops, cfg, rng, training,
-                                                  output_attentions)
-        x, c_ffn = ffn_block_forward(x, layer, ops, cfg, rng, training)
+                                                  output_attentions, row_offset)
+        x, c_ffn = ffn_block_forward(x, layer, ops, cfg, rng, training, row_offset)
         layer_caches.append(LayerCache(c_att, c_ffn))
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:
             attentions.append(probs)
-    pooled, c_pool = pooler_forward(x, P / "pooler")
+    # a token-classification / QA / masked-LM encoder has no pooler (Hugging Face's add_pooling_layer=False)
+    pooled, c_pool = pooler_forward(x, P / "pooler") if "pooler.dense.weight" in P else (None, None)
     return EncoderOutput(x, pooled, None if hidden_states is None else tuple(hidden_states),
                          None if attentions is None else tuple(attentions),
                          EncoderCache(c_emb, layer_caches, c_pool, x.shape))
 
 
-def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops) -> None:
-    """dseq: (B, T, H), dpooled: (B, H) or None; accumulates every encoder gradient into ``G``."""
+def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops, on_layer_done=None) -> None:
+    """dseq: (B, T, H), dpooled: (B, H) or None; accumulates every encoder gradient into ``G``.
+
+    ``on_layer_done(grads)``, if given, is called after each layer's backward with the gradient dict so far:
+    a data-parallel run starts reducing the gradients that are final while the backward goes on."""
     dx = dseq
     if dpooled is not None:
         dx = dx + pooler_backward(dpooled, cache.pooler, G / "pooler")
@@ -270,4 +278,6 @@ def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops
         dx = ffn_block_backward(dx, cache.layers[i].ffn, layer_P, layer_G, ops)
         dx = attention_block_backward(dx, cache.layers[i].attention, layer_P / "attention", layer_G / "attention",
                                       ops)
+        if on_layer_done is not None:
+            on_layer_done(G.tensors)
     embeddings_backward(dx, cache.embeddings, P / "embeddings", G / "embeddings", ops)

@@ -36,14 +36,15 @@ from ..kernels.kernel_args import (GOLDEN, MASK_VALUE, check_kernel_inputs, chec
                                    dropout_threshold, mix32)
 
 
-def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np):
+def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np, row_offset: int = 0):
     """Boolean keep-mask ``(B, H, Tq, Tk)``: ``hash(seed, b*H+h, i, j) >> 8 >= threshold(p)``.
 
-    hash = mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ bh) ^ i) ^ j), all in uint32.
+    hash = mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ bh) ^ i) ^ j), all in uint32, with
+    ``b`` the sequence's global row: ``row_offset`` + its row here (a data-parallel rank's shard).
     """
     with np.errstate(over="ignore"):
         s = mix32(xp.asarray([(int(seed) & 0xFFFFFFFF) ^ GOLDEN], dtype=xp.uint32), xp)   # (1,)
-        bh = xp.arange(B * H, dtype=xp.uint32).reshape(B, H, 1, 1)
+        bh = (xp.arange(B * H, dtype=xp.uint32) + xp.uint32((int(row_offset) * H) & 0xFFFFFFFF)).reshape(B, H, 1, 1)
         i = xp.arange(Tq, dtype=xp.uint32).reshape(1, 1, Tq, 1)
         j = xp.arange(Tk, dtype=xp.uint32).reshape(1, 1, 1, Tk)
         x = mix32(s.reshape(1, 1, 1, 1) ^ bh, xp)     # (B, H, 1, 1)
@@ -60,20 +61,22 @@ def additive_mask(mask, dtype, xp=np):
 # --------------------------------------------------------------------------------------
 # The NumPy reference
 # --------------------------------------------------------------------------------------
-def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0):
-    """Reference attention. q, k, v: (B, H, T, d); mask: (B, T) or None. Returns (out, cache)."""
+def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0):
+    """Reference attention. q, k, v: (B, H, T, d); mask: (B, T) or None. Returns (out, cache).
+    ``row_offset``: global row of ``q[0]`` (keys the dropout mask, see :func:`dropout_keep_mask`)."""
     xp = get_array_module(q, k, v)
     B, H, T, d = q.shape
     scale = 1.0 / math.sqrt(d)
     probs = attention_probabilities(q, k, mask)                            # P: (B, H, T, T)
     if dropout_p > 0.0:
-        keep = dropout_keep_mask(seed, B, H, T, T, dropout_p, xp)          # Z: (B, H, T, T)
+        keep = dropout_keep_mask(seed, B, H, T, T, dropout_p, xp, row_offset)      # Z: (B, H, T, T)
         probs_dropped = probs * keep * q.dtype.type(1.0 / (1.0 - dropout_p))
     else:
         probs_dropped = probs
     out = xp.matmul(probs_dropped, v)                                      # O: (B, H, T, d)
     cache = {"backend": "numpy", "q": q, "k": k, "v": v, "probs": probs,
-             "probs_dropped": probs_dropped, "dropout_p": dropout_p, "seed": seed, "scale": scale}
+             "probs_dropped": probs_dropped, "dropout_p": dropout_p, "seed": seed, "scale": scale,
+             "row_offset": row_offset}
     return out, cache
 
 
@@ -88,7 +91,8 @@ def attention_backward_reference(dout, cache):
     dprobs = xp.matmul(dout, v.swapaxes(-1, -2))                           # dP~: (B, H, T, T)
     # forward: P~ = P * Z / (1 - p)
     if p > 0.0:
-        dprobs *= dropout_keep_mask(cache["seed"], B, H, T, T, p, xp) * q.dtype.type(1.0 / (1.0 - p))
+        dprobs *= (dropout_keep_mask(cache["seed"], B, H, T, T, p, xp, cache.get("row_offset", 0))
+                   * q.dtype.type(1.0 / (1.0 - p)))
     cache["grad_probs"] = dprobs  # dL/dP, read by gradient-based attribution (viz)
     # forward: P = softmax(S)  ->  dS = P * (dP - rowsum(dP * P))
     dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))

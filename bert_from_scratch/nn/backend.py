@@ -2,8 +2,9 @@
 
 A :class:`Backend` is a table of the operations whose implementation differs between array
 libraries and kernels: the elementwise layers (GELU, LayerNorm, dropout, the embedding's
-scatter-add), the attention core and the AdamW update. Everything else (the matmuls of linear
-layers, softmax, cross-entropy, tanh) is the same array code everywhere and is called directly.
+scatter-add), the attention core, the cross-entropy of the masked-LM head and the AdamW update.
+Everything else (the matmuls of linear layers, softmax, tanh, the small heads' cross-entropies) is the
+same array code everywhere and is called directly.
 
 A model picks its backend once, when it is built or moved (``BertModel(cfg, backend="numba")``,
 ``model.to("cupy")``); its blocks call ``backend.gelu_forward(...)`` and never test which one it is.
@@ -15,7 +16,7 @@ name        elementwise layers and AdamW                                attentio
 ==========  ==========================================================  ===========================
 ``numpy``   the reference (``nn/layers.py``), NumPy arrays               reference (stores T x T)
 ``numba``   fused Numba kernels (``kernels/numba_layers.py``,            FlashAttention-2 style
-            ``kernels/numba_optim.py``)                                  (``kernels/numba_attention.py``)
+            ``kernels/numba_loss.py``, ``kernels/numba_optim.py``)       (``kernels/numba_attention.py``)
 ``cupy``    the reference code on CuPy arrays                            CUDA kernel (``kernels/attention.cu``)
 ``auto``    ``cupy`` for CuPy arrays, else ``numba`` if Numba imports, else ``numpy``
 ==========  ==========================================================  ===========================
@@ -47,6 +48,8 @@ class Backend:
     attention_forward: Callable          # (q, k, v, mask, dropout_p, seed) -> (out, cache)
     attention_backward: Callable         # (dout, cache) -> (dq, dk, dv)
     adamw_update: Callable               # see training/optim.py: adamw_update
+    cross_entropy_forward: Callable      # (logits, labels) -> (mean loss, cache)
+    cross_entropy_backward: Callable     # (dloss, cache) -> dlogits
 
     @property
     def stores_attention_probabilities(self) -> bool:
@@ -62,7 +65,8 @@ def _reference_ops(name: str, attention_forward, attention_backward) -> Backend:
 
     return Backend(name, reference.gelu_forward, reference.gelu_backward, reference.layernorm_forward,
                    reference.layernorm_backward, reference.dropout_forward, reference.dropout_backward,
-                   reference.scatter_add_rows, attention_forward, attention_backward, adamw_update)
+                   reference.scatter_add_rows, attention_forward, attention_backward, adamw_update,
+                   reference.cross_entropy_forward, reference.cross_entropy_backward)
 
 
 def _numpy() -> Backend:
@@ -77,12 +81,13 @@ def _cupy() -> Backend:
 
 
 def _numba() -> Backend:
-    from ..kernels import numba_attention, numba_layers, numba_optim
+    from ..kernels import numba_attention, numba_layers, numba_loss, numba_optim
 
     return Backend("numba", numba_layers.gelu_forward, numba_layers.gelu_backward, numba_layers.layernorm_forward,
                    numba_layers.layernorm_backward, numba_layers.dropout_forward, numba_layers.dropout_backward,
                    numba_layers.scatter_add_rows, numba_attention.attention_forward,
-                   numba_attention.attention_backward, numba_optim.adamw_update)
+                   numba_attention.attention_backward, numba_optim.adamw_update,
+                   numba_loss.cross_entropy_forward, numba_loss.cross_entropy_backward)
 
 
 _BUILDERS = {"numpy": _numpy, "numba": _numba, "cupy": _cupy}

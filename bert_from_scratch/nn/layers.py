@@ -98,11 +98,13 @@ def layernorm_backward(dy, cache):
 # ---------------------------------------------------------------------------------------
 # Dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 # ---------------------------------------------------------------------------------------
-def dropout_forward(x, p, rng, training=True):
+def dropout_forward(x, p, rng, training=True, row_offset=0):
     """Inverted dropout with a counter-hash mask, as the attention core's dropout.
 
     ``rng`` (a ``numpy.random.Generator``) draws one 32-bit seed per call; element ``i`` of the
-    flattened ``x`` is kept when ``mix32(mix32(seed ^ GOLDEN) ^ i) >> 8 >= round(p * 2**24)``.
+    flattened ``x`` is kept when ``mix32(mix32(seed ^ GOLDEN) ^ (i + o)) >> 8 >= round(p * 2**24)``
+    (mod 2**32), with ``o = row_offset * (elements per row of x)``: ``row_offset`` is the global row of
+    ``x[0]`` when a data-parallel rank holds rows of a larger batch, so its masks are the whole batch's.
     The mask is a function of (seed, index) only, so NumPy, the fused Numba kernel and CuPy make
     the same mask, and the fused kernel's backward regenerates it instead of storing it.
     """
@@ -113,7 +115,8 @@ def dropout_forward(x, p, rng, training=True):
     scale = x.dtype.type(1.0 / (1.0 - p))
     xp = get_array_module(x)
     seed_h = mix32(xp.asarray([seed ^ GOLDEN], dtype=xp.uint32), xp)               # (1,)
-    index = xp.arange(x.size, dtype=xp.uint32).reshape(x.shape)
+    offset = (int(row_offset) * (x.size // max(x.shape[0], 1))) & 0xFFFFFFFF if x.ndim else 0
+    index = (xp.arange(x.size, dtype=xp.uint32) + xp.uint32(offset)).reshape(x.shape)      # wraps mod 2**32
     keep = (mix32(index ^ seed_h[0], xp) >> xp.uint32(8)) >= xp.uint32(threshold)  # (N...,) bool
     return x * keep * scale, (keep, scale)
 

@@ -3,7 +3,8 @@
 ``out_dir/checkpoint`` in Hugging Face's layout, so
 ``transformers.BertForPreTraining.from_pretrained(out_dir / "checkpoint")`` reads it::
 
-    config.json  model.safetensors  vocab.txt     <- the model (model.save_pretrained) + tokenizer
+    config.json  model.safetensors                <- the model (model.save_pretrained)
+    vocab.txt  tokenizer_config.json              <- the tokenizer (tokenizer.save_pretrained)
     optimizer.safetensors                         <- "exp_avg.<name>", "exp_avg_sq.<name>", "step"
     trainer_state.json                            <- step, RNG states, data order, loss history
 
@@ -16,7 +17,7 @@ import json
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_safetensors, load_state_dict, resolve_model_folder
-from ..constants import (CHECKPOINT_DIR, CONFIG_NAME, OPTIMIZER_NAME, TRAINER_STATE_NAME, VOCAB_NAME,
+from ..constants import (CHECKPOINT_DIR, CONFIG_NAME, OPTIMIZER_NAME, TRAINER_STATE_NAME,
                          WEIGHTS_NAME)
 from ..files import atomic_dir
 from .optim import AdamW
@@ -37,8 +38,8 @@ def save_checkpoint(out_dir: Path, model, optimizer: AdamW, trainer_state: dict,
     target = Path(out_dir) / CHECKPOINT_DIR
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)                                    # config.json + model.safetensors
-        if tokenizer is not None:
-            tokenizer.save_vocab(tmp / VOCAB_NAME)
+        if tokenizer is not None:                                     # vocab.txt + tokenizer_config.json
+            tokenizer.save_pretrained(tmp, model_max_length=model.config.max_position_embeddings)
         save_file(optimizer.state_dict(), str(tmp / OPTIMIZER_NAME), metadata={"format": "np"})
         # trainer_state.json last: a folder with it is complete (json floats round-trip exactly)
         (tmp / TRAINER_STATE_NAME).write_text(json.dumps(trainer_state, indent=1) + "\n", encoding="utf-8")

@@ -69,7 +69,7 @@ from typing import Callable
 import numpy as np
 
 from ..checkpoint import load_safetensors, load_state_dict
-from ..constants import BEST_DIR, CONFUSION_MATRIX_NAME, RESULTS_NAME, TRAINING_ARGS_NAME, VOCAB_NAME, WEIGHTS_NAME
+from ..constants import BEST_DIR, CONFUSION_MATRIX_NAME, RESULTS_NAME, TRAINING_ARGS_NAME, WEIGHTS_NAME
 from ..data.classification import (EncodedExamples, FinetuneError, collate, encode_examples,  # noqa: F401
                                    length_bucketed_batches)
 from ..files import atomic_dir, atomic_write
@@ -78,7 +78,8 @@ from ..nn.xp import to_numpy
 from .loop import LoopState, run_loop
 from .metrics import accuracy_from_confusion, confusion_matrix, macro_f1_from_confusion
 from .optim import AdamW, linear_warmup_decay
-from .run_folder import hold_run_folder, refuse_to_clobber
+from ..distributed.job import DataParallel
+from .run_folder import refuse_to_clobber
 
 # ======================================================================================
 # Data: encode once, batch by length
@@ -191,7 +192,7 @@ def _save_best(out_dir: Path, model, tokenizer, training_args: dict) -> Path:
     target = out_dir / BEST_DIR
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)                      # config.json (with id2label) + model.safetensors
-        tokenizer.save_vocab(tmp / VOCAB_NAME)
+        tokenizer.save_pretrained(tmp, model_max_length=model.config.max_position_embeddings)
         (tmp / TRAINING_ARGS_NAME).write_text(json.dumps(training_args, indent=1) + "\n", encoding="utf-8")
     return target
 
@@ -245,14 +246,17 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     """
     from tqdm.auto import tqdm
 
-    log = log or tqdm.write
+    dp = DataParallel.current()                 # under mpiexec: 1/N of each batch per rank; rank 0 logs and saves
+    log, progress = dp.log(log or tqdm.write), progress and dp.is_root
     _check_arguments(model, tokenizer, epochs=epochs, batch_size=batch_size, max_length=max_length,
                      patience=patience, eval_batch_size=eval_batch_size, lr=lr, warmup_ratio=warmup_ratio,
                      max_train_examples=max_train_examples)
     K = model.num_labels
     _check_data(data, K)
     out_dir = Path(out_dir)
-    with hold_run_folder(out_dir, log):                      # one writer; debris of killed runs removed
+    with dp.together(), dp.run_folder(out_dir, log):         # one writer; debris of killed runs removed
+        dp.check_same(model=model, data=repr((data.train, data.dev, data.label_names)), log=log, options=(
+            epochs, batch_size, lr, warmup_ratio, max_length, patience, seed, max_train_examples, weight_decay))
         refuse_to_clobber(out_dir, BEST_DIR, False, overwrite, resume_flag="")
         model.label_names = [str(n) for n in data.label_names]      # -> id2label in config.json
         started = time.perf_counter()
@@ -268,6 +272,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
         test = encode_examples(tokenizer, data.test, max_length, K, "test") if len(data.test) else None
 
         steps_per_epoch = math.ceil(len(train) / batch_size)
+        dp.bounds(min(batch_size, len(train) % batch_size or batch_size))     # every rank has rows in every batch
         total_steps = epochs * steps_per_epoch
         warmup_steps = int(round(warmup_ratio * total_steps))
         model.rng = np.random.default_rng(seed)                     # dropout masks: reproducible per run
@@ -288,7 +293,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
             for epoch in range(1, epochs + 1):
                 batches = length_bucketed_batches(train.lengths, batch_size, data_rng)
                 for n, idx in enumerate(batches):
-                    yield {**collate(train, idx, pad), "epoch": epoch, "epoch_end": n == len(batches) - 1}
+                    yield {**collate(train, dp.shard(idx), pad), "epoch": epoch, "epoch_end": n == len(batches) - 1}
 
         # ---- the job's callbacks: running train metrics, the end of an epoch ---------------------------
         report_every = max(1, steps_per_epoch // 5)
@@ -324,7 +329,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
             if improved:
                 best["key"], best["epochs_without_gain"] = key, 0
                 result.best_epoch, result.best_dev_accuracy, result.best_dev_macro_f1 = epoch, key[0], key[1]
-                result.checkpoint_dir = _save_best(out_dir, model, tokenizer, {**training_args, "best_epoch": epoch})
+                result.checkpoint_dir = (_save_best(out_dir, model, tokenizer, {**training_args, "best_epoch": epoch})
+                                         if dp.is_root else out_dir / BEST_DIR)
             else:
                 best["epochs_without_gain"] += 1
                 if best["epochs_without_gain"] >= patience and epoch < epochs:
@@ -352,12 +358,12 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
         loop = run_loop(model, optimizer, epochs_of_batches(),
                         schedule=lambda s: linear_warmup_decay(s, total_steps, warmup_steps, lr), total_steps=total_steps,
                         max_grad_norm=max_grad_norm, inputs=model_inputs, callbacks=(record, end_of_epoch), kept=kept,
-                        postfix=postfix, progress=progress, desc="finetune", log=log)
+                        postfix=postfix, progress=progress, desc="finetune", log=log, sync=dp.sync_for(model))
         step = loop.step
         result.diverged, result.message = loop.diverged, loop.message
         result.steps = step
 
-        if result.checkpoint_dir is not None:
+        if result.checkpoint_dir is not None and dp.is_root:        # rank 0 alone reads best/ back, scores test
             # the best weights back into the model (exactly what best/ holds), then the test split once
             load_state_dict(model, load_safetensors(result.checkpoint_dir / WEIGHTS_NAME),
                             source=str(result.checkpoint_dir))
@@ -377,6 +383,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
                 result.confusion_matrix_path = plot_confusion_matrix(result.confusion_matrix, result.label_names,
                                                                      out_dir / CONFUSION_MATRIX_NAME, title)
         result.seconds = time.perf_counter() - started
+        if not dp.is_root:
+            return result
         result.results_path = atomic_write(out_dir / RESULTS_NAME,
                                            json.dumps({**result.to_dict(), "training_args": training_args}, indent=1)
                                            + "\n")

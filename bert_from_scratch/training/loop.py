@@ -53,14 +53,21 @@ def weights_finite(params: dict) -> bool:
     return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
 
 
-def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float) -> StepResult:
-    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr`` -> finite check."""
+def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float, sync=None) -> StepResult:
+    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr`` -> finite check.
+
+    ``sync`` (data-parallel runs, :class:`~bert_from_scratch.distributed.gradients.GradientSync`): the loss
+    becomes the whole batch's (summed over the ranks), each rank's backward weights its shard by its share of
+    the batch, and the gradients are averaged over the ranks before the clip, so every rank makes the same
+    update. None (one process): the step as it always was."""
     out = model.forward(**inputs, training=True)
-    loss = out.loss
+    loss, backward_kwargs, grad_scale = (out.loss, {}, 1.0) if sync is None else sync.loss(out, inputs)
     grad_norm = float("nan")
     grads = None
     if math.isfinite(loss):
-        grads = model.backward()
+        grads = model.backward(**backward_kwargs)
+        if sync is not None:
+            grads = sync.gradients(grads, grad_scale)
         grad_norm = clip_grad_norm(grads, max_grad_norm)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return StepResult(loss, grad_norm, out, diverged=True, updated=False)
@@ -88,7 +95,8 @@ def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[i
              inputs: Callable[[dict], dict] = dict, callbacks: Sequence[Callable[[LoopState], None]] = (),
              kept: Callable[[LoopState], str] = lambda state: "no checkpoint had been written yet",
              advice: str = "Lower the learning rate.", postfix: Callable[[LoopState], dict] | None = None,
-             progress: bool = True, desc: str = "train", log: Callable[[str], None] | None = None) -> LoopState:
+             progress: bool = True, desc: str = "train", log: Callable[[str], None] | None = None,
+             sync=None) -> LoopState:
     """Train until ``stop_at`` steps (default ``total_steps``), ``batches`` runs out, a callback stops, or a NaN.
 
     Parameters
@@ -99,6 +107,7 @@ def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[i
     callbacks : called in order after every completed step with the :class:`LoopState`.
     kept : on divergence, says which weights the user can still use (e.g. the last checkpoint's step).
     postfix : the progress bar's numbers after each step.
+    sync : data-parallel runs: averages the gradients over the ranks (see :func:`train_step`); None: one process.
     """
     from tqdm.auto import tqdm
 
@@ -115,7 +124,7 @@ def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[i
             if batch is None:
                 break
             lr = schedule(state.step)
-            result = train_step(model, inputs(batch), optimizer, lr, max_grad_norm)
+            result = train_step(model, inputs(batch), optimizer, lr, max_grad_norm, sync)
             state.last, state.batch, state.lr = result, batch, lr
             if result.diverged:
                 state.diverged = True

@@ -25,7 +25,8 @@ from ..config import BertConfig
 from ..constants import CHECKPOINT_DIR, RESULTS_NAME
 from ..files import atomic_write
 from .metrics import auc_interval, wilson_interval
-from .run_folder import hold_run_folder, refuse_to_clobber
+from .run_folder import refuse_to_clobber
+from ..distributed.job import DataParallel
 from ..data.corpora import load_documents
 from ..model import BertForPreTraining
 from ..data.pretraining import create_pretraining_instances, instances_to_arrays, tokenize_documents
@@ -109,7 +110,7 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
                     save_every=None):
-    """Run the whole job; returns (TrainResult, baselines dict).
+    """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
     arrays; checkpoints are written from host copies, so they load on either).
@@ -120,7 +121,12 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
-    with hold_run_folder(out, log):
+        if DataParallel.current().size > 1:
+            from ..distributed.nccl import use_local_gpu
+
+            use_local_gpu()                       # one GPU per rank of a host (local rank mod GPUs)
+    dp = DataParallel.current()                   # under mpiexec: rank 0 holds the folder, a failing rank ends all
+    with dp.together(), dp.run_folder(out, log):
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
@@ -146,6 +152,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
                       progress=progress, eval_every=eval_every, save_every=save_every)
+    if not DataParallel.current().is_root:
+        return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
     report = {"steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,

@@ -35,15 +35,15 @@ import numpy as np
 
 from ..checkpoint import CheckpointError
 from ..constants import CHECKPOINT_DIR, CURVE_NAME, IGNORE_INDEX, OPTIMIZER_NAME, TRAINER_STATE_NAME
+from ..distributed.job import DataParallel
 from ..nn.xp import get_array_module, to_numpy
 from .checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
 from .loop import LoopState, run_loop
 from .metrics import roc_auc
 from .optim import AdamW, linear_warmup_decay
-from .run_folder import hold_run_folder, refuse_to_clobber
+from .run_folder import refuse_to_clobber
 
 ARRAY_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_labels")
-# config.json keys that do not change the computation (or are written by save_pretrained itself)
 @dataclass
 class TrainResult:
     """What :func:`pretrain` returns.
@@ -207,9 +207,6 @@ def evaluate(model, arrays: dict, batch_size: int = 32) -> dict:
 
 
 # ======================================================================================
-# Checkpoints
-# ======================================================================================
-# ======================================================================================
 # The loop
 # ======================================================================================
 def _check_arguments(model, train_arrays, eval_arrays, steps, batch_size, lr, warmup, tokenizer) -> int:
@@ -279,23 +276,29 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     batch_size, lr, warmup, seed : sequences per step, peak lr, warmup steps, data-order seed.
     resume : False, True (from ``out_dir/checkpoint``) or a checkpoint folder. Continues bit for bit.
     overwrite : a fresh run over a folder that holds a checkpoint is refused unless this is True.
-    tokenizer : optional, anything with ``save_vocab(path)``; writes ``vocab.txt`` into checkpoints.
+    tokenizer : optional, a ``Tokenizer``; its ``save_pretrained`` writes ``vocab.txt`` + ``tokenizer_config.json``
+        into checkpoints.
     log : callable for messages (default: ``tqdm.write``).
     eval_every, save_every : in steps (default: ``max(1, steps // 10)``); both also happen at the end.
     stop_at : stop (with an evaluation and a checkpoint) after this many total steps, to split a run into
         sessions; the lr schedule still spans ``steps``.
     progress, plot : show a tqdm bar; save the loss/accuracy curve as PNG at the end.
+
+    Under ``mpiexec -n N`` (``distributed/``) each rank computes a disjoint 1/N of every batch and the gradients
+    are averaged: the same run as one process. Rank 0 alone logs, evaluates and writes checkpoints.
     """
     from tqdm.auto import tqdm
-
-    log = log or tqdm.write
+    dp = DataParallel.current()
+    log, progress = dp.log(log or tqdm.write), progress and dp.is_root
     n_train = _check_arguments(model, train_arrays, eval_arrays, steps, batch_size, lr, warmup, tokenizer)
     eval_every = eval_every or max(1, steps // 10)
     save_every = save_every or max(1, steps // 10)
     eval_batch_size = eval_batch_size or batch_size
     stop_at = steps if stop_at is None else min(int(stop_at), steps)
     out_dir = Path(out_dir)
-    with hold_run_folder(out_dir, log):                      # one writer; debris of killed runs removed
+    with dp.together(), dp.run_folder(out_dir, log):         # one writer; debris of killed runs removed
+        dp.start(batch_size, log, model=model, train=train_arrays, eval=eval_arrays, dtype=str(model.dtype),
+                 resume=resume, options=(steps, batch_size, lr, warmup, seed, weight_decay, max_grad_norm, stop_at))
         refuse_to_clobber(out_dir, CHECKPOINT_DIR, resume, overwrite)
 
         order = BatchOrder(n_train, batch_size, seed)
@@ -309,7 +312,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         elif (out_dir / CHECKPOINT_DIR).exists():
             log(f"note: overwrite: {out_dir / CHECKPOINT_DIR} will be replaced at the first save")
 
-        optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)   # after loading
+        optimizer = dp.optimizer(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)  # after loading
         if optimizer_state is not None:
             _restore_optimizer(optimizer, optimizer_state, step)
 
@@ -319,7 +322,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
                     "history": history}
 
         def run_eval(at: int):
-            if eval_arrays is None:
+            if eval_arrays is None or not dp.is_root:
                 return None
             ev = {"step": at, **evaluate(model, eval_arrays, eval_batch_size)}
             history["evals"].append(ev)
@@ -339,14 +342,16 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
             history["nsp_accuracy"].append(nc / nn)
             history["lr"].append(state.lr)
             history["grad_norm"].append(state.last.grad_norm)
-            tokens["seen"] += int(state.batch["attention_mask"].sum())
+            tokens["seen"] += state.batch["tokens"]                  # of the global batch
 
         def evaluate_and_save(state: LoopState):
             if state.step % eval_every == 0 or state.step == stop_at:
                 run_eval(state.step)
             if state.step % save_every == 0 or state.step == stop_at:
-                save_checkpoint(out_dir, model, optimizer, trainer_state(state.step), tokenizer)
-                saved["step"] = state.step
+                dp.before_save(optimizer)                                  # every rank (ZeRO-1: a gather)
+                if dp.is_root:
+                    save_checkpoint(out_dir, model, optimizer, trainer_state(state.step), tokenizer)
+                    saved["step"] = state.step
 
         def kept(state: LoopState) -> str:
             if saved["step"] is None:
@@ -362,12 +367,14 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
                     "attention_mask": batch["attention_mask"], "labels": batch["labels"],
                     "next_sentence_label": batch["next_sentence_labels"]}
 
-        batches = (take_batch(train_arrays, order.next(), xp) for _ in itertools.count())     # endless, in order
+        global_batches = (order.next() for _ in itertools.count())                          # endless, in order
+        batches = ({**take_batch(train_arrays, dp.shard(idx, model), xp),                         # this rank's rows
+                    "tokens": int(train_arrays["attention_mask"][idx].sum())} for idx in global_batches)
         loop = run_loop(model, optimizer, batches, schedule=lambda s: linear_warmup_decay(s, steps, warmup, lr),
                         total_steps=steps, start_step=step, stop_at=stop_at, max_grad_norm=max_grad_norm,
                         inputs=model_inputs, callbacks=(record, evaluate_and_save), kept=kept,
                         advice="Lower the learning rate or raise the warmup.", postfix=postfix, progress=progress,
-                        desc="pretrain", log=log)
+                        desc="pretrain", log=log, sync=dp.sync_for(model))
         step = loop.step
 
         result = TrainResult(step=step, diverged=loop.diverged, message=loop.message)
@@ -385,7 +392,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
             result.nsp_auc = last.get("nsp_auc")
         result.checkpoint_dir = out_dir / CHECKPOINT_DIR if saved["step"] is not None else None
         result.tokens_per_second = tokens["seen"] / loop.seconds if loop.seconds else 0.0
-        if plot and history["loss"]:
+        if plot and history["loss"] and dp.is_root:
             from ..viz.figures import plot_training_curves
 
             result.curve_path = plot_training_curves(history, out_dir / CURVE_NAME)

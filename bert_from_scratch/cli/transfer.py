@@ -1,0 +1,62 @@
+"""``bert-from-scratch transfer``: the table that says whether pretraining helps (see training/transfer.py)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import command, error
+from .process import keep_freed_memory
+
+
+def _floats(text: str) -> tuple:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"learning rates must be positive, got {text!r}")
+    return values
+
+
+def _ints(text: str) -> tuple:
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.description = ("Fine-tune random init, each --checkpoint and all-MiniLM-L6-v2 on Rotten Tomatoes with the "
+                     "same protocol (learning rate tuned on dev, several seeds) and print the test table with "
+                     "intervals and the gain over random init.")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER",
+                   help="a pretraining run or checkpoint folder (repeat for several rows); random init copies the "
+                        "first one's architecture and vocabulary")
+    p.add_argument("--out", default="runs/transfer", help="folder for the runs and transfer.json")
+    p.add_argument("--lrs", type=_floats, default=None, help="learning-rate grid (default 3e-4,1e-3,3e-3)")
+    p.add_argument("--seeds", type=_ints, default=None, help="seeds at the tuned rate (default 0,1,2)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10, patience 3)")
+    p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")
+    p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
+    return p
+
+
+@command
+def cli_transfer(args) -> int:
+    from ..training.transfer import Protocol, run_transfer
+
+    keep_freed_memory()
+    for c in args.checkpoint:
+        if not Path(c).exists():
+            return error(f"--checkpoint {c}: no such folder")
+    p = Protocol.quick() if args.quick else Protocol()
+    for name, value in (("lrs", args.lrs), ("seeds", args.seeds), ("epochs", args.epochs),
+                        ("max_train_examples", args.max_train_examples)):
+        if value is not None:
+            setattr(p, name, value)
+    if p.epochs < 1:
+        return error(f"--epochs must be at least 1; got {p.epochs}")
+    run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm)
+    return 0

@@ -1,0 +1,201 @@
+r"""Does pretraining help? The transfer table: fine-tune each starting point the same way, tuned on dev, several seeds.
+
+``bert-from-scratch transfer --checkpoint runs/pretrain`` fine-tunes, on Rotten Tomatoes sentiment:
+
+- for **each checkpoint** given (our pretraining runs: the default, a longer one, MLM only ...), two rows:
+  **random init** with that checkpoint's architecture and vocabulary (BERT's initialisation), and the
+  **checkpoint** itself; the gain is the checkpoint's over its own random-init twin (checkpoints with
+  the same ``vocab.txt`` and ``config.json`` share one random-init row);
+- **all-MiniLM-L6-v2** (a real pretrained BERT, 6 x 384, its own vocabulary) as a reference point, unless
+  ``--no-minilm``.
+
+The protocol, the same for every row, so that no row is favoured:
+
+1. **Tuning on dev, never on test.** For each row, seed 0 is fine-tuned at every learning rate of the grid;
+   the learning rate with the best dev accuracy (ties: the smaller rate) is the row's.
+2. **Seeds.** At that rate the row is fine-tuned with every seed (seed 0's run is reused); each run keeps
+   the epoch with the best dev accuracy (early stopping with ``patience``) and is scored on test.
+3. **Intervals.** A row's test accuracy is the mean over its seeds, with a 95% paired-bootstrap interval over
+   the test examples (each example's correctness averaged over the seeds, 2,000 resamples); the gain
+   of a row over random init is bootstrapped the same way, paired on the same resampled examples:
+
+   .. math:: \Delta = \frac{1}{n}\sum_i \big(\bar c^{\,\mathrm{row}}_i - \bar c^{\,\mathrm{random}}_i\big),
+             \qquad \bar c_i = \text{share of seeds that classify test example } i \text{ correctly}
+
+   That interval covers the test sample's noise; the per-seed numbers, printed next to it, show the seeds'.
+4. **Trivial baseline**: the majority class of the test split.
+
+``--quick`` shrinks everything (200 training examples, one epoch, one learning rate, two seeds) for a
+smoke test; its numbers mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..constants import BEST_DIR
+from ..data.classification import encode_examples
+from ..files import atomic_write
+from .classification_models import load_for_classification
+from .finetuning import evaluate_classifier, finetune
+
+MINILM_ROW = "all-MiniLM-L6-v2"
+BOOTSTRAP_SAMPLES = 2000
+
+
+@dataclass
+class Protocol:
+    """The fine-tuning settings every row gets, and the grid its learning rate is tuned on."""
+
+    lrs: tuple = (3e-4, 1e-3, 3e-3)
+    seeds: tuple = (0, 1, 2)
+    epochs: int = 10
+    patience: int = 3
+    batch_size: int = 32
+    max_length: int = 64
+    max_train_examples: int | None = None        # None: all 10,201 training examples
+    minilm_lrs: tuple = (3e-5, 1e-4, 3e-4)       # MiniLM (a 22M-parameter model) on its own, usual grid
+
+    @classmethod
+    def quick(cls) -> "Protocol":
+        return cls(lrs=(1e-3,), seeds=(0, 1), epochs=1, patience=1, max_train_examples=200, minilm_lrs=(1e-4,))
+
+
+@dataclass
+class Row:
+    name: str
+    init: str                                  # "random", "minilm" or a checkpoint folder
+    like: str | None = None                    # with init "random": the folder to copy the architecture from
+    dev_by_lr: dict = field(default_factory=dict)
+    lr: float | None = None
+    test_by_seed: dict = field(default_factory=dict)
+    dev_by_seed: dict = field(default_factory=dict)
+    correct: list | None = None                # (seeds, n_test) 0/1, for the paired bootstrap
+    mean: float | None = None
+    interval: tuple | None = None
+    gain: float | None = None
+    gain_interval: tuple | None = None
+    baseline: str | None = None                # the random-init row its gain is measured against
+
+
+def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of ``values.mean()`` (resampling the entries)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(samples, len(values)))
+    means = values[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log) -> tuple[float, float, np.ndarray]:
+    """Fine-tune ``row`` at ``lr`` with ``seed`` -> (dev accuracy, test accuracy, test correctness (n,))."""
+    folder = out / _slug(row.name) / f"lr{lr:g}-seed{seed}"
+    model, tokenizer = load_for_classification(row.init, num_labels=data.num_labels, seed=seed,
+                                               like=row.like or "minilm", log=lambda m: None)
+    result = finetune(model, tokenizer, data, folder, epochs=p.epochs, batch_size=p.batch_size, lr=lr,
+                      max_length=p.max_length, patience=p.patience, seed=seed,
+                      max_train_examples=p.max_train_examples, progress=False, log=lambda m: None, plot=False,
+                      overwrite=True, run_info={"transfer_row": row.name})
+    if result.diverged or result.best_epoch == 0:
+        log(f"  {row.name} lr {lr:g} seed {seed}: diverged ({result.message})")
+        return -math.inf, float("nan"), np.zeros(len(data.test))
+    test = encode_examples(tokenizer, data.test, p.max_length, data.num_labels, "test")
+    ev = evaluate_classifier(model, test)                # the model holds the best epoch's weights
+    shutil.rmtree(folder / BEST_DIR, ignore_errors=True)  # the table needs the numbers, not 20 copies of weights
+    correct = (ev["predictions"] == test.labels).astype(np.float64)
+    log(f"  {row.name} lr {lr:g} seed {seed}: dev {result.best_dev_accuracy:.4f}  test {ev['accuracy']:.4f}  "
+        f"(best epoch {result.best_epoch}, {result.seconds:.0f} s)")
+    return float(result.best_dev_accuracy), float(ev["accuracy"]), correct
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
+
+
+def run_row(row: Row, data, out: Path, p: Protocol, log) -> Row:
+    """Tune ``row``'s learning rate on dev (seed 0), then run every seed at it."""
+    runs = {}
+    grid = p.minilm_lrs if row.init == "minilm" else p.lrs
+    for lr in grid:
+        runs[(lr, p.seeds[0])] = _one_run(row, data, out, lr, p.seeds[0], p, log)
+        row.dev_by_lr[f"{lr:g}"] = runs[(lr, p.seeds[0])][0]
+    row.lr = max(grid, key=lambda lr: (runs[(lr, p.seeds[0])][0], -lr))
+    for seed in p.seeds:
+        dev, test, correct = runs.get((row.lr, seed)) or _one_run(row, data, out, row.lr, seed, p, log)
+        row.dev_by_seed[seed], row.test_by_seed[seed] = dev, test
+        runs[(row.lr, seed)] = (dev, test, correct)
+    correct = np.stack([runs[(row.lr, s)][2] for s in p.seeds])            # (seeds, n_test)
+    row.correct = correct.tolist()
+    row.mean = float(correct.mean())
+    row.interval = bootstrap_interval(correct.mean(axis=0))
+    return row
+
+
+def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minilm: bool = True,
+                 dataset: str = "rotten_tomatoes", log: Callable[[str], None] = print) -> dict:
+    """Every row of the table (module docstring); writes ``out/transfer.json`` and returns its content."""
+    from ..data.labeled import load_classification
+
+    p = protocol or Protocol()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_classification(dataset)
+    rows, twins = [], {}
+    for c in checkpoints:
+        key = _architecture_and_vocabulary(c)
+        if key not in twins:
+            twins[key] = Row(f"random init (like {c})", "random", like=str(c))
+            rows.append(twins[key])
+        rows.append(Row(f"pretrained: {c}", str(c), baseline=twins[key].name))
+    if minilm:
+        rows.append(Row(MINILM_ROW, "minilm"))
+    if not rows:
+        rows.append(Row("random init (like all-MiniLM-L6-v2)", "random", like="minilm"))
+    for row in rows:
+        log(f"{row.name}:")
+        run_row(row, data, out, p, log)
+    by_name = {r.name: r for r in rows}
+    for row in rows:
+        if row.baseline:
+            diff = (np.asarray(row.correct).mean(axis=0)                    # paired, per test example
+                    - np.asarray(by_name[row.baseline].correct).mean(axis=0))
+            row.gain, row.gain_interval = float(diff.mean()), bootstrap_interval(diff)
+    majority = float(np.bincount([e.label for e in data.test]).max() / len(data.test))
+    report = {"dataset": dataset, "n_test": len(data.test), "majority_test_accuracy": majority,
+              "protocol": asdict(p), "rows": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in rows]}
+    atomic_write(out / "transfer.json", json.dumps(report, indent=2))
+    log(format_table(report))
+    return report
+
+
+def _architecture_and_vocabulary(checkpoint) -> tuple[str, str]:
+    """What a random-init twin copies from ``checkpoint``: its config.json and vocab.txt, as text."""
+    from ..checkpoint import resolve_model_folder
+    from ..constants import CONFIG_NAME, VOCAB_NAME
+
+    folder = resolve_model_folder(checkpoint)
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    config = {k: v for k, v in config.items() if k not in ("architectures", "transformers_version", "torch_dtype")}
+    vocab = folder / VOCAB_NAME
+    return json.dumps(config, sort_keys=True), vocab.read_text(encoding="utf-8") if vocab.is_file() else ""
+
+
+def format_table(report: dict) -> str:
+    """The table as Markdown: per-seed test accuracies, mean with interval, gain over random init."""
+    lines = [f"{report['dataset']} test ({report['n_test']} examples); learning rate tuned on dev; "
+             f"95% paired-bootstrap intervals",
+             "| row | lr (dev-tuned) | test per seed | mean test | 95% interval | gain vs its random init |",
+             "|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        seeds = " / ".join(f"{100 * a:.1f}" for a in r["test_by_seed"].values())
+        gain = "" if r["gain"] is None else \
+            f"{100 * r['gain']:+.1f} [{100 * r['gain_interval'][0]:+.1f}, {100 * r['gain_interval'][1]:+.1f}]"
+        lines.append(f"| {r['name']} | {r['lr']:g} | {seeds} | **{100 * r['mean']:.1f}%** | "
+                     f"{100 * r['interval'][0]:.1f}-{100 * r['interval'][1]:.1f} | {gain} |")
+    lines.append(f"| majority class (trivial baseline) | | | {100 * report['majority_test_accuracy']:.1f}% | | |")
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""Pretraining on in-domain text without leaking held-out text, and the transfer table's protocol.
+
+- ``rt-train`` (the Rotten Tomatoes training split's reviews + plot summaries) holds no dev or test text,
+  after normalisation; the check finds a planted leak in each form it looks for;
+- the transfer protocol tunes the learning rate on dev, never on test (a test split with flipped labels
+  does not move the choice), and its paired bootstrap interval behaves;
+- ``bert-from-scratch transfer --quick`` runs end to end and prints the table.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bert_from_scratch.cli import main
+from bert_from_scratch.data.corpora import CorpusError, _make_document, load_documents
+from bert_from_scratch.data.domain_corpora import check_no_leak, find_leaks, normalise, rt_train_documents
+from bert_from_scratch.data.labeled import ClassificationData, Example, load_classification
+from bert_from_scratch.training import transfer
+
+
+@pytest.fixture(scope="module")
+def rt():
+    data = load_classification("rotten_tomatoes")
+    return data, rt_train_documents(0, data)
+
+
+def test_rt_train_corpus_holds_no_dev_or_test_text(rt):
+    data, docs = rt
+    assert find_leaks(docs, data) == []
+    text = normalise("\n".join(d.text for d in docs))
+    held_out = {normalise(e.text) for e in data.dev + data.test}
+    paragraphs = {normalise(p) for d in docs for p in d.text.split("\n") if p.strip()}
+    assert not paragraphs & held_out
+    # and it is the training split's text: most training reviews are in it, with the plot summaries
+    train = [normalise(e.text) for e in data.train]
+    assert sum(t in paragraphs for t in train) > 0.99 * len(train)
+    assert len(docs) > 1000 and len(text.split()) > 250_000
+
+
+def test_the_leak_check_finds_planted_leaks(rt):
+    data, docs = rt
+    dev, test = data.dev[3].text, data.test[11].text
+    long_test = next(e.text for e in data.test if len(e.text.split()) >= 12)
+    planted = [
+        _make_document(dev, None, "exact"),                                          # a whole paragraph
+        _make_document("Some plot.\n\n" + test.upper().replace(" ", "  "), None, "case"),  # case and spacing
+        _make_document("It was said that " + long_test + " Indeed.", None, "inside"),     # inside a sentence
+    ]
+    for doc in planted:
+        assert len(find_leaks(docs + [doc], data)) == 1, doc.doc_id
+        with pytest.raises(CorpusError, match="dev/test text"):
+            check_no_leak(docs + [doc], data)
+
+
+def test_short_held_out_texts_count_only_as_whole_units():
+    data = ClassificationData([], [Example("a great movie", 1)], [], ["neg", "pos"])
+    inside = _make_document("It is a great movie with a bad end.", None, "x")       # chance overlap: no leak
+    whole = _make_document("Plot first.\n\nA  great movie", None, "y")
+    assert find_leaks([inside], data) == [] and find_leaks([whole], data) == ["a great movie"]
+
+
+def test_corpora_join_with_plus():
+    docs = load_documents("python-docs+python-docs")
+    assert len(docs) == 2 * len(load_documents("python-docs"))
+
+
+def test_bootstrap_interval_covers_the_mean_and_narrows():
+    rng = np.random.default_rng(0)
+    small, large = ((rng.random(n) < 0.7).astype(float) for n in (100, 10_000))
+    for v in (small, large):
+        lo, hi = transfer.bootstrap_interval(v)
+        assert lo < v.mean() < hi
+    assert np.diff(transfer.bootstrap_interval(large)) < np.diff(transfer.bootstrap_interval(small)) / 5
+
+
+def test_the_learning_rate_is_chosen_on_dev_never_on_test(monkeypatch, tmp_path):
+    """dev prefers 1e-3, test would prefer 3e-3: the row must take 1e-3, and its seeds run at it."""
+    dev_acc = {3e-4: 0.70, 1e-3: 0.80, 3e-3: 0.75}
+    test_acc = {3e-4: 0.60, 1e-3: 0.65, 3e-3: 0.90}
+    calls = []
+
+    def fake_run(row, data, out, lr, seed, p, log):
+        calls.append((lr, seed))
+        return dev_acc[lr], test_acc[lr], np.full(4, test_acc[lr])
+    monkeypatch.setattr(transfer, "_one_run", fake_run)
+    row = transfer.run_row(transfer.Row("r", "random"), None, tmp_path, transfer.Protocol(), log=lambda m: None)
+    assert row.lr == 1e-3 and row.mean == pytest.approx(0.65)
+    assert calls == [(3e-4, 0), (1e-3, 0), (3e-3, 0), (1e-3, 1), (1e-3, 2)]     # seed 0 reused, not rerun
+    dev_acc[3e-4] = 0.80                                                         # a tie: the smaller rate
+    assert transfer.run_row(transfer.Row("r", "random"), None, tmp_path, transfer.Protocol(),
+                            log=lambda m: None).lr == 3e-4
+
+
+def test_transfer_quick_runs_end_to_end(tmp_path, capsys):
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+    from bert_from_scratch.model import BertForPreTraining
+
+    words = "the a and of to is it in that this film movie story good bad funny best worst".split()
+    tok = Tokenizer(list(SPECIAL_TOKENS) + words)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    folder = tmp_path / "ckpt"
+    BertForPreTraining(cfg, seed=1).save_pretrained(folder)
+    tok.save_vocab(folder / "vocab.txt")
+    code = main(["transfer", "--quick", "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path / "t")])
+    assert code == 0
+    report = json.loads((tmp_path / "t" / "transfer.json").read_text())
+    rows = report["rows"]
+    assert [r["name"] for r in rows] == [f"random init (like {folder})", f"pretrained: {folder}"]
+    assert rows[1]["baseline"] == rows[0]["name"]
+    assert all(len(r["test_by_seed"]) == 2 and 0 <= r["mean"] <= 1 for r in rows)
+    assert rows[0]["gain"] is None and rows[1]["gain_interval"][0] <= rows[1]["gain"] <= rows[1]["gain_interval"][1]
+    assert "gain vs its random init" in capsys.readouterr().out
+
+
+def test_transfer_refuses_a_missing_checkpoint(tmp_path, capsys):
+    assert main(["transfer", "--quick", "--checkpoint", str(tmp_path / "nope")]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -275,6 +275,20 @@ def test_finetuning_on_three_ranks_equals_one_process(runs):
     assert (three / "best" / "model.safetensors").is_file() and (three / "results.json").is_file()
 
 
+@needs_mpi
+def test_finetuning_with_dropout_on_three_ranks_equals_one_process(runs, tmp_path):
+    """Dropout 0.1 in the encoder and the classifier head: each rank's shard is cut from the global batch padded
+    as one process pads it, and its masks are keyed by the global rows, so 3 ranks still equal 1 process; masks
+    keyed by the local row (the planted bug) do not."""
+    args = ("--task", "finetune", "--batch", "16", "--dropout", "0.1")
+    one = runs("ft-drop-one", 1, *args, plain=True)
+    three = runs("ft-drop-n3", 3, *args)
+    assert rel_error(params(one), params(three)) <= 1e-12
+    assert np.allclose(losses(one), losses(three), rtol=1e-12, atol=0)
+    bad = run_ok(3, tmp_path / "unkeyed", *args, env={"BERT_FROM_SCRATCH_TEST_PLANT": "no-row-offset"})
+    assert rel_error(params(one), params(bad)) > 1e-6
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_dropout_masks_of_shards_are_the_whole_batchs(backend):
     """Every dropout (element-wise and attention) on rows [lo, hi) with row_offset=lo is the whole batch's

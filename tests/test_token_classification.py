@@ -234,3 +234,16 @@ def test_cli_token_classification_refuses_csv_files(tmp_path, capsys):
     code = main(["finetune", "--task", "token-classification", "--train", str(tmp_path / "a.csv"),
                  "--dev", str(tmp_path / "b.csv"), "--out", str(tmp_path / "out")])
     assert code == 2 and "trains on the Brown corpus" in capsys.readouterr().err
+
+
+def test_token_classification_refuses_to_run_data_parallel(monkeypatch):
+    """Under mpiexec every rank would train the whole job into one folder: refused in one line instead."""
+    from types import SimpleNamespace
+
+    from bert_from_scratch.data.classification import FinetuneError
+    from bert_from_scratch.distributed import job
+    from bert_from_scratch.training.token_classification import finetune_tagger
+
+    monkeypatch.setattr(job.DataParallel, "current", classmethod(lambda cls: SimpleNamespace(size=2)))
+    with pytest.raises(FinetuneError, match="does not run data-parallel"):
+        finetune_tagger(None, None, None, "unused", progress=False)

@@ -323,7 +323,8 @@ class BertForSequenceClassification(_Encoder):
                            output_attentions)
         xp = get_array_module(enc.sequence)
         logits, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
-                                                 self.config, self.rng, training)
+                                                 self.config, self.rng, training,
+                                                 getattr(self, "dropout_row_offset", 0))
         loss, c_loss = None, None
         if labels is not None:
             loss, c_loss = classification_loss_forward(logits, labels, self.problem_type, self.num_labels, xp)

@@ -64,9 +64,10 @@ class ClassifierHeadCache(NamedTuple):
     linear: tuple
 
 
-def classifier_head_forward(pooled, P: Scope, ops, cfg: BertConfig, rng, training: bool):
-    """pooled: (B, H) -> logits (B, K). ``P``: scope ``classifier.``."""
-    dropped, c_drop = ops.dropout_forward(pooled, cfg.hidden_dropout_prob, rng, training)
+def classifier_head_forward(pooled, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
+    """pooled: (B, H) or (B, T, H) -> logits (B, K) / (B, T, K). ``P``: scope ``classifier.``; ``row_offset``:
+    the global row of ``pooled[0]`` (a data-parallel shard: the dropout mask is the whole batch's)."""
+    dropped, c_drop = ops.dropout_forward(pooled, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
     logits, c_lin = dense_forward(dropped, P)
     return logits, ClassifierHeadCache(c_drop, c_lin)
 

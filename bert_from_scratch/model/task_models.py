@@ -156,7 +156,8 @@ class BertForTokenClassification(_Encoder):
         xp = get_array_module(enc.sequence)
         B, T, _ = enc.sequence.shape
         logits, c_head = classifier_head_forward(enc.sequence, Scope(self.params, "classifier."), self.backend,
-                                                 self.config, self.rng, training)       # (B, T, K)
+                                                 self.config, self.rng, training,
+                                                 getattr(self, "dropout_row_offset", 0))       # (B, T, K)
         loss, c_loss = None, None
         if labels is not None:
             labels = _as_int_array("labels", labels, xp, 2)

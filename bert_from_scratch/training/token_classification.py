@@ -147,6 +147,10 @@ def finetune_tagger(model, tokenizer, data, out_dir, epochs: int = 1, batch_size
     from tqdm.auto import tqdm
 
     log = log or tqdm.write
+    from ..distributed.job import DataParallel
+    if DataParallel.current().size > 1:          # N ranks would each train the whole job into one folder
+        raise FinetuneError("token classification does not run data-parallel yet: launch it without mpiexec "
+                            "(sentence classification and pretraining do run under mpiexec)")
     for name, value, low in (("epochs", epochs, 1), ("batch_size", batch_size, 1), ("max_length", max_length, 3),
                              ("patience", patience, 1)):
         if not isinstance(value, (int, np.integer)) or value < low:

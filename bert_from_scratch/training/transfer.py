@@ -187,7 +187,10 @@ def _architecture_and_vocabulary(checkpoint) -> tuple[str, str]:
 
 def format_table(report: dict) -> str:
     """The table as Markdown: per-seed test accuracies, mean with interval, gain over random init."""
-    lines = [f"{report['dataset']} test ({report['n_test']} examples); learning rate tuned on dev; "
+    p = report["protocol"]
+    grid = ", ".join(f"{lr:g}" for lr in p["lrs"])
+    lines = [f"{report['dataset']} test ({report['n_test']} examples); learning rate tuned on dev over [{grid}]; "
+             f"seeds {', '.join(map(str, p['seeds']))}; up to {p['epochs']} epochs (patience {p['patience']}); "
              f"95% paired-bootstrap intervals",
              "| row | lr (dev-tuned) | test per seed | mean test | 95% interval | gain vs its random init |",
              "|---|---|---|---|---|---|"]

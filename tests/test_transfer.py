@@ -114,6 +114,12 @@ def test_transfer_quick_runs_end_to_end(tmp_path, capsys):
     assert all(len(r["test_by_seed"]) == 2 and 0 <= r["mean"] <= 1 for r in rows)
     assert rows[0]["gain"] is None and rows[1]["gain_interval"][0] <= rows[1]["gain"] <= rows[1]["gain_interval"][1]
     assert "gain vs its random init" in capsys.readouterr().out
+    # a second run into the same folder must not replace the table: refused in one line, the file untouched
+    before = (tmp_path / "t" / "transfer.json").read_bytes()
+    assert main(["transfer", "--quick", "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a transfer table" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "t" / "transfer.json").read_bytes() == before
 
 
 def test_transfer_refuses_a_missing_checkpoint(tmp_path, capsys):

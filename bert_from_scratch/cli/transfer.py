@@ -37,6 +37,7 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=_ints, default=None, help="seeds at the tuned rate (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10, patience 3)")
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")
+    p.add_argument("--overwrite", action="store_true", help="replace the table an earlier run left in --out")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
@@ -58,5 +59,5 @@ def cli_transfer(args) -> int:
             setattr(p, name, value)
     if p.epochs < 1:
         return error(f"--epochs must be at least 1; got {p.epochs}")
-    run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm)
+    run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite)
     return 0

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..constants import MASK_VALUE
+from ..nn.layers import softmax_forward
 
 
 @dataclass
@@ -81,8 +82,7 @@ def select_spans(start_logits, end_logits, p_mask, attention_mask=None, top_k: i
 
     def probabilities(logits):
         z = np.where(allowed == 0, float(MASK_VALUE), logits)
-        e = np.exp(z - z.max())
-        p = e / e.sum()
+        p = softmax_forward(z)[0]
         p[0] = 0.0                                                          # [CLS]: no answer is not an answer here
         return p
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..nn.losses import sigmoid
 from .base import PipelineError, as_list, label_names, load_model, run_batches, softmax
 
 _UNSET = object()
@@ -50,7 +51,7 @@ class TextClassificationPipeline:
         results = []
         for (logits,) in rows:
             z = np.asarray(logits, dtype=np.float64)
-            scores = softmax(z) if fn == "softmax" else 1 / (1 + np.exp(-z)) if fn == "sigmoid" else z
+            scores = softmax(z) if fn == "softmax" else sigmoid(z) if fn == "sigmoid" else z
             if top_k is _UNSET:
                 results.append({"label": names[int(scores.argmax())], "score": float(scores.max())})
             else:

@@ -293,10 +293,11 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
             for epoch in range(1, epochs + 1):
                 batches = length_bucketed_batches(train.lengths, batch_size, data_rng)
                 for n, idx in enumerate(batches):
-                    whole = collate(train, idx, pad)      # padded to the global batch's longest, as one process
-                    rows = dp.shard(np.arange(len(idx)), model)    # this rank's rows; keys its dropout masks
-                    yield {**{k: v[rows] for k, v in whole.items()}, "epoch": epoch,
-                           "epoch_end": n == len(batches) - 1}
+                    batch = collate(train, idx, pad)      # padded to the global batch's longest, as one process
+                    if dp.size > 1:                       # this rank's rows; they key its dropout masks
+                        rows = dp.shard(np.arange(len(idx)), model)
+                        batch = {k: v[rows] for k, v in batch.items()}
+                    yield {**batch, "epoch": epoch, "epoch_end": n == len(batches) - 1}
 
         # ---- the job's callbacks: running train metrics, the end of an epoch ---------------------------
         report_every = max(1, steps_per_epoch // 5)

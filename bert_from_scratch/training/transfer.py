@@ -44,8 +44,10 @@ from ..data.classification import encode_examples
 from ..files import atomic_write
 from .classification_models import load_for_classification
 from .finetuning import evaluate_classifier, finetune
+from .run_folder import RunFolderError, hold_run_folder
 
 MINILM_ROW = "all-MiniLM-L6-v2"
+TRANSFER_JSON = "transfer.json"
 BOOTSTRAP_SAMPLES = 2000
 
 
@@ -137,14 +139,22 @@ def run_row(row: Row, data, out: Path, p: Protocol, log) -> Row:
 
 
 def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minilm: bool = True,
-                 dataset: str = "rotten_tomatoes", log: Callable[[str], None] = print) -> dict:
-    """Every row of the table (module docstring); writes ``out/transfer.json`` and returns its content."""
+                 dataset: str = "rotten_tomatoes", log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Every row of the table (module docstring); writes ``out/transfer.json`` and returns its content.
+
+    A folder that holds a ``transfer.json`` already is refused unless ``overwrite``; one process at a time."""
     from ..data.labeled import load_classification
 
     p = protocol or Protocol()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = load_classification(dataset)
+    if (out / TRANSFER_JSON).exists() and not overwrite:
+        raise RunFolderError(f"{out} already holds a transfer table ({TRANSFER_JSON}); --overwrite to replace it, "
+                             f"or choose another --out")
+    with hold_run_folder(out):
+        return _run_rows(checkpoints, out, p, minilm, load_classification(dataset), dataset, log)
+
+
+def _run_rows(checkpoints, out: Path, p: Protocol, minilm: bool, data, dataset: str, log) -> dict:
     rows, twins = [], {}
     for c in checkpoints:
         key = _architecture_and_vocabulary(c)
@@ -168,7 +178,7 @@ def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minil
     majority = float(np.bincount([e.label for e in data.test]).max() / len(data.test))
     report = {"dataset": dataset, "n_test": len(data.test), "majority_test_accuracy": majority,
               "protocol": asdict(p), "rows": [{k: v for k, v in asdict(r).items() if k != "correct"} for r in rows]}
-    atomic_write(out / "transfer.json", json.dumps(report, indent=2))
+    atomic_write(out / TRANSFER_JSON, json.dumps(report, indent=2))
     log(format_table(report))
     return report
 

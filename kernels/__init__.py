@@ -8,6 +8,8 @@ these up as a whole when a model runs with ``backend="numba"`` or ``"cupy"``.
 - ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
 - ``numba_elementwise``: fused GELU, LayerNorm, dropout and embedding scatter-add kernels.
 - ``numba_layers``: those kernels behind the signatures of the reference layers (``nn/layers.py``).
+- ``numba_fused``: the blocks' fused tails: bias + GELU, and bias + dropout + residual + LayerNorm.
+- ``numba_loss``: the masked-LM cross-entropy (softmax, loss and gradient in one pass over the logits).
 - ``numba_optim``: AdamW as one fused loop, bit-identical to the reference update.
 - ``cuda_attention`` + ``attention.cu``: the attention algorithm in CUDA, loaded with ``cupy.RawModule``.
 

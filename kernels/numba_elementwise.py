@@ -142,31 +142,40 @@ def gelu_backward_kernel(dy, x, cdf, dx, planted_bug):
 # ---------------------------------------------------------------------------------------
 # LayerNorm over the last axis of a (N, C) array
 # ---------------------------------------------------------------------------------------
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def normalize_row(xh, mean, gamma, beta, eps, out):
+    """One row's LayerNorm, given the row in ``xh`` (C,) and its mean: ``xh`` becomes x-hat (centred, then
+    divided by the standard deviation of the centred row: no E[x^2] - E[x]^2 cancellation), ``out`` gets
+    ``gamma * xhat + beta``; returns 1/std. Shared by the plain LayerNorm and the fused residual tail."""
+    C = xh.shape[0]
+    var = xh.dtype.type(0.0)
+    for c in range(C):
+        centred = xh[c] - mean
+        xh[c] = centred
+        var += centred * centred
+    var *= xh.dtype.type(1.0 / C)
+    inv_std = xh.dtype.type(1.0) / np.sqrt(var + eps)
+    for c in range(C):
+        xh[c] *= inv_std
+        out[c] = xh[c] * gamma[c] + beta[c]
+    return inv_std
+
+
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def layernorm_forward_kernel(x, gamma, beta, eps, y, xhat, rstd):
     """x, y, xhat: (N, C); gamma, beta: (C,); rstd: (N,). Two passes per row (mean, then variance
-    of the centred row: the same numerics as the reference, no E[x^2] - E[x]^2 cancellation)."""
+    of the centred row: the same numerics as the reference)."""
     N, C = x.shape
     dt = x.dtype
     eps = dt.type(eps)
     inv_c = dt.type(1.0 / C)
     for r in prange(N):
-        row, xh, out = x[r], xhat[r], y[r]
+        row, xh = x[r], xhat[r]
         mean = dt.type(0.0)
         for c in range(C):
+            xh[c] = row[c]
             mean += row[c]
-        mean *= inv_c
-        var = dt.type(0.0)
-        for c in range(C):
-            centred = row[c] - mean
-            xh[c] = centred
-            var += centred * centred
-        var *= inv_c
-        inv_std = dt.type(1.0) / np.sqrt(var + eps)
-        rstd[r] = inv_std
-        for c in range(C):
-            xh[c] *= inv_std
-            out[c] = xh[c] * gamma[c] + beta[c]
+        rstd[r] = normalize_row(xh, mean * inv_c, gamma, beta, eps, y[r])
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)

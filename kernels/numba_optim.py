@@ -19,19 +19,30 @@ import numpy as np
 
 #: smallest tensor updated by the multi-threaded loop (below: the same loop on one thread)
 PARALLEL_MIN_SIZE = 1 << 16
+#: entries per chunk of the loop (16 KiB of float32)
+CHUNK = 4096
 
 
 def _adamw_loop(param, grad, exp_avg, exp_avg_sq, decay_factor, beta1, one_minus_beta1, beta2,
                 one_minus_beta2, eps, step_size, bias_correction2_sqrt):
-    """Flat (n,) arrays of one dtype; ``decay_factor = 1 - lr wd``, ``step_size = lr / bc1``."""
-    for i in numba.prange(param.shape[0]):
-        g = grad[i]
-        m = exp_avg[i] * beta1 + g * one_minus_beta1                 # m <- b1 m + (1 - b1) g
-        v = exp_avg_sq[i] * beta2 + (g * g) * one_minus_beta2        # v <- b2 v + (1 - b2) g^2
-        denom = math.sqrt(v) / bias_correction2_sqrt + eps
-        exp_avg[i] = m
-        exp_avg_sq[i] = v
-        param[i] = param[i] * decay_factor + (m / denom) * (-step_size)
+    """Flat (n,) arrays of one dtype; ``decay_factor = 1 - lr wd``, ``step_size = lr / bc1``.
+
+    The arrays are cut into chunks, sliced first and then indexed with the inner loop's own variable:
+    a computed index (``param[start + i]``) brings Numba's negative-index check, which stops LLVM's
+    vectoriser (measured: 3.9 ms against 0.6 ms for 1M float32 entries, bit-identical results)."""
+    n = param.shape[0]
+    for c in numba.prange((n + CHUNK - 1) // CHUNK):
+        start = c * CHUNK
+        stop = min(n, start + CHUNK)
+        p, gs, ms, vs = param[start:stop], grad[start:stop], exp_avg[start:stop], exp_avg_sq[start:stop]
+        for i in range(stop - start):
+            g = gs[i]
+            m = ms[i] * beta1 + g * one_minus_beta1                  # m <- b1 m + (1 - b1) g
+            v = vs[i] * beta2 + (g * g) * one_minus_beta2            # v <- b2 v + (1 - b2) g^2
+            denom = math.sqrt(v) / bias_correction2_sqrt + eps
+            ms[i] = m
+            vs[i] = v
+            p[i] = p[i] * decay_factor + (m / denom) * (-step_size)
 
 
 _adamw_parallel = numba.njit(parallel=True, cache=True)(_adamw_loop)

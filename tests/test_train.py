@@ -13,7 +13,9 @@ from bert_from_scratch.model import BertForPreTraining
 from bert_from_scratch.constants import CHECKPOINT_DIR
 from bert_from_scratch.files import replace_dir
 from bert_from_scratch.training.checkpoints import find_checkpoint
-from bert_from_scratch.training.pretraining import BatchOrder, TrainResult, batch_accuracies, evaluate, pretrain, take_batch
+from bert_from_scratch.training.optim import linear_warmup_decay
+from bert_from_scratch.training.batch_order import BatchOrder
+from bert_from_scratch.training.pretraining import TrainResult, batch_accuracies, evaluate, pretrain, take_batch
 from conftest import requires_transformers
 
 V, T = 100, 16
@@ -371,3 +373,18 @@ def test_bad_arrays_and_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="warmup"):
         run(tmp_path / "unused", steps=4, warmup=5)
     assert not list(tmp_path.iterdir())                              # rejected before anything was written
+
+
+def test_mlm_only_leaves_the_nsp_head_to_weight_decay_and_resumes_only_as_mlm_only(tmp_path):
+    """--no-nsp: the loss is the masked-LM loss alone (the NSP head gets no gradient, only AdamW's decay)."""
+    start = BertForPreTraining(tiny_config(), seed=0)
+    w0 = start.params["cls.seq_relationship.weight"].copy()
+    model, result = run(tmp_path / "mlm", steps=4, nsp=False, model=start)
+    lrs = [linear_warmup_decay(s, 4, 2, 1e-3) for s in range(4)]
+    decayed = w0 * np.prod([np.float32(1 - lr * 0.01) for lr in lrs])
+    np.testing.assert_allclose(model.params["cls.seq_relationship.weight"], decayed, rtol=1e-6)
+    both, with_nsp = run(tmp_path / "both", steps=4)
+    assert not np.allclose(both.params["cls.seq_relationship.weight"], decayed, rtol=1e-3)
+    assert result.losses[0] < with_nsp.losses[0]                    # the same batch, without the NSP term
+    with pytest.raises(CheckpointError, match="next-sentence prediction"):
+        run(tmp_path / "mlm", steps=6, resume=True, nsp=True)

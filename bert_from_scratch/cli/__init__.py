@@ -1,6 +1,7 @@
 """The ``bert-from-scratch`` command.
 
     bert-from-scratch pretrain                 # the main job: pretrain a small BERT on BBC News (< 10 min)
+    bert-from-scratch distill                  # pretraining with a teacher (all-MiniLM-L6-v2)
     bert-from-scratch fill-mask --checkpoint runs/pretrain "the [MASK] rose sharply"
     bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png
     bert-from-scratch finetune / predict       # sentence classification
@@ -21,6 +22,8 @@ from .common import command
 COMMANDS = {
     "pretrain": ("pretrain", "add_pretrain_arguments", "cli_pretrain",
                  "pretrain a small BERT from raw text (the main job)"),
+    "distill": ("distill", "add_distill_arguments", "cli_distill",
+                "pretraining with a teacher: a small student learns all-MiniLM-L6-v2's layers"),
     "fill-mask": ("fill_mask", "add_fill_mask_arguments", "cli_fill_mask", "top predictions for [MASK] tokens"),
     "attention": ("attention", "add_attention_arguments", "cli_attention",
                   "plot what a (pretrained) BERT attends to"),

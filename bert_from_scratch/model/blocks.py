@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 from ..config import BertConfig
-from ..nn.attention import attention_probabilities
+from ..nn.attention import attention_probabilities, attention_probabilities_backward
 from ..nn.layers import embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn.xp import get_array_module
 from .params import Scope
@@ -55,6 +55,31 @@ def norm_backward(dy, cache, G: Scope, ops):
     G.add("weight", dgamma)
     G.add("bias", dbeta)
     return dx
+
+
+def output_forward(h, x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
+    """The end of the attention and FFN blocks: y = LayerNorm(x + dropout(dense(h))), ``x`` the block's input.
+
+    The dense layer's matmul, then its bias, the dropout, the residual and the LayerNorm as one fused op
+    (``ops.bias_dropout_add_layernorm_forward``). ``P``: the block's scope (``output.dense.*``,
+    ``output.LayerNorm.*``). h: (B, T, in), x: (B, T, H) -> (y (B, T, H), cache)."""
+    o, c_dense = linear_forward(h, P["output.dense.weight"], None)                     # (B, T, H), no bias yet
+    y, c_tail = ops.bias_dropout_add_layernorm_forward(o, P["output.dense.bias"], x, P["output.LayerNorm.weight"],
+                                                       P["output.LayerNorm.bias"], cfg.hidden_dropout_prob, rng,
+                                                       training, cfg.layer_norm_eps, row_offset)
+    return y, (c_dense, c_tail)
+
+
+def output_backward(dy, cache, G: Scope, ops):
+    """dy: (B, T, H) -> (dh (B, T, in), dx (B, T, H): the residual's share); accumulates the parameter gradients."""
+    c_dense, c_tail = cache
+    do, dx, dbias, dgamma, dbeta = ops.bias_dropout_add_layernorm_backward(dy, c_tail)
+    G.add("output.LayerNorm.weight", dgamma)
+    G.add("output.LayerNorm.bias", dbeta)
+    dh, dw, _ = linear_backward(do, c_dense, bias=False)
+    G.add("output.dense.weight", dw)
+    G.add("output.dense.bias", dbias)
+    return dh, dx
 
 
 # =======================================================================================
@@ -105,10 +130,14 @@ QKV = ("query", "key", "value")
 class AttentionBlockCache(NamedTuple):
     qkv: tuple              # linear cache of the fused Q/K/V projection
     core: dict              # the attention core's cache (its layout belongs to the backend)
-    output: tuple           # linear cache of the output projection
-    dropout: object
-    layernorm: tuple
+    output: tuple           # output_forward's cache: dense, then bias + dropout + residual + LayerNorm
     shape: tuple            # (B, T, H, nh, d)
+    probs: Optional[tuple] = None   # (P, q, k) when the forward returned P: a loss on P backpropagates through it
+
+    @property
+    def layernorm(self):
+        """The output LayerNorm's own cache (for ``ops.layernorm_backward``, e.g. the skip path alone)."""
+        return self.output[1][0]
 
 
 def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
@@ -126,29 +155,30 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
     att_p = cfg.attention_probs_dropout_prob if training else 0.0
     seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0
     ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed, row_offset=row_offset)  # (B, nh, T, d)
-    probs = None
+    probs = kept = None
     if output_attentions:
         probs = c_core["probs"] if "probs" in c_core else attention_probabilities(q, k, mask)
+        kept = (probs, q, k)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                                      # merge heads
-    out, c_out = dense_forward(ctx, P / "output.dense")
-    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
-    out += x                                                                              # residual
-    y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
-    return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, c_drop, c_ln, (B, T, H, nh, d))
+    y, c_out = output_forward(ctx, x, P, ops, cfg, rng, training, row_offset)            # LN(x + dropout(dense))
+    return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, (B, T, H, nh, d), kept)
 
 
-def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope, ops):
-    """dy: (B, T, H) -> dx (B, T, H)."""
+def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope, ops, dprobs=None):
+    """dy: (B, T, H) -> dx (B, T, H). ``dprobs`` (B, nh, T, T): a gradient on the returned attention
+    probabilities too (a loss on them, as in distillation); it reaches q and k through the softmax."""
     xp = get_array_module(dy)
     B, T, H, nh, d = cache.shape
     # forward: y = LayerNorm(x + dropout(dense(ctx)))
-    dsum = norm_backward(dy, cache.layernorm, G / "output.LayerNorm", ops)
-    dx = dsum                                          # the residual branch's share of dx
-    dout = ops.dropout_backward(dsum, cache.dropout)
-    dctx = dense_backward(dout, cache.output, G / "output.dense")
+    dctx, dx = output_backward(dy, cache.output, G, ops)        # dx: the residual branch's share
     # forward: ctx = merge_heads(attention(q, k, v))
     dctx = xp.ascontiguousarray(dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3))          # (B, nh, T, d)
     dq, dk, dv = ops.attention_backward(dctx, cache.core)
+    if dprobs is not None:
+        if cache.probs is None:
+            raise RuntimeError("a gradient on the attention probabilities needs a forward with output_attentions")
+        dq_p, dk_p = attention_probabilities_backward(dprobs, *cache.probs)
+        dq, dk = dq + dq_p, dk + dk_p
     dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H)            # (B, T, 3H)
     dx_in, dw_qkv, db_qkv = linear_backward(dqkv, cache.qkv)
     for j, n in enumerate(QKV):
@@ -161,32 +191,33 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
 # Feed-forward block:  LayerNorm(x + dropout(W2 gelu(W1 x)))
 # =======================================================================================
 class FFNBlockCache(NamedTuple):
-    intermediate: tuple     # linear cache of W1 (H -> I)
-    gelu: tuple
-    output: tuple           # linear cache of W2 (I -> H)
-    dropout: object
-    layernorm: tuple
+    intermediate: tuple     # linear cache of W1 (H -> I), its bias added by the fused GELU
+    gelu: tuple             # bias + GELU
+    output: tuple           # output_forward's cache: W2 (I -> H), then bias + dropout + residual + LayerNorm
+
+    @property
+    def layernorm(self):
+        """The output LayerNorm's own cache (for ``ops.layernorm_backward``, e.g. the skip path alone)."""
+        return self.output[1][0]
 
 
 def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
     """x: (B, T, H) -> (y (B, T, H), cache). ``P`` is the layer's scope (``intermediate.*``, ``output.*``)."""
-    h, c_in = dense_forward(x, P / "intermediate.dense")                                  # (B, T, I)
-    g, c_gelu = ops.gelu_forward(h)
-    out, c_out = dense_forward(g, P / "output.dense")                                     # (B, T, H)
-    out, c_drop = ops.dropout_forward(out, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
-    out += x                                                                              # residual
-    y, c_ln = norm_forward(out, P / "output.LayerNorm", ops, cfg)
-    return y, FFNBlockCache(c_in, c_gelu, c_out, c_drop, c_ln)
+    h, c_in = linear_forward(x, P["intermediate.dense.weight"], None)                    # (B, T, I), no bias yet
+    g, c_gelu = ops.bias_gelu_forward(h, P["intermediate.dense.bias"])                    # gelu(h + b1), fused
+    y, c_out = output_forward(g, x, P, ops, cfg, rng, training, row_offset)              # LN(x + dropout(dense(g)))
+    return y, FFNBlockCache(c_in, c_gelu, c_out)
 
 
 def ffn_block_backward(dy, cache: FFNBlockCache, P: Scope, G: Scope, ops):
     """dy: (B, T, H) -> dx (B, T, H)."""
-    dsum = norm_backward(dy, cache.layernorm, G / "output.LayerNorm", ops)
-    dout = ops.dropout_backward(dsum, cache.dropout)
-    dg = dense_backward(dout, cache.output, G / "output.dense")
-    dh = ops.gelu_backward(dg, cache.gelu)
-    dx = dense_backward(dh, cache.intermediate, G / "intermediate.dense")
-    return dsum + dx                                    # residual + through the block
+    dg, dsum = output_backward(dy, cache.output, G, ops)         # dsum: the residual branch's share
+    dh, db = ops.bias_gelu_backward(dg, cache.gelu)
+    dx, dw, _ = linear_backward(dh, cache.intermediate, bias=False)
+    G.add("intermediate.dense.weight", dw)
+    G.add("intermediate.dense.bias", db)
+    dx += dsum                                          # through the block + residual
+    return dx
 
 
 # =======================================================================================
@@ -265,19 +296,29 @@ def encoder_forward(ids, token_type_ids, mask, P: Scope, ops, cfg: BertConfig, r
                          EncoderCache(c_emb, layer_caches, c_pool, x.shape))
 
 
-def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops, on_layer_done=None) -> None:
+def encoder_backward(dseq, dpooled, cache: EncoderCache, P: Scope, G: Scope, ops, on_layer_done=None,
+                     d_hidden_states=None, d_attentions=None) -> None:
     """dseq: (B, T, H), dpooled: (B, H) or None; accumulates every encoder gradient into ``G``.
+
+    ``d_hidden_states``: (L + 1) gradients (or Nones) on the forward's ``hidden_states`` (embeddings first);
+    ``d_attentions``: L gradients (or Nones) on its ``attentions``: the backward of a loss on the inner
+    layers (distillation), which needs a forward with ``output_attentions`` for the latter.
 
     ``on_layer_done(grads)``, if given, is called after each layer's backward with the gradient dict so far:
     a data-parallel run starts reducing the gradients that are final while the backward goes on."""
     dx = dseq
     if dpooled is not None:
         dx = dx + pooler_backward(dpooled, cache.pooler, G / "pooler")
+    dh = d_hidden_states or (None,) * (len(cache.layers) + 1)
     for i in reversed(range(len(cache.layers))):
         layer_P, layer_G = P / f"encoder.layer.{i}", G / f"encoder.layer.{i}"
+        if dh[i + 1] is not None:
+            dx = dx + dh[i + 1]                        # layer i's output is hidden_states[i + 1]
         dx = ffn_block_backward(dx, cache.layers[i].ffn, layer_P, layer_G, ops)
         dx = attention_block_backward(dx, cache.layers[i].attention, layer_P / "attention", layer_G / "attention",
-                                      ops)
+                                      ops, None if d_attentions is None else d_attentions[i])
         if on_layer_done is not None:
             on_layer_done(G.tensors)
+    if dh[0] is not None:
+        dx = dx + dh[0]
     embeddings_backward(dx, cache.embeddings, P / "embeddings", G / "embeddings", ops)

@@ -84,7 +84,7 @@ def attention_backward_reference(dout, cache):
     """Reference backward: dout (B, H, T, d) -> dq, dk, dv (B, H, T, d)."""
     xp = get_array_module(dout)
     q, k, v, probs, probs_dropped = cache["q"], cache["k"], cache["v"], cache["probs"], cache["probs_dropped"]
-    p, scale = cache["dropout_p"], q.dtype.type(cache["scale"])
+    p = cache["dropout_p"]
     B, H, T, d = q.shape
     # forward: O = P~ V
     dv = xp.matmul(probs_dropped.swapaxes(-1, -2), dout)                   # (B, H, T, d)
@@ -94,12 +94,23 @@ def attention_backward_reference(dout, cache):
         dprobs *= (dropout_keep_mask(cache["seed"], B, H, T, T, p, xp, cache.get("row_offset", 0))
                    * q.dtype.type(1.0 / (1.0 - p)))
     cache["grad_probs"] = dprobs  # dL/dP, read by gradient-based attribution (viz)
+    dq, dk = attention_probabilities_backward(dprobs, probs, q, k)
+    return dq, dk, dv
+
+
+def attention_probabilities_backward(dprobs, probs, q, k):
+    """The backward of :func:`attention_probabilities`: dL/dP (B, H, T, T) -> dq, dk (B, H, T, d).
+
+    Used by the reference backward above and by losses on the attention distributions themselves
+    (distillation, ``training/distillation.py``), which reach Q and K through P alone."""
+    xp = get_array_module(dprobs)
+    scale = q.dtype.type(1.0 / math.sqrt(q.shape[-1]))
     # forward: P = softmax(S)  ->  dS = P * (dP - rowsum(dP * P))
     dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True))
     # forward: S = Q K^T * scale (+ mask, which has no gradient)
     dq = xp.matmul(dscores, k) * scale
     dk = xp.matmul(dscores.swapaxes(-1, -2), q) * scale
-    return dq, dk, dv
+    return dq, dk
 
 
 # --------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 A :class:`Backend` is a table of the operations whose implementation differs between array
 libraries and kernels: the elementwise layers (GELU, LayerNorm, dropout, the embedding's
-scatter-add), the attention core, the cross-entropy of the masked-LM head and the AdamW update.
+scatter-add), the fused tails of the encoder blocks (bias + GELU; bias + dropout + residual +
+LayerNorm), the attention core, the cross-entropy of the masked-LM head and the AdamW update.
 Everything else (the matmuls of linear layers, softmax, tanh, the small heads' cross-entropies) is the
 same array code everywhere and is called directly.
 
@@ -16,7 +17,8 @@ name        elementwise layers and AdamW                                attentio
 ==========  ==========================================================  ===========================
 ``numpy``   the reference (``nn/layers.py``), NumPy arrays               reference (stores T x T)
 ``numba``   fused Numba kernels (``kernels/numba_layers.py``,            FlashAttention-2 style
-            ``kernels/numba_loss.py``, ``kernels/numba_optim.py``)       (``kernels/numba_attention.py``)
+            ``kernels/numba_fused.py``, ``kernels/numba_loss.py``,       (``kernels/numba_attention.py``)
+            ``kernels/numba_optim.py``)
 ``cupy``    the reference code on CuPy arrays                            CUDA kernel (``kernels/attention.cu``)
 ``auto``    ``cupy`` for CuPy arrays, else ``numba`` if Numba imports, else ``numpy``
 ==========  ==========================================================  ===========================
@@ -50,6 +52,11 @@ class Backend:
     adamw_update: Callable               # see training/optim.py: adamw_update
     cross_entropy_forward: Callable      # (logits, labels) -> (mean loss, cache)
     cross_entropy_backward: Callable     # (dloss, cache) -> dlogits
+    bias_gelu_forward: Callable          # (h, bias) -> (gelu(h + bias), cache)
+    bias_gelu_backward: Callable         # (dg, cache) -> (dh, dbias)
+    bias_dropout_add_layernorm_forward: Callable   # (o, bias, x, gamma, beta, p, rng, training, eps, row_offset)
+    #                                                -> (y, cache); cache[0] is a layernorm_backward cache
+    bias_dropout_add_layernorm_backward: Callable  # (dy, cache) -> (d_o, d_x, dbias, dgamma, dbeta)
 
     @property
     def stores_attention_probabilities(self) -> bool:
@@ -66,7 +73,9 @@ def _reference_ops(name: str, attention_forward, attention_backward) -> Backend:
     return Backend(name, reference.gelu_forward, reference.gelu_backward, reference.layernorm_forward,
                    reference.layernorm_backward, reference.dropout_forward, reference.dropout_backward,
                    reference.scatter_add_rows, attention_forward, attention_backward, adamw_update,
-                   reference.cross_entropy_forward, reference.cross_entropy_backward)
+                   reference.cross_entropy_forward, reference.cross_entropy_backward,
+                   reference.bias_gelu_forward, reference.bias_gelu_backward,
+                   reference.bias_dropout_add_layernorm_forward, reference.bias_dropout_add_layernorm_backward)
 
 
 def _numpy() -> Backend:
@@ -81,13 +90,15 @@ def _cupy() -> Backend:
 
 
 def _numba() -> Backend:
-    from ..kernels import numba_attention, numba_layers, numba_loss, numba_optim
+    from ..kernels import numba_attention, numba_fused, numba_layers, numba_loss, numba_optim
 
     return Backend("numba", numba_layers.gelu_forward, numba_layers.gelu_backward, numba_layers.layernorm_forward,
                    numba_layers.layernorm_backward, numba_layers.dropout_forward, numba_layers.dropout_backward,
                    numba_layers.scatter_add_rows, numba_attention.attention_forward,
                    numba_attention.attention_backward, numba_optim.adamw_update,
-                   numba_loss.cross_entropy_forward, numba_loss.cross_entropy_backward)
+                   numba_loss.cross_entropy_forward, numba_loss.cross_entropy_backward,
+                   numba_fused.bias_gelu_forward, numba_fused.bias_gelu_backward,
+                   numba_fused.bias_dropout_add_layernorm_forward, numba_fused.bias_dropout_add_layernorm_backward)
 
 
 _BUILDERS = {"numpy": _numpy, "numba": _numba, "cupy": _cupy}

@@ -1,8 +1,8 @@
 r"""The building blocks of BERT, each a forward/backward pair written next to each other.
 
 This is the readable reference: plain array code, no kernel calls. The fused Numba kernels
-(``kernels/numba_layers.py``) have the same signatures and are swapped in as a whole by
-``nn/backend.py`` when a model is built with ``backend="numba"`` (or "auto" on the CPU).
+(``kernels/numba_layers.py``, ``kernels/numba_fused.py``) have the same signatures and are swapped in
+as a whole by ``nn/backend.py`` when a model is built with ``backend="numba"`` (or "auto" on the CPU).
 
 Conventions (after llm.c and numpy-ml):
 
@@ -24,24 +24,27 @@ from .xp import erf, get_array_module, is_cupy_array
 # Linear:  y = x W^T + b      (W is [out, in], as torch.nn.Linear / Hugging Face)
 # ---------------------------------------------------------------------------------------
 def linear_forward(x, weight, bias):
-    """x: (N..., in), weight: (out, in), bias: (out,)  ->  y: (N..., out).
+    """x: (N..., in), weight: (out, in), bias: (out,) or None  ->  y: (N..., out).
 
     The leading dimensions are flattened so BLAS sees one large (N, in) x (in, out) product:
-    a stacked 3-D matmul is several times slower in NumPy."""
+    a stacked 3-D matmul is several times slower in NumPy. ``bias=None`` leaves the bias to a fused
+    op that follows (``bias_gelu_forward``, ``bias_dropout_add_layernorm_forward``)."""
     x2 = x.reshape(-1, x.shape[-1])                 # (N, in)
     y = x2 @ weight.T                               # (N, out)
-    y += bias
+    if bias is not None:
+        y += bias
     return y.reshape(*x.shape[:-1], weight.shape[0]), (x2, weight, x.shape)
 
 
-def linear_backward(dy, cache):
-    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,)."""
+def linear_backward(dy, cache, bias=True):
+    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,) (None when ``bias`` is False:
+    a fused op gave it already)."""
     x2, weight, x_shape = cache
     # forward: y = x W^T + b
     dy2 = dy.reshape(-1, dy.shape[-1])              # (N, out)
     dx = (dy2 @ weight).reshape(x_shape)            # (N..., in)
     dweight = dy2.T @ x2                            # (out, in)
-    dbias = dy2.sum(axis=0)                         # (out,)
+    dbias = dy2.sum(axis=0) if bias else None       # (out,)
     return dx, dweight, dbias
 
 
@@ -127,6 +130,36 @@ def dropout_backward(dy, cache):
         return dy
     keep, scale = cache
     return dy * keep * scale
+
+
+# ---------------------------------------------------------------------------------------
+# Fused tails of the encoder blocks (one op each for a backend; here the pieces above, composed)
+# ---------------------------------------------------------------------------------------
+def bias_gelu_forward(h, bias):
+    """g = gelu(h + bias): the FFN's first dense layer's bias, then GELU. h: (N..., C), bias: (C,)."""
+    return gelu_forward(h + bias)
+
+
+def bias_gelu_backward(dg, cache):
+    """-> dh (N..., C), dbias (C,) = sum over rows of dh."""
+    dh = gelu_backward(dg, cache)
+    return dh, dh.reshape(-1, dh.shape[-1]).sum(axis=0)
+
+
+def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training=True, eps=1e-12, row_offset=0):
+    """y = LayerNorm(x + dropout(o + bias)): the end of BERT's attention and FFN blocks (``o`` the output
+    dense layer's product without its bias, ``x`` the block's input). o, x: (N..., C) -> y (N..., C)."""
+    out, c_drop = dropout_forward(o + bias, p, rng, training, row_offset)
+    y, c_ln = layernorm_forward(x + out, gamma, beta, eps)
+    return y, (c_ln, c_drop)          # every backend's cache: (its LayerNorm cache, its dropout cache)
+
+
+def bias_dropout_add_layernorm_backward(dy, cache):
+    """-> d_o (N..., C), d_x (N..., C) (the residual's share), dbias, dgamma, dbeta (C,)."""
+    c_ln, c_drop = cache
+    ds, dgamma, dbeta = layernorm_backward(dy, c_ln)         # s = x + dropout(o + b)
+    do = dropout_backward(ds, c_drop)
+    return do, ds, do.reshape(-1, do.shape[-1]).sum(axis=0), dgamma, dbeta
 
 
 # ---------------------------------------------------------------------------------------

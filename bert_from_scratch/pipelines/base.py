@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..data.encoding import pad_batch
 from ..nn.xp import to_numpy
 
 
@@ -76,18 +77,6 @@ def as_list(inputs, what: str = "text") -> tuple[list, bool]:
         if not isinstance(x, (str, dict)):
             raise PipelineError(f"every input must be a {what}; got {type(x).__name__}")
     return items, single
-
-
-def pad_batch(encodings: list, pad_token_id: int) -> dict:
-    """Encodings (``input_ids``, ``token_type_ids``) -> (B, T) int64 arrays padded to the longest."""
-    B, T = len(encodings), max(len(e.input_ids) for e in encodings)
-    ids = np.full((B, T), pad_token_id, dtype=np.int64)                # (B, T)
-    types = np.zeros((B, T), dtype=np.int64)                           # (B, T)
-    mask = np.zeros((B, T), dtype=np.int64)                            # (B, T)
-    for b, e in enumerate(encodings):
-        n = len(e.input_ids)
-        ids[b, :n], types[b, :n], mask[b, :n] = e.input_ids, e.token_type_ids, 1
-    return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask}
 
 
 def run_batches(model, encodings: list, pad_token_id: int, batch_size: int, outputs) -> list:

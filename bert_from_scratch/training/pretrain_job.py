@@ -109,13 +109,14 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
-                    save_every=None):
+                    save_every=None, nsp=True):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
     arrays; checkpoints are written from host copies, so they load on either).
     The run folder ``out`` is locked and checked (no second writer, no checkpoint replaced without
-    ``resume`` or ``overwrite``) before the corpus is read: no minutes of data preparation are lost."""
+    ``resume`` or ``overwrite``) before the corpus is read: no minutes of data preparation are lost.
+    nsp: False trains the masked-LM loss alone on the same instances (``--no-nsp``)."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
@@ -130,12 +131,12 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
-                    overwrite, eval_every, save_every)
+                    overwrite, eval_every, save_every, nsp)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every):
+         eval_every, save_every, nsp):
     from .pretraining import pretrain
 
     data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
@@ -151,7 +152,7 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     warmup = max(1, steps // 10) if warmup is None else warmup
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
-                      progress=progress, eval_every=eval_every, save_every=save_every)
+                      progress=progress, eval_every=eval_every, save_every=save_every, nsp=nsp)
     if not DataParallel.current().is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
@@ -163,7 +164,7 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, data.eval["next_sentence_labels"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
-              "diverged": result.diverged}
+              "diverged": result.diverged, "nsp_trained": nsp}
     out_path = Path(out)
     if out_path.is_dir():
         atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")

@@ -41,6 +41,7 @@ from .checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
 from .loop import LoopState, run_loop
 from .metrics import roc_auc
 from .optim import AdamW, linear_warmup_decay
+from .batch_order import BatchOrder
 from .run_folder import refuse_to_clobber
 
 ARRAY_KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_labels")
@@ -105,55 +106,6 @@ def check_arrays(arrays: dict, what: str, vocab_size: int | None = None) -> int:
         if bad.any():
             raise ValueError(f"{what}['labels'] holds ids outside [0, {vocab_size}) other than -100")
     return n
-
-
-class BatchOrder:
-    """Shuffled mini-batches, epoch after epoch, from a seeded generator — and restorable.
-
-    Each epoch draws ``perm = rng.permutation(N)`` and yields ``perm[i*B:(i+1)*B]`` for
-    ``i < N // B`` (a last partial batch is dropped so every step sees ``B`` sequences). The state
-    is (generator state at the start of the epoch, epoch, position): restoring it and drawing the
-    permutation again gives the very same remaining batches.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if batch_size > n:
-            raise ValueError(f"batch_size ({batch_size}) is larger than the training set ({n} sequences)")
-        self.n, self.batch_size = n, batch_size
-        self.rng = np.random.default_rng(seed)
-        self.epoch = 0
-        self.position = 0                          # batches already taken from this epoch
-        self._epoch_start_state = self.rng.bit_generator.state
-        self._perm = self.rng.permutation(n)       # (N,)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size
-
-    def next(self) -> np.ndarray:
-        """Indices (B,) of the next batch."""
-        if self.position == self.batches_per_epoch:
-            self.epoch += 1
-            self.position = 0
-            self._epoch_start_state = self.rng.bit_generator.state
-            self._perm = self.rng.permutation(self.n)
-        idx = self._perm[self.position * self.batch_size:(self.position + 1) * self.batch_size]
-        self.position += 1
-        return idx
-
-    def state(self) -> dict:
-        return {"epoch_start_rng_state": self._epoch_start_state, "epoch": self.epoch, "position": self.position,
-                "n": self.n, "batch_size": self.batch_size}
-
-    def load_state(self, state: dict) -> None:
-        if state["n"] != self.n or state["batch_size"] != self.batch_size:
-            raise CheckpointError(f"the checkpoint was trained on {state['n']} sequences in batches of "
-                                  f"{state['batch_size']}; this run has {self.n} in batches of {self.batch_size}: "
-                                  f"the batch order cannot be restored")
-        self.rng.bit_generator.state = state["epoch_start_rng_state"]
-        self._epoch_start_state = self.rng.bit_generator.state
-        self._perm = self.rng.permutation(self.n)
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
 
 def take_batch(arrays: dict, idx, xp) -> dict:
@@ -232,11 +184,14 @@ def _check_arguments(model, train_arrays, eval_arrays, steps, batch_size, lr, wa
 
 def _restore(folder: Path, model, order: BatchOrder, run: dict, log) -> tuple[int, dict, dict]:
     """Load a training checkpoint into ``model`` (weights, dropout RNG) and ``order``; return
-    (step, history, optimizer state). ``run``: this run's seed, steps, lr and warmup."""
+    (step, history, optimizer state). ``run``: this run's seed, steps, lr, warmup and objective."""
     state, optimizer_state = load_checkpoint(folder, model)
     if state.get("seed") != run["seed"]:
         raise CheckpointError(f"checkpoint {folder} used data-order seed {state.get('seed')}; this run asks for "
                               f"{run['seed']}: the batch order would not continue")
+    if state.get("nsp", True) != run["nsp"]:
+        raise CheckpointError(f"checkpoint {folder} was trained {'with' if state.get('nsp', True) else 'without'} "
+                              f"next-sentence prediction; resume it with the same objective")
     order.load_state(state["data_order"])
     model.rng.bit_generator.state = state["model_rng_state"]
     step = int(state["step"])
@@ -262,7 +217,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
              lr: float = 1e-4, warmup: int = 0, seed: int = 0, resume=False, *, overwrite: bool = False, tokenizer=None,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_every: int | None = None, save_every: int | None = None, eval_batch_size: int | None = None,
-             stop_at: int | None = None, progress: bool = True, plot: bool = True) -> TrainResult:
+             stop_at: int | None = None, progress: bool = True, plot: bool = True, nsp: bool = True) -> TrainResult:
     """Pretrain ``model`` (a :class:`~bert_from_scratch.model.BertForPreTraining`) with MLM + NSP.
 
     Parameters
@@ -283,6 +238,8 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     stop_at : stop (with an evaluation and a checkpoint) after this many total steps, to split a run into
         sessions; the lr schedule still spans ``steps``.
     progress, plot : show a tqdm bar; save the loss/accuracy curve as PNG at the end.
+    nsp : False trains the masked-LM loss alone (RoBERTa's finding, ``--no-nsp``) on the same instances; the
+        NSP head then stays untrained and its accuracy means nothing.
 
     Under ``mpiexec -n N`` (``distributed/``) each rank computes a disjoint 1/N of every batch and the gradients
     are averaged: the same run as one process. Rank 0 alone logs, evaluates and writes checkpoints.
@@ -308,7 +265,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         if resume:
             step, history, optimizer_state = _restore(find_checkpoint(out_dir if resume is True else Path(resume)),
                                                       model, order, {"seed": seed, "steps": steps, "lr": lr,
-                                                                     "warmup": warmup}, log)
+                                                                     "warmup": warmup, "nsp": nsp}, log)
         elif (out_dir / CHECKPOINT_DIR).exists():
             log(f"note: overwrite: {out_dir / CHECKPOINT_DIR} will be replaced at the first save")
 
@@ -319,7 +276,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         def trainer_state(at: int) -> dict:
             return {"step": at, "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "seed": seed,
                     "model_rng_state": model.rng.bit_generator.state, "data_order": order.state(),
-                    "history": history}
+                    "history": history, "nsp": nsp}
 
         def run_eval(at: int):
             if eval_arrays is None or not dp.is_root:
@@ -365,7 +322,7 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         def model_inputs(batch: dict) -> dict:
             return {"input_ids": batch["input_ids"], "token_type_ids": batch["token_type_ids"],
                     "attention_mask": batch["attention_mask"], "labels": batch["labels"],
-                    "next_sentence_label": batch["next_sentence_labels"]}
+                    "next_sentence_label": batch["next_sentence_labels"] if nsp else None}
 
         global_batches = (order.next() for _ in itertools.count())                          # endless, in order
         batches = ({**take_batch(train_arrays, dp.shard(idx, model), xp),                         # this rank's rows
@@ -380,11 +337,9 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         result = TrainResult(step=step, diverged=loop.diverged, message=loop.message)
         if (not history["evals"] or history["evals"][-1]["step"] != step) and not result.diverged:
             run_eval(step)
-        result.losses = list(history["loss"])
-        result.mlm_accuracies = list(history["mlm_accuracy"])
-        result.nsp_accuracies = list(history["nsp_accuracy"])
-        result.learning_rates = list(history["lr"])
-        result.evals = list(history["evals"])
+        result.losses, result.learning_rates, result.evals = list(history["loss"]), list(history["lr"]), \
+            list(history["evals"])
+        result.mlm_accuracies, result.nsp_accuracies = list(history["mlm_accuracy"]), list(history["nsp_accuracy"])
         if history["evals"]:
             last = history["evals"][-1]
             result.mlm_accuracy, result.nsp_accuracy, result.eval_loss = (last["mlm_accuracy"], last["nsp_accuracy"],

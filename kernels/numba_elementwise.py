@@ -197,20 +197,27 @@ def layernorm_backward_kernel(dy, xhat, rstd, gamma, dx, dgamma_parts, dbeta_par
             dg[c] = 0.0
             db[c] = 0.0
         for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
-            g, xh, d = dy[r], xhat[r], dx[r]
-            sum_dxhat = dt.type(0.0)
-            sum_dxhat_xhat = dt.type(0.0)
-            for c in range(C):
-                dxhat = g[c] * gamma[c]
-                sum_dxhat += dxhat
-                sum_dxhat_xhat += dxhat * xh[c]
-                dg[c] += g[c] * xh[c]
-                db[c] += g[c]
-            mean_dxhat = mean_weight * sum_dxhat * inv_c
-            mean_dxhat_xhat = sum_dxhat_xhat * inv_c
-            inv_std = rstd[r]
-            for c in range(C):
-                d[c] = (g[c] * gamma[c] - mean_dxhat - xh[c] * mean_dxhat_xhat) * inv_std
+            layernorm_row_backward(dy[r], xhat[r], gamma, rstd[r], mean_weight, inv_c, dx[r], dg, db)
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def layernorm_row_backward(g, xh, gamma, inv_std, mean_weight, inv_c, d, dg, db):
+    """One row (C,) of the LayerNorm backward: ``d = inv_std (dxhat - mean(dxhat) - xh mean(dxhat xh))`` with
+    ``dxhat = g gamma``; adds the row's terms to ``dg`` (dgamma) and ``db`` (dbeta). ``mean_weight`` is 1 (0 for
+    a planted bug). Shared by the plain LayerNorm backward and the fused residual tail's."""
+    dt = g.dtype
+    sum_dxhat = dt.type(0.0)
+    sum_dxhat_xhat = dt.type(0.0)
+    for c in range(g.shape[0]):
+        dxhat = g[c] * gamma[c]
+        sum_dxhat += dxhat
+        sum_dxhat_xhat += dxhat * xh[c]
+        dg[c] += g[c] * xh[c]
+        db[c] += g[c]
+    mean_dxhat = mean_weight * sum_dxhat * inv_c
+    mean_dxhat_xhat = sum_dxhat_xhat * inv_c
+    for c in range(g.shape[0]):
+        d[c] = (g[c] * gamma[c] - mean_dxhat - xh[c] * mean_dxhat_xhat) * inv_std
 
 
 def layernorm_backward_tasks(n_rows: int) -> int:

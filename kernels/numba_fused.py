@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit, prange
 
 from .kernel_args import dropout_threshold
-from .numba_elementwise import erf_f32, layernorm_backward_tasks, normalize_row
+from .numba_elementwise import erf_f32, layernorm_backward_tasks, layernorm_row_backward, normalize_row
 from .numba_math import FASTMATH, _exp_inplace, mix32
 from . import numba_elementwise as ew
 from .numba_layers import HashDropoutCache
@@ -175,6 +175,7 @@ def residual_layernorm_backward_kernel(dy, xhat, rstd, gamma, dropout, seed_h, t
     dt = dy.dtype
     scale = dt.type(scale)
     zero = dt.type(0.0)
+    one = dt.type(1.0)
     inv_c = dt.type(1.0 / C)
     n_tasks = parts.shape[1]
     rows_per_task = (N + n_tasks - 1) // n_tasks
@@ -186,22 +187,11 @@ def residual_layernorm_backward_kernel(dy, xhat, rstd, gamma, dropout, seed_h, t
             dbeta[c] = 0.0
             dbias[c] = 0.0
         for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
-            g, xh, dsr, dor = dy[r], xhat[r], ds[r], do[r]
-            sum_dxhat = dt.type(0.0)
-            sum_dxhat_xhat = dt.type(0.0)
-            for c in range(C):
-                dxhat = g[c] * gamma[c]
-                sum_dxhat += dxhat
-                sum_dxhat_xhat += dxhat * xh[c]
-                dg[c] += g[c] * xh[c]
-                dbeta[c] += g[c]
-            mean_dxhat = sum_dxhat * inv_c
-            mean_dxhat_xhat = sum_dxhat_xhat * inv_c
-            inv_std = rstd[r]
+            dsr, dor = ds[r], do[r]
+            layernorm_row_backward(dy[r], xhat[r], gamma, rstd[r], one, inv_c, dsr, dg, dbeta)
             base = offset + r * C
             for c in range(C):
-                d = (g[c] * gamma[c] - mean_dxhat - xh[c] * mean_dxhat_xhat) * inv_std
-                dsr[c] = d
+                d = dsr[c]
                 if masked:
                     d = d * scale if _keep(seed_h, threshold, base + c) else zero
                 elif dropout:

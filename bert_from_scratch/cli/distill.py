@@ -44,13 +44,12 @@ def cli_distill(args) -> int:
     """0 on success, 1 if training diverged, 2 for a usage error."""
     from ..pretrained import model_folder
     from ..training.distill_job import run_distillation
-    from .pretrain import corpus_problem
+    from .pretrain import BOUNDS, bounds_problem, corpus_problem
 
     keep_freed_memory()
-    for name, low, high in (("steps", 1, 10_000_000), ("batch_size", 1, 65_536), ("seq_len", 8, 512)):
-        value = getattr(args, name)
-        if not low <= value <= high:
-            return error(f"--{name.replace('_', '-')} must be in [{low:,}, {high:,}]; got {value:,}")
+    problem = bounds_problem(args, BOUNDS)                # pretrain's bounds, for the options distill has
+    if problem:
+        return error(problem)
     if not (args.lr > 0 and math.isfinite(args.lr)):
         return error(f"--lr must be a positive number; got {args.lr}")
     if args.warmup is not None and not 0 <= args.warmup <= args.steps:

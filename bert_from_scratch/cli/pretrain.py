@@ -59,6 +59,15 @@ def estimate(args) -> str:
             f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate)")
 
 
+def bounds_problem(args, bounds) -> str | None:
+    """The first option of ``bounds`` ((option, lowest, highest, why), ...) outside its range, in one line, or None."""
+    for name, low, high, why in bounds:
+        value = getattr(args, name, None)
+        if value is not None and not low <= value <= high:
+            return f"--{name.replace('_', '-')} must be in [{low:,}, {high:,}]; got {value:,}{why}"
+    return None
+
+
 def corpus_problem(corpus: str) -> str | None:
     """What is wrong with a ``--corpus`` value (a named corpus, a path, or several joined with +), or None."""
     from ..data.corpora import NAMED_CORPORA
@@ -135,10 +144,9 @@ def cli_pretrain(args) -> int:
     keep_freed_memory()
     resolve_preset(args, getattr(args, "preset", None))    # options left out get the preset's (or today's) defaults
     # cheap checks first: never spend a minute on data before refusing an option
-    for name, low, high, why in BOUNDS:
-        value = getattr(args, name)
-        if value is not None and not low <= value <= high:
-            return error(f"--{name.replace('_', '-')} must be in [{low:,}, {high:,}]; got {value:,}{why}")
+    problem = bounds_problem(args, BOUNDS)
+    if problem:
+        return error(problem)
     if args.warmup is not None and args.warmup > args.steps:
         return error(f"--warmup ({args.warmup:,}) cannot exceed --steps ({args.steps:,})")
     if args.resume and args.overwrite:

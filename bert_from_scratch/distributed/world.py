@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import numpy as np
 
 #: environment variables an MPI launcher sets in every process it starts (MPICH/Hydra, Open MPI, PMIx, Slurm's PMI)
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MPI_LOCALRANKID")
 INSTALL_HINT = 'pip install -e ".[distributed]"  (brings mpi4py and MPICH)'
+#: seconds between a failing rank's last words and MPI_Abort: without them the launcher can end the job
+#: before it has passed that rank's error line on to the terminal
+ABORT_GRACE_S = 1.0
 
 
 class DistributedError(ValueError):
@@ -112,6 +116,9 @@ class MpiWorld(World):
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(code)
 
 
@@ -152,8 +159,6 @@ def end_every_rank_on_failure(status: int) -> None:
     """Under ``mpiexec``, a command that failed on this rank (``status`` != 0) ends the job on every rank:
     the others may be waiting for this one in a collective, and would wait forever."""
     if status and launched_by_mpi() and get_world().size > 1 and not every_rank_stopping:
-        sys.stdout.flush()
-        sys.stderr.flush()
         get_world().abort(status)
 
 

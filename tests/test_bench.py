@@ -70,6 +70,25 @@ def test_default_step_bench_prints_ours_and_both_torch_rows(tmp_path, capsys):
     assert len(json.loads(out.read_text())["rows"]) == 3
 
 
+def test_default_step_bench_rounds_give_a_ratio_per_round(tmp_path, capsys):
+    """--rounds 2: every side runs twice, in turn; the reported ratio is the median of the per-round ratios."""
+    import importlib.util
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    rows = default_step.run_default_step(B=2, T=16, repeats=1, warmup=1, vocab_size=300, keep_memory=False,
+                                        torch_too=has_torch, rounds=2)
+    table = capsys.readouterr().out
+    ours = rows[0]
+    assert len(ours["ms_per_round"]) == 2 and len(ours["times_ms"]) == 2 and "2 rounds" in table
+    assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
+    if not has_torch:
+        pytest.skip("torch rows: torch or transformers not installed")
+    same = rows[1]
+    per_round = [m / t for m, t in zip(ours["ms_per_round"], same["ms_per_round"])]
+    assert ours["vs_torch_same_per_round"] == pytest.approx(per_round)
+    assert ours["vs_torch_same"] == pytest.approx(sum(per_round) / 2)
+    assert "per round: " + ", ".join(f"{r:.2f}x" for r in per_round) in table
+
+
 def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--device", "gpu"])
@@ -77,3 +96,9 @@ def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--no-torch", "--repeats", "0"])
     assert "need repeats >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--no-torch", "--rounds", "0"])
+    assert "rounds >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--rounds", "3"])
+    assert "--rounds applies to --case default-step" in capsys.readouterr().err

@@ -151,14 +151,19 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
 
 
 def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
-                     keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0):
+                     keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0, rounds=1):
     """One optimizer step of the default job: ours, torch same work, torch BertForPreTraining; prints a table.
 
-    Each side runs in its own spawned process, one after the other. Returns the rows (dicts); the
-    torch rows are left out when torch or transformers is not installed (or ``torch_too`` is False)."""
-    if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8 and masked >= 1; got repeats "
-                         f"{repeats}, warmup {warmup}, batch {B}, seq {T}, masked {max_predictions}")
+    Each side runs in its own spawned process, one after the other; ``rounds`` > 1 repeats that sequence
+    (ours, torch, torch, ours, torch, torch, ...) so that each round gives its own side-by-side ratio: the
+    machine's drift between processes moves single ratios by +-10% here. A side's time is the median over
+    rounds of its per-round medians, its ratio the median of its per-round ratios. Returns the rows
+    (dicts); the torch rows are left out when torch or transformers is not installed (or ``torch_too``
+    is False)."""
+    if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1 or rounds < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8, masked >= 1 and rounds >= 1; got "
+                         f"repeats {repeats}, warmup {warmup}, batch {B}, seq {T}, masked {max_predictions}, "
+                         f"rounds {rounds}")
     cfg = job_config(vocab_size, T)
     batch = make_job_batch(cfg, B, T, max_predictions, seed=seed)
     n_pred = int((batch["labels"] != -100).sum())
@@ -171,37 +176,43 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
             skipped = f"torch rows skipped: {', '.join(missing)} not installed"
         else:
             sides += ["torch_same", "torch_hf"]
-    results = {}
+    runs = {side: [] for side in sides}          # side -> one worker result per round
     spawn = multiprocessing.get_context("spawn")
-    for side in sides:                            # a fresh process each: no thread pool, heap or JIT shared
-        with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
-            results[side] = pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
-                                        keep_memory, side == "ours").result()
-    peak = results["ours"]["matmul_gflops"]
-    same = statistics.median(results["torch_same"]["times_s"]) if "torch_same" in results else None
+    for _ in range(rounds):
+        for side in sides:                        # a fresh process each: no thread pool, heap or JIT shared
+            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+                runs[side].append(pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
+                                              keep_memory, side == "ours").result())
+    medians = {side: [statistics.median(r["times_s"]) for r in runs[side]] for side in sides}   # per round
+    peak = statistics.median(r["matmul_gflops"] for r in runs["ours"])
     rows = []
     for side in sides:
-        r = results[side]
-        med = statistics.median(r["times_s"])
+        med = statistics.median(medians[side])
+        ratios = ([m / t for m, t in zip(medians[side], medians["torch_same"])] if "torch_same" in medians
+                  else None)
         flops = model_flops(cfg, B, T, B * T if side == "torch_hf" else n_pred)
         rows.append({"side": side, "label": SIDES[side], "ms_per_step": 1e3 * med,
-                     "times_ms": [1e3 * t for t in r["times_s"]],
-                     "vs_torch_same": None if same is None else med / same,
+                     "times_ms": [1e3 * t for r in runs[side] for t in r["times_s"]],
+                     "ms_per_round": [1e3 * m for m in medians[side]],
+                     "vs_torch_same": None if ratios is None else statistics.median(ratios),
+                     "vs_torch_same_per_round": ratios,
                      "gflop": flops / 1e9, "gflops": flops / med / 1e9, "matmul_peak_gflops": peak,
                      "fraction_of_matmul": flops / med / 1e9 / peak,
-                     **{k: v for k, v in r.items() if k not in ("times_s", "matmul_gflops")}})
-    kept = results["ours"]["keep_freed_memory"]
-    torch_info = results.get("torch_same", {})
+                     **{k: v for k, v in runs[side][0].items() if k not in ("times_s", "matmul_gflops")}})
+    kept = runs["ours"][0]["keep_freed_memory"]
+    torch_info = runs["torch_same"][0] if "torch_same" in runs else {}
     print(f"One optimizer step of the default pretraining job: tiny config (L={cfg.num_hidden_layers}, "
           f"H={cfg.hidden_size}, heads={cfg.num_attention_heads}, FFN={cfg.intermediate_size}, V={cfg.vocab_size}), "
           f"B={B}, T={T}, {n_tokens} non-pad tokens, {n_pred} MLM rows (<= {max_predictions}/seq), MLM + NSP, "
           f"AdamW (wd {JOB_WEIGHT_DECAY}), clip {JOB_MAX_GRAD_NORM}, float32, CPU")
-    print(f"each side in its own process (multiprocessing spawn), one after the other; glibc keeping freed memory: "
+    print(f"each side in its own process (multiprocessing spawn), one after the other"
+          + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else "") + "; glibc keeping freed memory: "
           f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
-          f"ours backend={results['ours']['backend']}"
+          f"ours backend={runs['ours'][0]['backend']}"
           + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}"
              if torch_info else ""))
-    print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s")
+    print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s"
+          + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")" if rounds > 1 else ""))
     head = (f"{'side':<50} {'ms/step':>8} {'vs torch same':>13} {'GFLOP':>6} {'GFLOP/s':>8} {'% np.matmul':>11}")
     print(head)
     print("-" * len(head))
@@ -209,10 +220,14 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         ratio = "-" if r["vs_torch_same"] is None else f"{r['vs_torch_same']:.2f}x"
         print(f"{r['label']:<50} {r['ms_per_step']:>8.1f} {ratio:>13} {r['gflop']:>6.2f} {r['gflops']:>8.1f} "
               f"{100 * r['fraction_of_matmul']:>10.1f}%")
+    if rounds > 1 and rows[0]["vs_torch_same_per_round"] is not None:
+        print("ours / torch same work, per round: "
+              + ", ".join(f"{r:.2f}x" for r in rows[0]["vs_torch_same_per_round"])
+              + f" (ours {', '.join(f'{m:.0f}' for m in rows[0]['ms_per_round'])} ms)")
     if skipped:
         print(f"({skipped})")
     if out_json:
         with open(out_json, "w") as f:
-            json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rows": rows,
+            json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rounds": rounds, "rows": rows,
                        "skipped": skipped}, f, indent=2)
     return rows

@@ -227,6 +227,8 @@ def main(argv=None):
                         "sequence (the job's max_predictions_per_seq; ~15%% of the tokens are masked)")
     p.add_argument("--vocab-size", type=int, default=8000, help="default-step: the vocabulary (the job's default)")
     p.add_argument("--warmup", type=int, default=WARMUP, help="default-step: untimed steps first (numba compile, heap growth)")
+    p.add_argument("--rounds", type=int, default=1, help="default-step: run the sides in turn this many times; "
+                                                         "a ratio per round, the median reported")
     p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
                    choices=["auto", "numpy", "numba", "cupy"], help="the model's backend (nn/backend.py)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
@@ -251,10 +253,12 @@ def main(argv=None):
             p.error("--backend cupy needs the GPU; --case default-step runs on the CPU")
         try:
             run_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 5), a.masked, a.backend, not a.no_torch,
-                             not a.default_malloc, a.out, a.vocab_size, a.warmup)
+                             not a.default_malloc, a.out, a.vocab_size, a.warmup, rounds=a.rounds)
         except ValueError as e:
             p.error(str(e))
         return 0
+    if a.rounds != 1:
+        p.error("--rounds applies to --case default-step")
     try:
         run(given(a.batch, 32), given(a.seq, 128), given(a.repeats, 3), a.masked, a.backend, not a.no_torch, a.profile,
             not a.default_malloc, a.out, a.device)

@@ -256,7 +256,8 @@ def test_the_job_trains_a_student_that_fine_tunes(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be in"),
     (["--lr", "nan"], "--lr must be a positive number"),
-    (["--warmup", "99", "--steps", "10"], "--warmup must be in"),
+    (["--warmup", "99", "--steps", "10"], "--warmup (99) cannot exceed --steps (10)"),
+    (["--warmup", "-1"], "--warmup must be in"),
     (["--corpus", "no/such/folder"], "corpus path not found"),
 ])
 def test_distill_command_refuses_bad_options_in_one_line(argv, message, capsys, tmp_path):

@@ -205,7 +205,7 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
           f"H={cfg.hidden_size}, heads={cfg.num_attention_heads}, FFN={cfg.intermediate_size}, V={cfg.vocab_size}), "
           f"B={B}, T={T}, {n_tokens} non-pad tokens, {n_pred} MLM rows (<= {max_predictions}/seq), MLM + NSP, "
           f"AdamW (wd {JOB_WEIGHT_DECAY}), clip {JOB_MAX_GRAD_NORM}, float32, CPU")
-    print(f"each side in its own process (multiprocessing spawn), one after the other"
+    print("each side in its own process (multiprocessing spawn), one after the other"
           + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else "") + "; glibc keeping freed memory: "
           f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
           f"ours backend={runs['ours'][0]['backend']}"

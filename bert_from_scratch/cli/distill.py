@@ -8,7 +8,6 @@ A small student learns all-MiniLM-L6-v2's hidden states and attention distributi
 """
 from __future__ import annotations
 
-import math
 import sys
 
 from .common import command, error
@@ -44,17 +43,10 @@ def cli_distill(args) -> int:
     """0 on success, 1 if training diverged, 2 for a usage error."""
     from ..pretrained import model_folder
     from ..training.distill_job import run_distillation
-    from .pretrain import BOUNDS, bounds_problem, corpus_problem
+    from .pretrain import training_options_problem
 
     keep_freed_memory()
-    problem = bounds_problem(args, BOUNDS)                # pretrain's bounds, for the options distill has
-    if problem:
-        return error(problem)
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        return error(f"--lr must be a positive number; got {args.lr}")
-    if args.warmup is not None and not 0 <= args.warmup <= args.steps:
-        return error(f"--warmup must be in [0, --steps]; got {args.warmup}")
-    problem = corpus_problem(args.corpus)
+    problem = training_options_problem(args)              # pretrain's checks, for the options distill has
     if problem:
         return error(problem)
     model_folder(args.teacher)                   # a teacher that is neither known nor a folder: refused now

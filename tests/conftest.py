@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
 
@@ -22,3 +23,9 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "gpu" in item.keywords:
                 item.add_marker(skip)
+
+
+# The CLI's jobs compile the Numba kernels in two background processes while they load their data
+# (training/compile_ahead.py). The kernels are long cached when the suite runs, so outside
+# tests/test_compile_ahead.py the workers would only cost their start-up: off.
+os.environ.setdefault("BERT_FROM_SCRATCH_COMPILE_AHEAD", "0")

@@ -282,8 +282,9 @@ def write_csv(path, header, rows):
     return path
 
 
-def test_cli_finetune_on_pair_csv_then_predict(tmp_path, capsys, pretraining_checkpoint):
+def test_cli_finetune_on_pair_csv_then_predict(tmp_path, capsys, pretraining_checkpoint, monkeypatch):
     folder, _ = pretraining_checkpoint
+    monkeypatch.setenv("BERT_FROM_SCRATCH_COMPILE_AHEAD", "1")     # as outside the tests: kernels compile ahead
 
     def rows(examples):
         return [f"{e.text},{e.text_b},{'pos' if e.label else 'neg'}" for e in examples]
@@ -297,6 +298,7 @@ def test_cli_finetune_on_pair_csv_then_predict(tmp_path, capsys, pretraining_che
     assert cli_ft.cli_finetune(args) == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
+    assert "kernels: Numba compiled in 2 background processes" in captured.out
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["id2label"] == {"0": "neg", "1": "pos"}
     assert json.loads((out / "best" / "training_args.json").read_text())["max_length"] == 24

@@ -6,10 +6,12 @@ The job itself is :func:`~bert_from_scratch.training.finetuning.finetune`; the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 
 from ..data.classification import FinetuneError
+from ..training.compile_ahead import start_if_enabled
 from ..training.classification_models import INIT_CHOICES, load_for_classification, predict
 from ..training.finetuning import finetune
 from .common import command
@@ -95,15 +97,19 @@ def cli_finetune(args) -> int:
     init = args.init if args.init in INIT_CHOICES else Path(args.init)
     if not isinstance(init, str) and not init.exists():
         raise FinetuneError(f"--init {args.init}: not 'minilm', 'random' or an existing checkpoint folder")
-    data = _load_data(args)
-    max_train = args.max_train_examples
-    if args.all_train:
-        max_train = None
-    elif max_train is None and args.train is None and args.dataset == "rotten_tomatoes":
-        max_train = DEFAULT_RT_SUBSET
-    model, tokenizer = load_for_classification(init if isinstance(init, str) else str(init),
-                                               num_labels=len(data.label_names), seed=args.seed,
-                                               like=args.like, log=print)
+    compiling = start_if_enabled()                # the Numba kernels compile while data and weights load
+    with compiling or contextlib.nullcontext():
+        data = _load_data(args)
+        max_train = args.max_train_examples
+        if args.all_train:
+            max_train = None
+        elif max_train is None and args.train is None and args.dataset == "rotten_tomatoes":
+            max_train = DEFAULT_RT_SUBSET
+        model, tokenizer = load_for_classification(init if isinstance(init, str) else str(init),
+                                                   num_labels=len(data.label_names), seed=args.seed,
+                                                   like=args.like, log=print)
+        if compiling is not None:
+            compiling.wait(print)
     run_info = {"init": str(args.init), "like": args.like if args.init == "random" else None,
                 "dataset": data.name, "split_seed": args.split_seed}
     result = finetune(model, tokenizer, data, args.out, epochs=args.epochs, batch_size=args.batch_size,

@@ -178,7 +178,8 @@ def cli_pretrain(args) -> int:
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
         vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
         backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every, layers=args.layers, hidden=args.hidden, heads=args.heads,
-        intermediate=args.intermediate, progress=not args.no_progress, device=args.device, nsp=not args.no_nsp)
+        intermediate=args.intermediate, progress=not args.no_progress, device=args.device, nsp=not args.no_nsp,
+        compile_ahead=True)
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1

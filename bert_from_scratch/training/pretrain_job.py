@@ -14,6 +14,7 @@ This is what ``bert-from-scratch pretrain`` runs. Each step is a library call a 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from dataclasses import dataclass
@@ -109,14 +110,16 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
                     seed=0, size="tiny", max_seq_length=64, vocab_size=8000, vocab_file=None, dupe_factor=2,
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
-                    save_every=None, nsp=True):
+                    save_every=None, nsp=True, compile_ahead=False):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
     arrays; checkpoints are written from host copies, so they load on either).
     The run folder ``out`` is locked and checked (no second writer, no checkpoint replaced without
     ``resume`` or ``overwrite``) before the corpus is read: no minutes of data preparation are lost.
-    nsp: False trains the masked-LM loss alone on the same instances (``--no-nsp``)."""
+    nsp: False trains the masked-LM loss alone on the same instances (``--no-nsp``).
+    compile_ahead: compile the Numba kernels in two background processes during the data preparation
+    (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if device == "gpu":
@@ -131,19 +134,24 @@ def run_pretraining(corpus="bbc", out="runs/pretrain", steps=1400, batch_size=12
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
-                    overwrite, eval_every, save_every, nsp)
+                    overwrite, eval_every, save_every, nsp, compile_ahead)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every, nsp):
+         eval_every, save_every, nsp, compile_ahead):
+    from .compile_ahead import start_if_enabled
     from .pretraining import pretrain
 
-    data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
-                                    seed=seed, log=log)
-    cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
-                       num_attention_heads=heads, intermediate_size=intermediate)
-    model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
+    compiling = start_if_enabled(backend, device) if compile_ahead else None
+    with compiling or contextlib.nullcontext():
+        data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
+                                        seed=seed, log=log)
+        cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
+                           num_attention_heads=heads, intermediate_size=intermediate)
+        model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
+        if compiling is not None:
+            compiling.wait(log)
     if device == "gpu":
         model.to("cupy", backend=backend)
     log(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "

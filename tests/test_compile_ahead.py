@@ -17,27 +17,18 @@ from bert_from_scratch.training import compile_ahead
 
 PROBE = r"""
 import json
-import numpy as np
 import numba
 from bert_from_scratch.kernels import (numba_attention, numba_elementwise, numba_fused, numba_loss, numba_math,
                                        numba_optim)
+from bert_from_scratch.bench.default_step import job_config, make_job_batch
 from bert_from_scratch.model import BertForPreTraining
 from bert_from_scratch.training.loop import train_step
 from bert_from_scratch.training.optim import AdamW
-from bert_from_scratch.training.pretrain_job import model_config
 
-model = BertForPreTraining(model_config("tiny", 8000, 64), seed=0, backend="numba")
-rng = np.random.default_rng(0)
-B, T = 8, 64
-ids = rng.integers(5, 8000, size=(B, T))
-mask = np.ones((B, T), dtype=np.int64)
-mask[:, 50:] = 0
-labels = np.full((B, T), -100)
-chosen = (rng.random((B, T)) < 0.15) & (mask == 1)
-labels[chosen] = ids[chosen]
-inputs = dict(input_ids=ids, token_type_ids=np.zeros((B, T), dtype=np.int64), attention_mask=mask, labels=labels,
-              next_sentence_label=rng.integers(0, 2, B))
-train_step(model, inputs, AdamW(model.params, lr=1e-3, weight_decay=0.01, backend=model.backend), 1e-3, 1.0)
+cfg = job_config()
+model = BertForPreTraining(cfg, seed=0, backend="numba")
+train_step(model, make_job_batch(cfg, 8, 64), AdamW(model.params, lr=1e-3, weight_decay=0.01, backend=model.backend),
+           1e-3, 1.0)
 report = {}
 for module in (numba_attention, numba_elementwise, numba_fused, numba_loss, numba_math, numba_optim):
     for name, f in vars(module).items():

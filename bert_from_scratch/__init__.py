@@ -12,20 +12,10 @@ The main pieces, each importable from the package top (the README's "Where thing
 - ``AdamW``, ``linear_warmup_decay``, ``clip_grad_norm`` (training/optim.py); ``pretrain`` (training/pretraining.py)
 - ``pretrained``: real pretrained weights (all-MiniLM-L6-v2) or any Hugging Face BERT folder
 """
-import os as _os
+# thread settings, made before NumPy and Numba load (runtime_env.py says why; a value the user set wins)
+from . import runtime_env as _runtime_env
 
-# Numba's parallel kernels run on GNU OpenMP threads, which by default busy-wait after each
-# kernel; on a 2-core machine they then take the cores that OpenBLAS's matmul threads need next.
-# Letting them sleep made the tiny model's training step (B=128, T=64) 35% faster on the
-# development VM: 0.42 -> 0.28 s. It must be set before Numba starts its thread pool (the
-# first parallel kernel); a value the user has set wins.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# OpenBLAS's worker thread does the same after each matmul (up to 2^28 cycles by default), on the core Numba's
-# second thread needs for the kernel that follows: in the default training step the Numba kernels (attention,
-# bias + GELU, the LayerNorm tails) ran about twice as fast with 2^4 cycles, the matmuls unchanged (cProfile,
-# docs/performance.md). OpenBLAS reads it when NumPy loads it, so it only takes effect when this package is imported
-# before NumPy (as the command line does); a value the user has set wins.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+_runtime_env.apply()
 
 from .config import BertConfig  # noqa: E402
 from .data.tokenizer import Tokenizer  # noqa: E402

@@ -156,20 +156,3 @@ def test_fill_mask_with_several_masks_shows_the_filled_sentence(tiny_run, capsys
     first, second = lines[1].split()[1], lines[4].split()[1]         # the top token of each mask
     assert lines[1].endswith(f"the {first.replace('##', '')} is a [MASK].")
     assert lines[-1] == f"filled: the {first.replace('##', '')} is a {second.replace('##', '')}."
-
-
-def test_importing_the_package_sets_the_thread_settings_unless_the_user_did():
-    """OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT (docs/performance.md, "Thread pools"): set by the import before
-    NumPy loads OpenBLAS, and a value already in the environment is kept."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import os, bert_from_scratch; "
-            "print(os.environ['OMP_WAIT_POLICY'], os.environ['OPENBLAS_THREAD_TIMEOUT'])")
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["PASSIVE", "4"]
-    env.update(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="28")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["ACTIVE", "28"]

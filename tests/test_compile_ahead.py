@@ -134,3 +134,21 @@ def test_the_pretraining_job_waits_for_the_workers_before_its_first_step(tmp_pat
     kernel_lines = [line for line in lines if line.startswith("kernels: Numba compiled in 2 background processes")]
     assert len(kernel_lines) == 1, lines
     assert lines.index(kernel_lines[0]) < next(i for i, line in enumerate(lines) if line.startswith("step "))
+
+
+def test_under_mpiexec_only_the_first_rank_of_a_host_compiles_and_its_workers_are_not_ranks(monkeypatch):
+    """The ranks of a host share the kernel cache: the first starts the workers, the others wait at a barrier
+    (wait_on_this_host). A worker must not look like a rank (it would try to join the MPI job)."""
+    monkeypatch.setenv(compile_ahead.ENV_SWITCH, "1")
+    monkeypatch.setattr(compile_ahead, "start", lambda: "started")
+    monkeypatch.setattr(compile_ahead, "numba_available", lambda: True)
+    monkeypatch.setenv("MPI_LOCALRANKID", "1")
+    assert compile_ahead.start_if_enabled() is None
+    monkeypatch.setenv("MPI_LOCALRANKID", "0")
+    assert compile_ahead.start_if_enabled() == "started"
+    for name, value in (("PMI_RANK", "0"), ("PMI_FD", "9"), ("MPI_LOCALNRANKS", "2"), ("OMPI_COMM_WORLD_RANK", "0"),
+                        ("PMIX_RANK", "0"), ("NUMBA_NUM_THREADS", "1")):
+        monkeypatch.setenv(name, value)
+    env = compile_ahead.worker_environment()
+    assert not [k for k in env if k.startswith(("PMI", "OMPI_", "MPI_LOCAL"))]
+    assert env["NUMBA_NUM_THREADS"] == "1" and env["PATH"] == os.environ["PATH"]

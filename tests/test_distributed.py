@@ -399,6 +399,7 @@ def test_mpiexec_bert_from_scratch_pretrain_runs_and_reports_once(tmp_path):
     p = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.count("Held-out results after 2 steps") == 1          # rank 0's report only
+    assert "GFLOP/s (float32) per process x 2 processes;" in p.stdout      # the estimate counts both ranks
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from ..data.classification import FinetuneError
-from ..training.compile_ahead import start_if_enabled
+from ..training.compile_ahead import start_if_enabled, wait_on_this_host
 from ..training.classification_models import INIT_CHOICES, load_for_classification, predict
 from ..training.finetuning import finetune
 from .common import command
@@ -108,8 +108,7 @@ def cli_finetune(args) -> int:
         model, tokenizer = load_for_classification(init if isinstance(init, str) else str(init),
                                                    num_labels=len(data.label_names), seed=args.seed,
                                                    like=args.like, log=print)
-        if compiling is not None:
-            compiling.wait(print)
+        wait_on_this_host(compiling, print)
     run_info = {"init": str(args.init), "like": args.like if args.init == "random" else None,
                 "dataset": data.name, "split_seed": args.split_seed}
     result = finetune(model, tokenizer, data, args.out, epochs=args.epochs, batch_size=args.batch_size,

@@ -38,12 +38,14 @@ BOUNDS = (
 SHARE_OF_MATMUL = (0.37, 0.51)
 
 
-def estimate(args) -> str:
-    """The machine's measured matmul rate and the run's expected training time, from its matmul FLOPs."""
+def estimate(args, processes: int = 1) -> str:
+    """The machine's measured matmul rate and the run's expected training time, from its matmul FLOPs.
+    ``processes``: the data-parallel ranks sharing the work (under ``mpiexec``); each measures its own rate, at the
+    same time as the others, and the run is estimated at ``processes`` times that rate."""
     from ..bench.train_step import matmul_gflops, model_flops
     from ..training.pretrain_job import model_config
 
-    rate = matmul_gflops(repeats=3)                                       # GFLOP/s, float32
+    rate = matmul_gflops(repeats=3)                                       # GFLOP/s, float32, this process
     if args.vocab:
         with open(args.vocab, encoding="utf-8") as f:
             vocab_size = sum(1 for line in f if line.strip())
@@ -53,9 +55,11 @@ def estimate(args) -> str:
                        hidden_size=args.hidden, num_attention_heads=args.heads, intermediate_size=args.intermediate)
     predicted = args.batch_size * min(20, max(1, round(0.15 * args.seq_len)))    # the recipe's masked positions
     step_gflop = model_flops(cfg, args.batch_size, args.seq_len, predicted) / 1e9
-    fast, slow = (args.steps * step_gflop / (share * rate) / 60 for share in reversed(SHARE_OF_MATMUL))
-    return (f"machine: np.matmul at {rate:.0f} GFLOP/s (float32); {args.steps:,} steps of {step_gflop:.1f} GFLOP: "
-            f"about {fast:.0f}-{slow:.0f} min of training, plus data preparation (the default job has run at "
+    total = rate * processes
+    fast, slow = (args.steps * step_gflop / (share * total) / 60 for share in reversed(SHARE_OF_MATMUL))
+    where = "" if processes == 1 else f" per process x {processes} processes"
+    return (f"machine: np.matmul at {rate:.0f} GFLOP/s (float32){where}; {args.steps:,} steps of {step_gflop:.1f} "
+            f"GFLOP: about {fast:.0f}-{slow:.0f} min of training, plus data preparation (the default job has run at "
             f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate)")
 
 
@@ -172,7 +176,8 @@ def cli_pretrain(args) -> int:
     elif args.backend == "cupy":
         return error("--backend cupy needs --device gpu")
     if args.device == "cpu":
-        print(estimate(args))
+        from ..distributed.world import get_world
+        print(estimate(args, processes=get_world().size))
     result, report = run_pretraining(
         corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,

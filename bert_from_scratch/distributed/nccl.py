@@ -12,18 +12,10 @@ from __future__ import annotations
 
 import os
 
-from .world import World
+from .world import World, local_rank
 
 #: NCCL's names for the dtypes a bucket can have
 _NCCL_DTYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64"}
-
-
-def local_rank() -> int:
-    """This process's rank among those on its host (MPICH/Hydra, Open MPI, Slurm), else 0."""
-    for name in ("MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID"):
-        if name in os.environ:
-            return int(os.environ[name])
-    return 0
 
 
 def use_local_gpu() -> int:

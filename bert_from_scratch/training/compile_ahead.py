@@ -117,18 +117,36 @@ class CompileAhead:
 
 
 def enabled(backend="auto", device: str = "cpu") -> bool:
-    """Worth starting: the Numba backend on the CPU, one process (under mpiexec every rank would compile
-    the same kernels into the same cache), not switched off by ``BERT_FROM_SCRATCH_COMPILE_AHEAD=0``."""
-    from ..distributed.job import DataParallel
-
+    """Worth starting: the Numba backend on the CPU, not switched off by ``BERT_FROM_SCRATCH_COMPILE_AHEAD=0``."""
     name = backend.name if isinstance(backend, Backend) else backend
     return (os.environ.get(ENV_SWITCH, "1") != "0" and device == "cpu" and name in ("auto", "numba")
-            and numba_available() and DataParallel.current().size == 1)
+            and numba_available())
 
 
 def start_if_enabled(backend="auto", device: str = "cpu") -> CompileAhead | None:
-    """:func:`start` when :func:`enabled`, else None."""
-    return start() if enabled(backend, device) else None
+    """:func:`start` when :func:`enabled`, else None. Under ``mpiexec`` only the first rank of each host starts
+    workers: the ranks of a host share the cache on disk (:func:`wait_on_this_host` holds the others back)."""
+    from ..distributed.world import local_rank
+    return start() if enabled(backend, device) and local_rank() == 0 else None
+
+
+def wait_on_this_host(compiling: CompileAhead | None, log: Callable[[str], None] = print) -> None:
+    """Wait for the workers of :func:`start_if_enabled`; under ``mpiexec`` every rank waits (a barrier) until the
+    first rank of its host has them done, so that no rank compiles the same kernels again at its first step."""
+    from ..distributed.world import get_world
+    if compiling is not None:
+        compiling.wait(log)
+    world = get_world()
+    if world.size > 1:
+        world.barrier()
+
+
+def worker_environment() -> dict:
+    """This process's environment without an MPI launcher's variables: a worker is a plain process, never a rank."""
+    from ..distributed.world import RANK_VARIABLES
+    from ..runtime_env import LOCAL_SIZE_VARIABLES
+    launcher = set(RANK_VARIABLES) | set(LOCAL_SIZE_VARIABLES) | {"MPI_LOCALRANKID"}
+    return {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith(("PMI_", "PMIX_", "OMPI_"))}
 
 
 def start(groups=tuple(GROUPS)) -> CompileAhead:
@@ -137,7 +155,7 @@ def start(groups=tuple(GROUPS)) -> CompileAhead:
     for group in groups:
         err = tempfile.TemporaryFile()
         proc = subprocess.Popen([sys.executable, "-m", __name__, group], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=subprocess.DEVNULL, stderr=err, env=worker_environment())
         processes[group] = (proc, err)
     return CompileAhead(processes, time.perf_counter())
 

@@ -156,18 +156,19 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
          eval_every, save_every, nsp, compile_ahead):
-    from .compile_ahead import start_if_enabled
+    from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
-    compiling = start_if_enabled(backend, device) if compile_ahead else None
+    dp = DataParallel.current()
+    compiling = start_if_enabled(backend, device) if compile_ahead else None     # under mpiexec: a host's first rank
     with compiling or contextlib.nullcontext():
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                         seed=seed, log=log)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
                            num_attention_heads=heads, intermediate_size=intermediate)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
-        if compiling is not None:
-            compiling.wait(log)
+        if compile_ahead:
+            wait_on_this_host(compiling, log)
     if device == "gpu":
         model.to("cupy", backend=backend)
     log(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
@@ -177,7 +178,7 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
                       progress=progress, eval_every=eval_every, save_every=save_every, nsp=nsp)
-    if not DataParallel.current().is_root:
+    if not dp.is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
     report = {"steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,

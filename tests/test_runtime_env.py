@@ -1,0 +1,92 @@
+"""The thread settings the package makes on import (bert_from_scratch/runtime_env.py): defaults a user's
+environment overrides, and one share of the cores per rank under an MPI launcher."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bert_from_scratch import runtime_env
+from bert_from_scratch.distributed.world import RANK_VARIABLES
+
+MPIEXEC = Path(sys.executable).parent / "mpiexec"
+SHOW = ("import json, os, bert_from_scratch, numba; "
+        "print(json.dumps({**{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OPENBLAS_THREAD_TIMEOUT', "
+        "'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMBA_NUM_THREADS')}, 'numba': numba.config.NUMBA_NUM_THREADS}))")
+MINE = runtime_env.THREAD_VARIABLES + ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT") + runtime_env.LOCAL_SIZE_VARIABLES
+
+
+def plain_env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in MINE and k not in RANK_VARIABLES and not k.startswith(("PMI_", "OMPI_"))}
+    return {**env, **extra}
+
+
+def show(env, launcher=()) -> list[dict]:
+    out = subprocess.run([*launcher, sys.executable, "-c", SHOW], env=env, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def test_importing_the_package_sets_the_wait_settings_unless_the_user_did():
+    """OMP_WAIT_POLICY and OPENBLAS_THREAD_TIMEOUT (docs/performance.md, "Thread pools"): set by the import before
+    NumPy loads OpenBLAS, and a value already in the environment is kept. A plain launch keeps the libraries'
+    own thread counts."""
+    (got,) = show(plain_env())
+    assert (got["OMP_WAIT_POLICY"], got["OPENBLAS_THREAD_TIMEOUT"]) == ("PASSIVE", "4")
+    assert got["OMP_NUM_THREADS"] is None and got["NUMBA_NUM_THREADS"] is None
+    (got,) = show(plain_env(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="28"))
+    assert (got["OMP_WAIT_POLICY"], got["OPENBLAS_THREAD_TIMEOUT"]) == ("ACTIVE", "28")
+
+
+@pytest.mark.parametrize("ranks, cores, want", [(2, 2, 1), (2, 8, 4), (3, 8, 2), (4, 2, 1), (1, 8, None)])
+def test_each_rank_gets_its_share_of_the_cores(monkeypatch, ranks, cores, want):
+    monkeypatch.setattr(runtime_env, "usable_cores", lambda: cores)
+    env = {"MPI_LOCALNRANKS": str(ranks)}
+    assert runtime_env.threads_per_rank(env) == want
+    runtime_env.apply(env)
+    for name in runtime_env.THREAD_VARIABLES:
+        assert env.get(name) == (None if want is None else str(want))
+    # Open MPI's variable counts the same way; a thread count the user chose is left alone, all of them
+    assert runtime_env.threads_per_rank({"OMPI_COMM_WORLD_LOCAL_SIZE": str(ranks)}) == want
+    env = {"MPI_LOCALNRANKS": str(ranks), "NUMBA_NUM_THREADS": "3"}
+    runtime_env.apply(env)
+    assert env["NUMBA_NUM_THREADS"] == "3" and "OMP_NUM_THREADS" not in env
+
+
+@pytest.mark.skipif(not MPIEXEC.exists(), reason='needs mpiexec: pip install -e ".[distributed]"')
+def test_under_mpiexec_every_library_of_every_rank_takes_its_share():
+    """Real ranks: OpenBLAS's, OpenMP's and Numba's counts (Numba's as Numba itself read it) are
+    cores // ranks, so two ranks on a 2-core machine do not start four threads."""
+    want = max(1, runtime_env.usable_cores() // 2)
+    ranks = show(plain_env(), launcher=(str(MPIEXEC), "-n", "2"))
+    assert len(ranks) == 2
+    for got in ranks:
+        assert got["numba"] == want
+        assert got["OMP_NUM_THREADS"] == got["OPENBLAS_NUM_THREADS"] == got["NUMBA_NUM_THREADS"] == str(want)
+    for got in show(plain_env(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1"), launcher=(str(MPIEXEC), "-n", "2")):
+        assert got["OPENBLAS_NUM_THREADS"] is None and got["numba"] == 1          # the user's choice, untouched
+
+
+def test_the_estimate_counts_every_process(monkeypatch):
+    """Under mpiexec each rank measures its own (one-core) matmul rate; the run is estimated at N times it."""
+    from types import SimpleNamespace
+
+    from bert_from_scratch.bench import train_step
+    from bert_from_scratch.cli.pretrain import estimate
+
+    monkeypatch.setattr(train_step, "matmul_gflops", lambda repeats=5, device="cpu": 100.0)
+    args = SimpleNamespace(vocab=None, vocab_size=8000, size="tiny", seq_len=64, layers=2, hidden=128, heads=2,
+                           intermediate=512, batch_size=128, steps=1100)
+    one, two = estimate(args), estimate(args, processes=2)
+    assert "at 100 GFLOP/s (float32);" in one
+    assert "at 100 GFLOP/s (float32) per process x 2 processes;" in two
+
+    def minutes(line):
+        return [float(x) for x in line.split("about ")[1].split(" min")[0].split("-")]
+
+    assert minutes(one)[1] == pytest.approx(2 * minutes(two)[1], abs=1)

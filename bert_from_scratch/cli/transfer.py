@@ -33,7 +33,7 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="a pretraining run or checkpoint folder (repeat for several rows); random init copies the "
                         "first one's architecture and vocabulary")
     p.add_argument("--out", default="runs/transfer", help="folder for the runs and transfer.json")
-    p.add_argument("--lrs", type=_floats, default=None, help="learning-rate grid (default 3e-4,1e-3,3e-3)")
+    p.add_argument("--lrs", type=_floats, default=None, help="learning-rate grid (default 1e-4,3e-4,1e-3,3e-3)")
     p.add_argument("--seeds", type=_ints, default=None, help="seeds at the tuned rate (default 0,1,2)")
     p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10, patience 3)")
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")

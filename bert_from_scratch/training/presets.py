@@ -23,7 +23,8 @@ corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset 
   training on a 2-core machine whose float32 ``np.matmul`` runs at 150 GFLOP/s, 50-69 minutes at 120 GFLOP/s:
   about an hour, plus data preparation. Measured (before the held-out subset): 43 min 51 s in all at 178 GFLOP/s
   (the test suite running beside it); held-out MLM 23.7%, NSP 83.2%; fine-tuned on Rotten Tomatoes, +2.0
-  [+0.4, +3.7] points over its random-init twin (docs/results.md, "The longer run").
+  [+0.4, +3.7] points over its random-init twin tuned on 3e-4 / 1e-3, but -0.1 [-1.7, +1.6] against a twin tuned
+  with 1e-4 in the grid too (docs/results.md, "The longer run").
 """
 from __future__ import annotations
 

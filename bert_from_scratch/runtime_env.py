@@ -13,8 +13,8 @@ command line does. This module imports nothing but ``os`` for that reason. Measu
 - Under an MPI launcher (``mpiexec -n N``), the cores of a host are shared by the ranks on it: each rank gets
   ``cores // ranks on this host`` threads (at least 1) for OpenBLAS, OpenMP and Numba, as ``torchrun`` does,
   unless the user set any of those thread counts. Without it N ranks would each start a thread per core. On the
-  2-core VM, 2 ranks of one thread trained the default job ~20% faster than one process of two threads (the
-  parts of a step that do not split over threads run side by side).
+  2-core VM, 2 ranks of one thread ran the default job's training steps 5-20% faster than one process of two
+  threads (the parts of a step that do not split over threads run side by side; docs/performance.md).
 """
 import os
 

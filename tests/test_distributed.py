@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,21 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bert_from_scratch.distributed.world import INSTALL_HINT, RANK_VARIABLES
+from bert_from_scratch.distributed.world import RANK_VARIABLES
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))                 # distributed_driver (the runs' script) for its data
 DRIVER = ROOT / "tests" / "distributed_driver.py"
-# the launcher of the MPI mpi4py was installed with (the mpich wheel puts it next to python), else one on PATH
-MPIEXEC = (str(Path(sys.executable).parent / "mpiexec") if (Path(sys.executable).parent / "mpiexec").exists()
-           else shutil.which("mpiexec"))
-try:
-    import mpi4py  # noqa: F401
-    HAVE_MPI4PY = True
-except ImportError:
-    HAVE_MPI4PY = False
-
-needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason=f"needs mpi4py and mpiexec: {INSTALL_HINT}")
+from mpi_launch import MPIEXEC, needs_mpi  # noqa: E402  (tests/, on the path above)
 INIT_STD = 0.02          # the relative error's floor: a parameter's scale is at least the init std
 
 

@@ -6,14 +6,13 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from bert_from_scratch import runtime_env
 from bert_from_scratch.distributed.world import RANK_VARIABLES
+from mpi_launch import MPIEXEC, needs_mpi
 
-MPIEXEC = Path(sys.executable).parent / "mpiexec"
 SHOW = ("import json, os, bert_from_scratch, numba; "
         "print(json.dumps({**{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OPENBLAS_THREAD_TIMEOUT', "
         "'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS', 'NUMBA_NUM_THREADS')}, 'numba': numba.config.NUMBA_NUM_THREADS}))")
@@ -58,17 +57,17 @@ def test_each_rank_gets_its_share_of_the_cores(monkeypatch, ranks, cores, want):
     assert env["NUMBA_NUM_THREADS"] == "3" and "OMP_NUM_THREADS" not in env
 
 
-@pytest.mark.skipif(not MPIEXEC.exists(), reason='needs mpiexec: pip install -e ".[distributed]"')
+@needs_mpi
 def test_under_mpiexec_every_library_of_every_rank_takes_its_share():
     """Real ranks: OpenBLAS's, OpenMP's and Numba's counts (Numba's as Numba itself read it) are
     cores // ranks, so two ranks on a 2-core machine do not start four threads."""
     want = max(1, runtime_env.usable_cores() // 2)
-    ranks = show(plain_env(), launcher=(str(MPIEXEC), "-n", "2"))
+    ranks = show(plain_env(), launcher=(MPIEXEC, "-n", "2"))
     assert len(ranks) == 2
     for got in ranks:
         assert got["numba"] == want
         assert got["OMP_NUM_THREADS"] == got["OPENBLAS_NUM_THREADS"] == got["NUMBA_NUM_THREADS"] == str(want)
-    for got in show(plain_env(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1"), launcher=(str(MPIEXEC), "-n", "2")):
+    for got in show(plain_env(OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1"), launcher=(MPIEXEC, "-n", "2")):
         assert got["OPENBLAS_NUM_THREADS"] is None and got["numba"] == 1          # the user's choice, untouched
 
 

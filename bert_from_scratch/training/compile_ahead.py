@@ -145,7 +145,7 @@ def worker_environment() -> dict:
     """This process's environment without an MPI launcher's variables: a worker is a plain process, never a rank."""
     from ..distributed.world import RANK_VARIABLES
     from ..runtime_env import LOCAL_SIZE_VARIABLES
-    launcher = set(RANK_VARIABLES) | set(LOCAL_SIZE_VARIABLES) | {"MPI_LOCALRANKID"}
+    launcher = set(RANK_VARIABLES) | set(LOCAL_SIZE_VARIABLES)
     return {k: v for k, v in os.environ.items() if k not in launcher and not k.startswith(("PMI_", "PMIX_", "OMPI_"))}
 
 

@@ -3,6 +3,7 @@ and the same checks shown to reject deliberately broken recipes."""
 from __future__ import annotations
 
 import copy
+import random
 import warnings
 
 import numpy as np
@@ -224,3 +225,77 @@ def test_the_held_out_set_is_capped_to_a_seeded_subset_of_itself(tmp_path):
     assert f"10 held-out (a seeded subset of {n_full})" in lines[-1]
     again = prepare_pretraining_data(path, max_eval_sequences=10, log=lambda *_: None, **kw).eval
     np.testing.assert_array_equal(again["input_ids"], capped.eval["input_ids"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the two random draws of the recipe, each against its plain definition
+
+
+def _truncate_one_token_at_a_time(a, b, max_num_tokens, rng):
+    """truncate_seq_pair as google-research writes it: one coin per removed token."""
+    while len(a) + len(b) > max_num_tokens:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+
+
+@pytest.mark.parametrize("la, lb, max_num_tokens", [(50, 10, 40), (10, 50, 40), (30, 30, 41), (31, 30, 20),
+                                                    (5, 90, 61), (3, 4, 7), (40, 2, 39), (1, 80, 2)])
+def test_truncation_matches_one_coin_per_token(la, lb, max_num_tokens):
+    """The same lengths as the one-coin-per-token loop, a contiguous slice of each side, and the number cut from
+    each side's front distributed like that loop's (its mean: half the cuts; its variance: a quarter of them)."""
+    from bert_from_scratch.data.pretraining import truncate_pair_randomly
+
+    rng = random.Random(0)
+    ours, reference = [], []
+    for trial in range(3000):
+        a, b = list(range(la)), list(range(100, 100 + lb))
+        ra, rb = list(a), list(b)
+        truncate_pair_randomly(a, b, max_num_tokens, rng)
+        _truncate_one_token_at_a_time(ra, rb, max_num_tokens, rng)
+        assert (len(a), len(b)) == (len(ra), len(rb)) and len(a) >= 1 and len(b) >= 1
+        assert a == list(range(a[0], a[0] + len(a))) and b == list(range(b[0], b[0] + len(b)))
+        ours.append((a[0], b[0] - 100))
+        reference.append((ra[0], rb[0] - 100))
+    ours, reference = np.array(ours, float), np.array(reference, float)
+    for side, cut in ((0, la - len(a)), (1, lb - len(b))):
+        for fronts in (ours[:, side], reference[:, side]):
+            assert abs(fronts.mean() - cut / 2) < 4 * np.sqrt(cut / 4 / len(fronts)) + 1e-9
+            assert abs(fronts.var() - cut / 4) < 0.15 * cut / 4 + 1e-9
+
+
+def _masked_position_counts(mask_fn, n_tokens=30, trials=3000):
+    """How often each of ``n_tokens`` word positions of ``[CLS] w... [SEP]`` is chosen for masking."""
+    tokens = ["[CLS]"] + [f"w{i}" for i in range(n_tokens)] + ["[SEP]"]
+    counts = np.zeros(len(tokens))
+    rng = random.Random(1)
+    for _ in range(trials):
+        _, positions, _ = mask_fn(tokens, 0.15, 20, ["x", "y"], rng)
+        counts[positions] += 1
+    return counts
+
+
+def _uniform_over_words(counts) -> bool:
+    """Chi-square test (p > 0.001) that positions 1..n are chosen equally often, and never [CLS]/[SEP]."""
+    words = counts[1:-1]
+    chi2 = ((words - words.mean()) ** 2 / words.mean()).sum()
+    return counts[0] == counts[-1] == 0 and chi2 < 59.7           # the 0.999 quantile of chi-square, 29 df
+
+
+def test_masked_positions_are_uniform_and_the_check_rejects_a_biased_shuffle():
+    from bert_from_scratch.data.pretraining import create_masked_lm_predictions
+
+    assert _uniform_over_words(_masked_position_counts(create_masked_lm_predictions))
+
+    def off_by_one(tokens, masked_lm_prob, max_predictions, words, rng):   # planted bug: j never reaches n - 1
+        units = [i for i, t in enumerate(tokens) if t not in ("[CLS]", "[SEP]")]
+        n, k_max = len(units), max(1, int(round(len(tokens) * masked_lm_prob)))
+        for k in range(k_max):
+            j = k + int(rng.random() * (n - k - 1))
+            units[k], units[j] = units[j], units[k]
+        positions = sorted(units[:k_max])
+        return list(tokens), positions, [tokens[p] for p in positions]
+
+    assert not _uniform_over_words(_masked_position_counts(off_by_one))

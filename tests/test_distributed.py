@@ -393,6 +393,60 @@ def test_mpiexec_bert_from_scratch_pretrain_runs_and_reports_once(tmp_path):
     assert json.loads((out / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
 
 
+SHARE_SCRIPT = """
+import sys, json
+from bert_from_scratch.distributed.job import digest
+from bert_from_scratch.distributed.world import get_world
+from bert_from_scratch.training import pretrain_job
+
+world = get_world()
+calls = []
+def prepare(*args, **kw):
+    calls.append(world.rank)
+    return real(*args, **kw)
+real, pretrain_job.prepare_pretraining_data = pretrain_job.prepare_pretraining_data, prepare
+kw = dict(corpus="python-docs", vocab_size=300, max_seq_length=32, dupe_factor=1, seed=0, log=lambda m: None)
+data = pretrain_job.prepare_pretraining_data(**kw) if world.is_root else None
+shared = pretrain_job.share_from_root(data, world)
+own = real(**kw)                                 # what this rank would have prepared itself
+same = (digest(shared.train) == digest(own.train) and digest(shared.eval) == digest(own.eval)
+        and shared.tokenizer.ids_to_tokens == own.tokenizer.ids_to_tokens
+        and (shared.n_train_docs, shared.n_eval_docs) == (own.n_train_docs, own.n_eval_docs))
+print(json.dumps({"rank": world.rank, "prepared": calls, "same": same,
+                  "dtypes": sorted({str(v.dtype) for v in shared.train.values()})}))
+"""
+
+
+@needs_mpi
+def test_rank_0_alone_prepares_the_data_and_every_rank_gets_the_same(tmp_path):
+    """share_from_root: rank 0 prepares, the other ranks receive arrays and tokenizer equal to what they would
+    have prepared themselves (digests of every array, the vocabulary, the document counts)."""
+    p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SHARE_SCRIPT], env=clean_env(), capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    reports = sorted((json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")),
+                     key=lambda r: r["rank"])
+    assert [r["rank"] for r in reports] == [0, 1]
+    assert reports[0]["prepared"] == [0] and reports[1]["prepared"] == []     # rank 1 never prepared
+    assert all(r["same"] for r in reports)
+    assert reports[1]["dtypes"] == ["float32", "int64"]
+
+
+@needs_mpi
+def test_ranks_asked_for_different_data_are_refused_before_preparing_it(tmp_path):
+    exe = Path(sys.executable).parent / "bert-from-scratch"
+    common = ["pretrain", "--corpus", "python-docs", "--steps", "2", "--batch-size", "4", "--seq-len", "32",
+              "--layers", "1", "--hidden", "32", "--heads", "2", "--intermediate", "64", "--no-progress",
+              "--backend", "numpy", "--out", str(tmp_path / "run")]
+    cmd = [MPIEXEC, "-n", "1", str(exe), *common, "--vocab-size", "300", ":",
+           "-n", "1", str(exe), *common, "--vocab-size", "301"]
+    p = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode != 0
+    lines = [line for line in p.stderr.splitlines() if "different arguments" in line]
+    assert len(lines) == 1 and "data_options (rank 1)" in lines[0], p.stderr[-2000:]
+    assert "vocabulary:" not in p.stdout                                   # refused before any preparation
+
+
 @needs_mpi
 def test_bench_distributed_prints_its_table(capsys, tmp_path):
     from bert_from_scratch.bench import distributed as bench

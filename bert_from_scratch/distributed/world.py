@@ -13,6 +13,7 @@ environment of the processes it starts) :func:`get_world` returns an :class:`Mpi
 ``allgather(obj)``     a list of every rank's (small, picklable) object
 ``allgatherv_(parts)``  every rank's slice of a flat array, on every rank (``MPI.Allgatherv``; ZeRO-1)
 ``bcast(obj)``         rank 0's object on every rank
+``bcast_arrays(d)``    rank 0's dict of NumPy arrays on every rank, as raw buffers (``MPI.Bcast``)
 ``barrier()``          wait for everyone (sleeping, not spinning)
 ``abort(code)``        end the whole job now, every rank (``MPI_Abort``)
 =====================  ==================================================================
@@ -73,6 +74,10 @@ class World:
     def bcast(self, obj):
         return obj
 
+    def bcast_arrays(self, arrays: dict | None) -> dict:
+        """Rank 0's ``{name: array}`` on every rank (the others pass None)."""
+        return arrays
+
     def barrier(self) -> None:
         return None
 
@@ -114,6 +119,16 @@ class MpiWorld(World):
 
     def bcast(self, obj):
         return self.comm.bcast(obj, root=0)
+
+    def bcast_arrays(self, arrays: dict | None) -> dict:
+        # names, shapes and dtypes go pickled; the contents as raw buffers, without a pickled copy of each
+        layout = self.bcast(None if arrays is None else {k: (a.shape, a.dtype.str) for k, a in arrays.items()})
+        out = {}
+        for name, (shape, dtype) in layout.items():
+            buf = np.ascontiguousarray(arrays[name]) if self.is_root else np.empty(shape, dtype)
+            self.comm.Bcast(buf, root=0)
+            out[name] = buf
+        return out
 
     def barrier(self) -> None:
         # MPI_Barrier spins on its core while it waits (MPICH polls), and the waits here can be long: ranks held

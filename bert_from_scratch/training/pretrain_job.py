@@ -92,6 +92,23 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     return PretrainingData(tokenizer, arrays["train"], arrays["eval"], len(train_docs), len(eval_docs))
 
 
+def share_from_root(data: PretrainingData | None, world) -> PretrainingData:
+    """Under ``mpiexec``, rank 0 prepares the data alone and the others receive it (they pass None).
+
+    Every rank would build the same arrays from the same seed, but the preparation is ~35 s of Python per
+    rank, and on a machine whose cores the ranks share (and, at the start, the processes compiling the kernels
+    share too) N ranks preparing at once take N times the CPU. The others wait at a barrier that sleeps, then
+    take the arrays as raw buffers (``World.bcast_arrays``: ~0.5 GB for the main job, well under a second
+    through shared memory) and the tokenizer pickled. On one process: ``data`` itself."""
+    if world.size == 1:
+        return data
+    world.barrier()                                     # the others sleep here while rank 0 prepares
+    header = world.bcast(None if data is None else (data.tokenizer, data.n_train_docs, data.n_eval_docs))
+    train = world.bcast_arrays(None if data is None else data.train)
+    eval_ = world.bcast_arrays(None if data is None else data.eval)
+    return data if data is not None else PretrainingData(header[0], train, eval_, header[1], header[2])
+
+
 def baselines(train: dict, eval_: dict) -> dict:
     """Held-out accuracy of trivial predictors: the most frequent masked token of the training set, and
     NSP chance (50%) next to always predicting the training set's most frequent NSP label."""
@@ -162,8 +179,11 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     dp = DataParallel.current()
     compiling = start_if_enabled(backend, device) if compile_ahead else None     # under mpiexec: a host's first rank
     with compiling or contextlib.nullcontext():
+        # under mpiexec rank 0 alone prepares the data (the others check they were asked for the same, then wait)
+        dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed)))
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
-                                        seed=seed, log=log)
+                                        seed=seed, log=log) if dp.is_root else None
+        data = share_from_root(data, dp.world)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
                            num_attention_heads=heads, intermediate_size=intermediate)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain
 from typing import Sequence
 
 import numpy as np
@@ -309,9 +309,9 @@ def instances_to_arrays(instances: Sequence[Instance], tokenizer, max_seq_length
         raise ValueError(f"instance {n} has {n_masked[n]} masked positions, more than max_predictions_per_seq={P}")
     # every instance's tokens (and masked positions) one after the other, then scattered into the padded rows:
     # one dictionary lookup per token and a few whole-array operations, not a loop of small copies per instance
-    vocab, unk = tokenizer.vocab, tokenizer.unk_token_id
+    ids = tokenizer.convert_tokens_to_ids
     rows, cols = _ragged_index(lengths)                                                    # (total,) each
-    token_ids = _lookup(vocab, unk, chain.from_iterable(x.tokens for x in instances), len(rows))
+    token_ids = np.array(ids(chain.from_iterable(x.tokens for x in instances)), dtype=np.int64)
     segments = np.fromiter(chain.from_iterable(x.segment_ids for x in instances), np.int64, len(rows))
     input_ids = np.full((N, T), tokenizer.pad_token_id, dtype=np.int64)     # (N, T)
     token_type_ids = np.zeros((N, T), dtype=np.int64)                       # (N, T)
@@ -322,7 +322,7 @@ def instances_to_arrays(instances: Sequence[Instance], tokenizer, max_seq_length
 
     m_rows, m_cols = _ragged_index(n_masked)                                                # (masked,) each
     positions = np.fromiter(chain.from_iterable(x.masked_lm_positions for x in instances), np.int64, len(m_rows))
-    label_ids = _lookup(vocab, unk, chain.from_iterable(x.masked_lm_labels for x in instances), len(m_rows))
+    label_ids = np.array(ids(chain.from_iterable(x.masked_lm_labels for x in instances)), dtype=np.int64)
     labels = np.full((N, T), IGNORE_INDEX, dtype=np.int64)                  # (N, T)
     masked_lm_positions = np.zeros((N, P), dtype=np.int64)                  # (N, P)
     masked_lm_ids = np.zeros((N, P), dtype=np.int64)                        # (N, P)
@@ -336,11 +336,6 @@ def instances_to_arrays(instances: Sequence[Instance], tokenizer, max_seq_length
             "labels": labels, "masked_lm_positions": masked_lm_positions, "masked_lm_ids": masked_lm_ids,
             "masked_lm_weights": masked_lm_weights, "next_sentence_labels": next_sentence_labels}
 
-
-
-def _lookup(vocab: dict, unk: int, tokens, count: int) -> np.ndarray:
-    """The ids of ``count`` tokens (``[UNK]``'s for a token not in ``vocab``), looked up without a Python loop."""
-    return np.fromiter(map(vocab.get, tokens, repeat(unk)), np.int64, count)
 
 
 def _ragged_index(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

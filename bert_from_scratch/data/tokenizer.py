@@ -48,6 +48,7 @@ splitting), this one (the ``Tokenizer``: vocabulary, stage 2, encoding and decod
 from __future__ import annotations
 
 import os
+from itertools import repeat
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -235,8 +236,7 @@ class Tokenizer:
         """Token(s) -> id(s); a token not in the vocabulary maps to ``[UNK]``'s id."""
         if isinstance(tokens, str):
             return self.vocab.get(tokens, self.unk_token_id)
-        unk = self.unk_token_id
-        return [self.vocab.get(t, unk) for t in tokens]
+        return list(map(self.vocab.get, tokens, repeat(self.unk_token_id)))     # the loop in C: ~11M tokens a job
 
     def convert_ids_to_tokens(self, ids: int | Iterable[int]) -> str | list[str]:
         if isinstance(ids, (int, np.integer)):

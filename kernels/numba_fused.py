@@ -143,10 +143,13 @@ def _keep(seed_h, threshold, index):
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def residual_layernorm_forward_kernel(o, bias, x, gamma, beta, eps, dropout, seed_h, threshold, scale, offset,
-                                      y, xhat, rstd):
+                                      row_ids, y, xhat, rstd):
     """o, x, y, xhat: (N, C); bias, gamma, beta: (C,); rstd: (N,). With ``dropout`` False no mask is applied.
-    Two passes per row for the statistics (mean, then variance of the centred row), as the reference."""
+    Two passes per row for the statistics (mean, then variance of the centred row), as the reference.
+    The mask's hash index of element (r, c) is ``offset + r * C + c``, or ``row_ids[r] * C + c`` when ``row_ids``
+    (N,) is not empty (the rows are a gathered subset, each keyed by its global row)."""
     N, C = o.shape
+    by_id = row_ids.shape[0] > 0
     dt = o.dtype
     eps = dt.type(eps)
     scale = dt.type(scale)
@@ -154,7 +157,7 @@ def residual_layernorm_forward_kernel(o, bias, x, gamma, beta, eps, dropout, see
     inv_c = dt.type(1.0 / C)
     for r in prange(N):
         orow, xrow, xh, out = o[r], x[r], xhat[r], y[r]
-        base = offset + r * C
+        base = row_ids[r] * C if by_id else offset + r * C
         mean = dt.type(0.0)
         for c in range(C):
             v = orow[c] + bias[c]
@@ -168,10 +171,12 @@ def residual_layernorm_forward_kernel(o, bias, x, gamma, beta, eps, dropout, see
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
 def residual_layernorm_backward_kernel(dy, xhat, rstd, gamma, dropout, seed_h, threshold, scale, offset,
-                                       ds, do, parts, planted_bug):
+                                       row_ids, ds, do, parts, planted_bug):
     """ds = LayerNorm backward (the residual's gradient), do = ds * mask * scale; (N, C) arrays.
-    parts: (3, n_tasks, C), each task's row sums of dy * xhat (dgamma), dy (dbeta) and do (dbias)."""
+    parts: (3, n_tasks, C), each task's row sums of dy * xhat (dgamma), dy (dbeta) and do (dbias).
+    ``offset``, ``row_ids``: the forward's."""
     N, C = dy.shape
+    by_id = row_ids.shape[0] > 0
     dt = dy.dtype
     scale = dt.type(scale)
     zero = dt.type(0.0)
@@ -189,7 +194,7 @@ def residual_layernorm_backward_kernel(dy, xhat, rstd, gamma, dropout, seed_h, t
         for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
             dsr, dor = ds[r], do[r]
             layernorm_row_backward(dy[r], xhat[r], gamma, rstd[r], one, inv_c, dsr, dg, dbeta)
-            base = offset + r * C
+            base = row_ids[r] * C if by_id else offset + r * C
             for c in range(C):
                 d = dsr[c]
                 if masked:
@@ -205,9 +210,11 @@ class ResidualLayerNormCache(NamedTuple):
     dropout: object         # numba_layers.HashDropoutCache, or None (no dropout)
 
 
-def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training=True, eps=1e-12, row_offset=0):
+def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training=True, eps=1e-12, row_offset=0,
+                                       row_ids=None):
     """y = LayerNorm(x + dropout(o + bias)); o, x: (N..., C). Draws the dropout seed from ``rng`` exactly when
-    the reference does (training and p > 0), so the masks of both are the same."""
+    the reference does (training and p > 0), so the masks of both are the same (``row_ids`` too: see the
+    reference, ``nn/layers.py``)."""
     dt = o.dtype
     o, o2 = _rows(o, dt)
     x, x2 = _rows(x, dt)
@@ -215,15 +222,26 @@ def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training
     if training and p != 0.0:
         seed = int(rng.integers(0, 2**32))
         offset = (int(row_offset) * (o.size // max(o.shape[0], 1))) & 0xFFFFFFFF
-        drop = HashDropoutCache(ew.dropout_seed_hash(seed), dropout_threshold(p), dt.type(1.0 / (1.0 - p)), offset)
+        ids = _NO_IDS if row_ids is None else np.ascontiguousarray(row_ids, dtype=np.int64).reshape(-1)
+        drop = HashDropoutCache(ew.dropout_seed_hash(seed), dropout_threshold(p), dt.type(1.0 / (1.0 - p)), offset,
+                                ids)
     y, xhat = np.empty_like(o), np.empty_like(o)
     rstd = np.empty(o.shape[:-1] + (1,), dt)
     gamma = np.ascontiguousarray(gamma, dtype=dt)
-    args = (drop is not None,) + ((drop.seed_hash, drop.threshold, drop.scale, drop.offset) if drop else (0, 0, 1.0, 0))
     residual_layernorm_forward_kernel(o2, np.ascontiguousarray(bias, dtype=dt), x2, gamma,
-                                      np.ascontiguousarray(beta, dtype=dt), eps, *args, y.reshape(o2.shape),
+                                      np.ascontiguousarray(beta, dtype=dt), eps, *_mask_args(drop), y.reshape(o2.shape),
                                       xhat.reshape(o2.shape), rstd.reshape(-1))
     return y, ResidualLayerNormCache((xhat, rstd, gamma), drop)
+
+
+_NO_IDS = np.empty(0, np.int64)
+
+
+def _mask_args(drop):
+    """The kernels' dropout arguments: (dropout?, seed hash, threshold, scale, offset, row_ids)."""
+    if drop is None:
+        return False, 0, 0, 1.0, 0, _NO_IDS
+    return True, drop.seed_hash, drop.threshold, drop.scale, drop.offset, drop.row_ids
 
 
 def bias_dropout_add_layernorm_backward(dy, cache: ResidualLayerNormCache, planted_bug=BUG_NONE):
@@ -233,8 +251,7 @@ def bias_dropout_add_layernorm_backward(dy, cache: ResidualLayerNormCache, plant
     dy, dy2 = _rows(dy, xhat.dtype)
     ds, do = np.empty_like(xhat), np.empty_like(xhat)
     parts = np.empty((3, layernorm_backward_tasks(dy2.shape[0]), C), xhat.dtype)
-    args = (drop is not None,) + ((drop.seed_hash, drop.threshold, drop.scale, drop.offset) if drop else (0, 0, 1.0, 0))
-    residual_layernorm_backward_kernel(dy2, xhat.reshape(-1, C), rstd.reshape(-1), gamma, *args,
+    residual_layernorm_backward_kernel(dy2, xhat.reshape(-1, C), rstd.reshape(-1), gamma, *_mask_args(drop),
                                        ds.reshape(-1, C), do.reshape(-1, C), parts, planted_bug)
     sums = parts.sum(axis=1)                                                         # (3, C)
     return do, ds, sums[2], sums[0], sums[1]

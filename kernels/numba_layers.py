@@ -71,6 +71,7 @@ class HashDropoutCache(NamedTuple):
     threshold: int          # drop where the 24-bit hash is below it
     scale: float            # 1 / (1 - p)
     offset: int = 0         # hash index of element 0: row_offset x elements per row (data-parallel ranks)
+    row_ids: object = None  # or (N,) int64: row r's elements are keyed row_ids[r] * C + c (fused kernels only)
 
 
 def dropout_forward(x, p, rng, training=True, row_offset=0):

@@ -57,17 +57,22 @@ def test_default_step_bench_prints_ours_and_both_torch_rows(tmp_path, capsys):
     assert ours["side"] == "ours" and ours["label"] in table and "np.matmul float32" in table
     assert ours["ms_per_step"] > 0 and len(ours["times_ms"]) == 2 and all(t > 0 for t in ours["times_ms"])
     assert 0 < ours["fraction_of_matmul"] <= 1 and ours["matmul_peak_gflops"] > 0
-    assert ours["gflop"] == pytest.approx(bench_train.model_flops(default_step.job_config(500, 16), 3, 16,
-                                                                  json.loads(out.read_text())["n_predicted"]) / 1e9)
+    n_pred = json.loads(out.read_text())["n_predicted"]
+    cfg = default_step.job_config(500, 16)
+    assert ours["gflop"] == pytest.approx(bench_train.model_flops(cfg, 3, 16, n_pred, n_pred + 3) / 1e9)
+    full = rows[1]                        # the same step with the last layer at every position
+    assert full["side"] == "ours_full" and full["label"] in table
+    assert full["gflop"] == pytest.approx(bench_train.model_flops(cfg, 3, 16, n_pred) / 1e9)
+    assert full["gflop"] > ours["gflop"]
     if not has_torch:
-        assert len(rows) == 1 and "torch rows skipped" in table
+        assert len(rows) == 2 and "torch rows skipped" in table
         pytest.skip("torch rows: torch or transformers not installed")
-    assert [r["side"] for r in rows] == ["ours", "torch_same", "torch_hf"]
+    assert [r["side"] for r in rows] == ["ours", "ours_full", "torch_same", "torch_hf"]
     for r in rows:
         assert r["label"] in table and r["ms_per_step"] > 0 and r["gflops"] > 0 and r["fraction_of_matmul"] > 0
-        assert r["vs_torch_same"] == pytest.approx(r["ms_per_step"] / rows[1]["ms_per_step"])
-    assert rows[2]["gflop"] > rows[1]["gflop"] == ours["gflop"]          # Hugging Face's head runs at every position
-    assert len(json.loads(out.read_text())["rows"]) == 3
+        assert r["vs_torch_same"] == pytest.approx(r["ms_per_step"] / rows[2]["ms_per_step"])
+    assert rows[3]["gflop"] > rows[2]["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
+    assert len(json.loads(out.read_text())["rows"]) == 4
 
 
 def test_default_step_bench_rounds_give_a_ratio_per_round(tmp_path, capsys):
@@ -82,11 +87,12 @@ def test_default_step_bench_rounds_give_a_ratio_per_round(tmp_path, capsys):
     assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
     if not has_torch:
         pytest.skip("torch rows: torch or transformers not installed")
-    same = rows[1]
-    per_round = [m / t for m, t in zip(ours["ms_per_round"], same["ms_per_round"])]
-    assert ours["vs_torch_same_per_round"] == pytest.approx(per_round)
-    assert ours["vs_torch_same"] == pytest.approx(sum(per_round) / 2)
-    assert "per round: " + ", ".join(f"{r:.2f}x" for r in per_round) in table
+    same = rows[2]
+    for r in rows[:2]:                    # ours, then ours at the same work as torch
+        per_round = [m / t for m, t in zip(r["ms_per_round"], same["ms_per_round"])]
+        assert r["vs_torch_same_per_round"] == pytest.approx(per_round)
+        assert r["vs_torch_same"] == pytest.approx(sum(per_round) / 2)
+        assert f"{r['side']} / torch same work, per round: " + ", ".join(f"{x:.2f}x" for x in per_round) in table
 
 
 def test_default_step_bench_options_are_checked(capsys):

@@ -50,8 +50,10 @@ def fixed_rng_loss(model, training, **batch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("training", [False, True], ids=["dropout-off", "dropout-on"])
-def test_pretraining_model_every_parameter(training, backend):
+@pytest.mark.parametrize("heads_rows", [True, False], ids=["last-layer-at-heads-rows", "last-layer-everywhere"])
+def test_pretraining_model_every_parameter(training, backend, heads_rows):
     model = BertForPreTraining(tiny_config(), seed=0, dtype=np.float64, backend=backend)
+    model.last_layer_at_heads_rows = heads_rows
     assert model.backend.name == backend
     ids, tt, mask, labels, nsl = tiny_batch()
     loss = fixed_rng_loss(model, training, input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels,

@@ -7,7 +7,9 @@ gradient clipping at 1.0), CPU only, three sides, each in its own process (``mul
 spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc``):
 
 - ours: :func:`bert_from_scratch.training.loop.train_step` (the job's own step) with
-  :class:`~bert_from_scratch.training.optim.AdamW`;
+  :class:`~bert_from_scratch.training.optim.AdamW`; the last layer's output dense and FFN at the heads'
+  rows only ([CLS] and the masked rows: ``BertForPreTraining.last_layer_at_heads_rows``, as the job runs);
+- ours, same work: the same step with the last layer at every position (what the torch step below does);
 - torch eager, same work: Hugging Face's ``BertModel`` + its pretraining heads with the MLM head on the
   masked rows only, cross-entropies, ``backward``, ``clip_grad_norm_``, ``torch.optim.AdamW``
   (eps 1e-6, no decay on LayerNorm and biases, as ours), ``zero_grad(set_to_none=True)``;
@@ -38,7 +40,8 @@ from .train_step import WARMUP, model_flops, matmul_gflops
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
 JOB_WEIGHT_DECAY = 0.01
 JOB_MAX_GRAD_NORM = 1.0
-SIDES = {"ours": "ours: training.loop.train_step + AdamW",
+SIDES = {"ours": "ours: train_step + AdamW (last layer at heads' rows)",
+         "ours_full": "ours, same work (last layer at every position)",
          "torch_same": "torch eager, same work (MLM on masked rows)",
          "torch_hf": "torch BertForPreTraining (MLM at all positions)"}
 
@@ -82,10 +85,11 @@ def _time_steps(step, repeats: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def _ours_steps(cfg: BertConfig, batch: dict, backend: str):
+def _ours_steps(cfg: BertConfig, batch: dict, backend: str, heads_rows: bool = True):
     from ..training.loop import train_step
     from ..training.optim import AdamW
     model = BertForPreTraining(cfg, seed=0, backend=backend)               # as training/pretrain_job.py builds it
+    model.last_layer_at_heads_rows = heads_rows
     optimizer = AdamW(model.params, lr=JOB_LR, weight_decay=JOB_WEIGHT_DECAY, backend=model.backend)
 
     def step():
@@ -143,7 +147,8 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
     """Runs in a fresh process: build one side, warm it up, time ``repeats`` steps."""
     kept = keep_freed_memory() if keep_memory else False
     cfg = BertConfig(**cfg_dict)
-    step, info = _ours_steps(cfg, batch, backend) if side == "ours" else _torch_steps(cfg, batch, side)
+    step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
+                  else _torch_steps(cfg, batch, side))
     times = _time_steps(step, repeats, warmup)
     info.update(times_s=times, keep_freed_memory=kept)
     if measure_matmul:
@@ -169,7 +174,8 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     batch = make_job_batch(cfg, B, T, max_predictions, seed=seed)
     n_pred = int((batch["labels"] != -100).sum())
     n_tokens = int(batch["attention_mask"].sum())
-    sides = ["ours"]
+    heads_rows = n_pred + B                      # the masked rows and the [CLS] rows (never masked here)
+    sides = ["ours", "ours_full"]
     skipped = None
     if torch_too:
         missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
@@ -191,7 +197,8 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         med = statistics.median(medians[side])
         ratios = ([m / t for m, t in zip(medians[side], medians["torch_same"])] if "torch_same" in medians
                   else None)
-        flops = model_flops(cfg, B, T, B * T if side == "torch_hf" else n_pred)
+        flops = model_flops(cfg, B, T, B * T if side == "torch_hf" else n_pred,
+                            heads_rows if side == "ours" else None)
         rows.append({"side": side, "label": SIDES[side], "ms_per_step": 1e3 * med,
                      "times_ms": [1e3 * t for r in runs[side] for t in r["times_s"]],
                      "ms_per_round": [1e3 * m for m in medians[side]],
@@ -222,9 +229,10 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         print(f"{r['label']:<50} {r['ms_per_step']:>8.1f} {ratio:>13} {r['gflop']:>6.2f} {r['gflops']:>8.1f} "
               f"{100 * r['fraction_of_matmul']:>10.1f}%")
     if rounds > 1 and rows[0]["vs_torch_same_per_round"] is not None:
-        print("ours / torch same work, per round: "
-              + ", ".join(f"{r:.2f}x" for r in rows[0]["vs_torch_same_per_round"])
-              + f" (ours {', '.join(f'{m:.0f}' for m in rows[0]['ms_per_round'])} ms)")
+        for r in rows[:2]:
+            print(f"{r['side']} / torch same work, per round: "
+                  + ", ".join(f"{x:.2f}x" for x in r["vs_torch_same_per_round"])
+                  + f" ({r['side']} {', '.join(f'{m:.0f}' for m in r['ms_per_round'])} ms)")
     if skipped:
         print(f"({skipped})")
     if out_json:

@@ -36,7 +36,7 @@ WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buff
 MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
 
 
-def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int) -> float:
+def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int, last_layer_rows=None) -> float:
     r"""Forward + backward FLOPs of the matmuls of one step (2 per multiply-add; backward = 2x forward).
 
     With hidden size :math:`H`, FFN size :math:`I`, :math:`L` layers, vocabulary :math:`V`, batch
@@ -54,12 +54,18 @@ def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int) -> float:
     (a linear ``in -> out`` on :math:`n` rows is :math:`2\,n\cdot in\cdot out`; the backward computes
     the input's and the weight's gradient, twice the forward). Elementwise work (softmax, GELU,
     LayerNorm, dropout, AdamW, clipping) is not counted: this is the work the matmul rate bounds.
+
+    ``last_layer_rows`` :math:`M`: the last layer's output dense and FFN run on :math:`M` rows only (ours with
+    ``BertForPreTraining.last_layer_at_heads_rows``: the [CLS] and labelled rows), its Q, K, V and attention
+    core on all :math:`B T`; that layer's :math:`B T \cdot 2(H^2 + 2HI)` becomes :math:`M \cdot 2(H^2 + 2HI)`.
     """
     H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     per_token = L * (2 * (4 * H * H + 2 * H * I) + 4 * T * H)         # linears + QK^T and PV
     mlm = n_predicted * 2 * (H * H + H * V)                           # transform + tied decoder
     pooler_nsp = B * 2 * (H * H + 2 * H)
-    return 3.0 * (B * T * per_token + mlm + pooler_nsp)
+    after_attention = 2 * (H * H + 2 * H * I)                         # output dense + FFN, per row
+    saved = 0 if last_layer_rows is None or L == 0 else (B * T - last_layer_rows) * after_attention
+    return 3.0 * (B * T * per_token - saved + mlm + pooler_nsp)
 
 
 def _synchronize(device: str) -> None:

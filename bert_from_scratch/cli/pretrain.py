@@ -54,7 +54,8 @@ def estimate(args, processes: int = 1) -> str:
     cfg = model_config(args.size, vocab_size, args.seq_len, num_hidden_layers=args.layers,
                        hidden_size=args.hidden, num_attention_heads=args.heads, intermediate_size=args.intermediate)
     predicted = args.batch_size * min(20, max(1, round(0.15 * args.seq_len)))    # the recipe's masked positions
-    step_gflop = model_flops(cfg, args.batch_size, args.seq_len, predicted) / 1e9
+    step_gflop = model_flops(cfg, args.batch_size, args.seq_len, predicted,      # the last layer at the heads' rows
+                             predicted + args.batch_size) / 1e9
     total = rate * processes
     fast, slow = (args.steps * step_gflop / (share * total) / 60 for share in reversed(SHARE_OF_MATMUL))
     where = "" if processes == 1 else f" per process x {processes} processes"

@@ -96,11 +96,11 @@ class _Encoder:
 
     # ---- the encoder ------------------------------------------------------------------------
     def _encode(self, input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                output_attentions) -> EncoderOutput:
+                output_attentions, rows=None) -> EncoderOutput:
         ids, tt, mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)
         return encoder_forward(ids, tt, mask, Scope(self.params, self.base_prefix), self.backend, self.config,
                                self.rng, training, output_hidden_states, output_attentions,
-                               getattr(self, "dropout_row_offset", 0))   # set per batch by distributed/job.py
+                               getattr(self, "dropout_row_offset", 0), rows)   # offset: set by distributed/job.py
 
     def _encode_backward(self, dseq, dpooled, enc_cache, grads: dict, d_hidden_states=None,
                          d_attentions=None) -> None:
@@ -227,7 +227,13 @@ class BertModel(_Encoder):
 # BertForPreTraining: encoder + masked-LM head + next-sentence head
 # =======================================================================================
 class BertForPreTraining(_Encoder):
-    """BERT with the masked-LM and next-sentence-prediction heads (Hugging Face's ``BertForPreTraining``)."""
+    """BERT with the masked-LM and next-sentence-prediction heads (Hugging Face's ``BertForPreTraining``).
+
+    ``last_layer_at_heads_rows`` (default True): with ``labels``, the last layer's output is computed only at the
+    rows the heads read, the [CLS] rows and the labelled ones (``encoder_forward``'s ``rows``): the same loss and
+    gradients (tested against False), about a fifth less work at the default pretraining size."""
+
+    last_layer_at_heads_rows = True
 
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto"):
         shapes = {**encoder_param_shapes(config, "bert."), **pretraining_head_shapes(config)}
@@ -243,18 +249,28 @@ class BertForPreTraining(_Encoder):
         positions, as google-research/bert does: ``prediction_logits`` is then (N, V), rows in
         the row-major order of the labelled positions. Without labels it covers every position.
         """
-        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions)
-        seq = enc.sequence
-        xp = get_array_module(seq)
-        B, T, _ = seq.shape
+        xp = self.xp
+        input_ids, token_type_ids, attention_mask = check_inputs(self.config, xp, input_ids, token_type_ids,
+                                                                 attention_mask)   # clear errors first
+        B, T = input_ids.shape
         labels, nsl = _check_labels(self.config, xp, labels, next_sentence_label, B, T)
+        heads_rows = None
         if labels is not None:
             positions = xp.nonzero(labels != IGNORE_INDEX)                                  # 2 x (N,)
-            rows = seq[positions]                                                           # (N, H)
             target = labels[positions]                                                      # (N,)
-        else:
+            if self.last_layer_at_heads_rows and not output_hidden_states:
+                flat = positions[0] * T + positions[1]                                      # (N,) rows of B*T
+                heads_rows = xp.unique(xp.concatenate([flat, xp.arange(B) * T]))            # + [CLS]: (M,) sorted
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions, heads_rows)
+        seq = enc.sequence                                                                  # (B, T, H) or (M, H)
+        if labels is None:
             positions, rows, target = None, seq, None
+        elif heads_rows is not None:
+            positions = (xp.searchsorted(heads_rows, flat),)                                # labelled rows among M
+            rows = seq[positions]                                                           # (N, H)
+        else:
+            rows = seq[positions]                                                           # (N, H)
         mlm_logits, c_mlm = mlm_head_forward(rows, Scope(self.params, "cls.predictions."), self.backend, self.config)
         nsp_logits, c_nsp = nsp_head_forward(enc.pooled, Scope(self.params, "cls.seq_relationship."))   # (B, 2)
         mlm_loss = nsp_loss = None
@@ -269,7 +285,8 @@ class BertForPreTraining(_Encoder):
                        "nsp": c_nsp, "mlm_loss": c_mlm_loss, "nsp_loss": c_nsp_loss}
         return PreTrainingOutput(loss, None if mlm_loss is None else float(mlm_loss),
                                  None if nsp_loss is None else float(nsp_loss), mlm_logits, nsp_logits,
-                                 enc.hidden_states, enc.attentions, None if positions is None else tuple(positions))
+                                 enc.hidden_states, enc.attentions,
+                                 None if labels is None else tuple(xp.nonzero(labels != IGNORE_INDEX)))
 
     def backward(self, mlm_scale: float = 1.0, nsp_scale: float = 1.0) -> dict:
         """Gradient of ``out.loss`` (MLM mean + NSP mean) w.r.t. every parameter, keyed like ``params``.
@@ -291,6 +308,9 @@ class BertForPreTraining(_Encoder):
         """Backward from any upstream gradients of the outputs (e.g. for attribution)."""
         cache = self._backward_setup()
         grads = {}
+        if d_last_hidden_state is not None and len(cache["seq_shape"]) == 2:
+            raise ValueError("d_last_hidden_state needs the whole last hidden state: run forward() with "
+                             "output_hidden_states=True (or last_layer_at_heads_rows=False) when labels are given")
         dseq = self.xp.zeros(cache["seq_shape"], dtype=self.dtype) if d_last_hidden_state is None \
             else d_last_hidden_state.astype(self.dtype, copy=True)
         if d_prediction_logits is not None:

@@ -57,16 +57,17 @@ def norm_backward(dy, cache, G: Scope, ops):
     return dx
 
 
-def output_forward(h, x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
+def output_forward(h, x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0, row_ids=None):
     """The end of the attention and FFN blocks: y = LayerNorm(x + dropout(dense(h))), ``x`` the block's input.
 
     The dense layer's matmul, then its bias, the dropout, the residual and the LayerNorm as one fused op
     (``ops.bias_dropout_add_layernorm_forward``). ``P``: the block's scope (``output.dense.*``,
-    ``output.LayerNorm.*``). h: (B, T, in), x: (B, T, H) -> (y (B, T, H), cache)."""
+    ``output.LayerNorm.*``). h: (B, T, in), x: (B, T, H) -> (y (B, T, H), cache); or h: (M, in), x: (M, H) for
+    M gathered rows, with ``row_ids`` (M,) their global rows (the dropout mask's keys, see ``nn/layers.py``)."""
     o, c_dense = linear_forward(h, P["output.dense.weight"], None)                     # (B, T, H), no bias yet
     y, c_tail = ops.bias_dropout_add_layernorm_forward(o, P["output.dense.bias"], x, P["output.LayerNorm.weight"],
                                                        P["output.LayerNorm.bias"], cfg.hidden_dropout_prob, rng,
-                                                       training, cfg.layer_norm_eps, row_offset)
+                                                       training, cfg.layer_norm_eps, row_offset, row_ids=row_ids)
     return y, (c_dense, c_tail)
 
 
@@ -133,6 +134,7 @@ class AttentionBlockCache(NamedTuple):
     output: tuple           # output_forward's cache: dense, then bias + dropout + residual + LayerNorm
     shape: tuple            # (B, T, H, nh, d)
     probs: Optional[tuple] = None   # (P, q, k) when the forward returned P: a loss on P backpropagates through it
+    rows: Optional[object] = None   # (M,) the flat rows of (B*T) the block's output was computed at (None: all)
 
     @property
     def layernorm(self):
@@ -141,8 +143,13 @@ class AttentionBlockCache(NamedTuple):
 
 
 def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
-                            output_attentions: bool = False, row_offset: int = 0):
-    """x: (B, T, H), mask: (B, T) or None -> (y (B, T, H), probs (B, nh, T, T) or None, cache)."""
+                            output_attentions: bool = False, row_offset: int = 0, rows=None):
+    """x: (B, T, H), mask: (B, T) or None -> (y (B, T, H), probs (B, nh, T, T) or None, cache).
+
+    ``rows`` (M,), sorted flat indices into the B*T positions: the output only at those rows, y (M, H). Keys,
+    values and the attention core still cover every position (each row attends to all); the output dense
+    layer, its dropout, residual and LayerNorm run on the M rows alone (the last layer, when only the heads'
+    rows are read: :func:`encoder_forward`)."""
     xp = get_array_module(x)
     B, T, H = x.shape
     nh, d = cfg.num_attention_heads, cfg.head_size
@@ -160,17 +167,28 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
         probs = c_core["probs"] if "probs" in c_core else attention_probabilities(q, k, mask)
         kept = (probs, q, k)
     ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                                      # merge heads
-    y, c_out = output_forward(ctx, x, P, ops, cfg, rng, training, row_offset)            # LN(x + dropout(dense))
-    return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, (B, T, H, nh, d), kept)
+    row_ids = None
+    if rows is not None:
+        ctx, x = ctx.reshape(B * T, H)[rows], x.reshape(B * T, H)[rows]                  # (M, H) each
+        row_ids = rows + row_offset * T                                                   # global rows: dropout keys
+    y, c_out = output_forward(ctx, x, P, ops, cfg, rng, training, row_offset, row_ids)   # LN(x + dropout(dense))
+    return y, probs, AttentionBlockCache(c_qkv, c_core, c_out, (B, T, H, nh, d), kept, rows)
 
 
 def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope, ops, dprobs=None):
-    """dy: (B, T, H) -> dx (B, T, H). ``dprobs`` (B, nh, T, T): a gradient on the returned attention
-    probabilities too (a loss on them, as in distillation); it reaches q and k through the softmax."""
+    """dy: (B, T, H) (or (M, H) at the forward's ``rows``) -> dx (B, T, H). ``dprobs`` (B, nh, T, T): a gradient
+    on the returned attention probabilities too (a loss on them, as in distillation); it reaches q and k
+    through the softmax."""
     xp = get_array_module(dy)
     B, T, H, nh, d = cache.shape
     # forward: y = LayerNorm(x + dropout(dense(ctx)))
     dctx, dx = output_backward(dy, cache.output, G, ops)        # dx: the residual branch's share
+    if cache.rows is not None:                                  # forward: ctx, x = ctx[rows], x[rows]
+        dctx_rows, dx_rows = dctx, dx
+        dctx, dx = xp.zeros((B * T, H), dtype=dy.dtype), xp.zeros((B * T, H), dtype=dy.dtype)
+        dctx[cache.rows] = dctx_rows                            # the rows are distinct: no repeats to add
+        dx[cache.rows] = dx_rows
+        dctx, dx = dctx.reshape(B, T, H), dx.reshape(B, T, H)
     # forward: ctx = merge_heads(attention(q, k, v))
     dctx = xp.ascontiguousarray(dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3))          # (B, nh, T, d)
     dq, dk, dv = ops.attention_backward(dctx, cache.core)
@@ -201,11 +219,12 @@ class FFNBlockCache(NamedTuple):
         return self.output[1][0]
 
 
-def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0):
-    """x: (B, T, H) -> (y (B, T, H), cache). ``P`` is the layer's scope (``intermediate.*``, ``output.*``)."""
+def ffn_block_forward(x, P: Scope, ops, cfg: BertConfig, rng, training: bool, row_offset: int = 0, row_ids=None):
+    """x: (B, T, H) -> (y (B, T, H), cache), or x: (M, H) gathered rows with ``row_ids`` (M,) their global rows
+    (see :func:`output_forward`). ``P`` is the layer's scope (``intermediate.*``, ``output.*``)."""
     h, c_in = linear_forward(x, P["intermediate.dense.weight"], None)                    # (B, T, I), no bias yet
     g, c_gelu = ops.bias_gelu_forward(h, P["intermediate.dense.bias"])                    # gelu(h + b1), fused
-    y, c_out = output_forward(g, x, P, ops, cfg, rng, training, row_offset)              # LN(x + dropout(dense(g)))
+    y, c_out = output_forward(g, x, P, ops, cfg, rng, training, row_offset, row_ids)     # LN(x + dropout(dense(g)))
     return y, FFNBlockCache(c_in, c_gelu, c_out)
 
 
@@ -226,22 +245,27 @@ def ffn_block_backward(dy, cache: FFNBlockCache, P: Scope, G: Scope, ops):
 class PoolerCache(NamedTuple):
     dense: tuple
     tanh: object
-    seq_shape: tuple        # (B, T, H) of the sequence it read row 0 of
+    seq_shape: tuple        # (B, T, H) of the sequence it read row 0 of (or (M, H): gathered rows)
+    cls_rows: Optional[object] = None   # (B,) the [CLS] rows' indices among gathered rows; None: seq[:, 0]
 
 
-def pooler_forward(seq, P: Scope):
-    """seq: (B, T, H) -> pooled (B, H)."""
-    h, c_dense = dense_forward(seq[:, 0], P / "dense")                                    # (B, H)
+def pooler_forward(seq, P: Scope, cls_rows=None):
+    """seq: (B, T, H) -> pooled (B, H); or seq: (M, H) gathered rows, the [CLS] rows at ``cls_rows`` (B,)."""
+    first = seq[:, 0] if cls_rows is None else seq[cls_rows]                              # (B, H)
+    h, c_dense = dense_forward(first, P / "dense")                                        # (B, H)
     y, c_tanh = tanh_forward(h)
-    return y, PoolerCache(c_dense, c_tanh, seq.shape)
+    return y, PoolerCache(c_dense, c_tanh, seq.shape, cls_rows)
 
 
 def pooler_backward(dy, cache: PoolerCache, G: Scope):
-    """dy: (B, H) -> dseq (B, T, H), non-zero at the [CLS] row only."""
+    """dy: (B, H) -> dseq (B, T, H) (or (M, H)), non-zero at the [CLS] rows only."""
     dh = tanh_backward(dy, cache.tanh)
     dfirst = dense_backward(dh, cache.dense, G / "dense")
     dseq = get_array_module(dy).zeros(cache.seq_shape, dtype=dy.dtype)
-    dseq[:, 0] = dfirst
+    if cache.cls_rows is None:
+        dseq[:, 0] = dfirst
+    else:
+        dseq[cache.cls_rows] = dfirst
     return dseq
 
 
@@ -261,7 +285,7 @@ class EncoderCache(NamedTuple):
 
 
 class EncoderOutput(NamedTuple):
-    sequence: object                    # (B, T, H)
+    sequence: object                    # (B, T, H), or (M, H) at the ``rows`` asked for
     pooled: object                      # (B, H)
     hidden_states: Optional[tuple]      # (L + 1) x (B, T, H): embeddings, then each layer
     attentions: Optional[tuple]         # L x (B, nh, T, T)
@@ -270,27 +294,46 @@ class EncoderOutput(NamedTuple):
 
 def encoder_forward(ids, token_type_ids, mask, P: Scope, ops, cfg: BertConfig, rng, training: bool,
                     output_hidden_states: bool = False, output_attentions: bool = False,
-                    row_offset: int = 0) -> EncoderOutput:
+                    row_offset: int = 0, rows=None) -> EncoderOutput:
     """``P`` is the encoder's scope (``bert.`` for the task models, empty for ``BertModel``).
 
     ``row_offset``: the global row of ``ids[0]`` when this is a data-parallel rank's shard of a larger batch;
-    every dropout mask is keyed by (seed, global position), so N shards drop what one process would."""
+    every dropout mask is keyed by (seed, global position), so N shards drop what one process would.
+
+    ``rows`` (M,): sorted, distinct flat indices into the B*T positions, every [CLS] row ``b * T`` among them
+    when there is a pooler. Only those rows of the last layer's output are computed (its attention still reads
+    every position), and ``sequence`` is (M, H): what pretraining does, where the heads read the [CLS] and the
+    masked rows alone (~17% of the positions), so the last layer's output dense, FFN and LayerNorms run on
+    those. The same numbers as the full computation at those rows, dropout masks included."""
     x, c_emb = embeddings_forward(ids, token_type_ids, P / "embeddings", ops, cfg, rng, training, row_offset)
     hidden_states = [x] if output_hidden_states else None
     attentions = [] if output_attentions else None
     layer_caches = []
+    last = cfg.num_hidden_layers - 1
+    if rows is not None and output_hidden_states:
+        raise ValueError("rows and output_hidden_states exclude each other: the last hidden state is only "
+                         "computed at the rows")
+    B, T = ids.shape
     for i in range(cfg.num_hidden_layers):
         layer = P / f"encoder.layer.{i}"
+        at_rows = rows if i == last else None
         x, probs, c_att = attention_block_forward(x, mask, layer / "attention", ops, cfg, rng, training,
-                                                  output_attentions, row_offset)
-        x, c_ffn = ffn_block_forward(x, layer, ops, cfg, rng, training, row_offset)
+                                                  output_attentions, row_offset, at_rows)
+        row_ids = None if at_rows is None else at_rows + row_offset * T
+        x, c_ffn = ffn_block_forward(x, layer, ops, cfg, rng, training, row_offset, row_ids)
         layer_caches.append(LayerCache(c_att, c_ffn))
         if output_hidden_states:
             hidden_states.append(x)
         if output_attentions:
             attentions.append(probs)
     # a token-classification / QA / masked-LM encoder has no pooler (Hugging Face's add_pooling_layer=False)
-    pooled, c_pool = pooler_forward(x, P / "pooler") if "pooler.dense.weight" in P else (None, None)
+    cls_rows = None
+    if rows is not None and "pooler.dense.weight" in P:
+        xp = get_array_module(x)
+        cls_rows = xp.searchsorted(rows, xp.arange(B) * T)                                  # (B,)
+        if not bool((rows[xp.minimum(cls_rows, len(rows) - 1)] == xp.arange(B) * T).all()):
+            raise ValueError("rows must hold every [CLS] row b * T: the pooler reads them")
+    pooled, c_pool = pooler_forward(x, P / "pooler", cls_rows) if "pooler.dense.weight" in P else (None, None)
     return EncoderOutput(x, pooled, None if hidden_states is None else tuple(hidden_states),
                          None if attentions is None else tuple(attentions),
                          EncoderCache(c_emb, layer_caches, c_pool, x.shape))

@@ -54,7 +54,7 @@ class Backend:
     cross_entropy_backward: Callable     # (dloss, cache) -> dlogits
     bias_gelu_forward: Callable          # (h, bias) -> (gelu(h + bias), cache)
     bias_gelu_backward: Callable         # (dg, cache) -> (dh, dbias)
-    bias_dropout_add_layernorm_forward: Callable   # (o, bias, x, gamma, beta, p, rng, training, eps, row_offset)
+    bias_dropout_add_layernorm_forward: Callable   # (o, bias, x, gamma, beta, p, rng, training, eps, row_offset, row_ids)
     #                                                -> (y, cache); cache[0] is a layernorm_backward cache
     bias_dropout_add_layernorm_backward: Callable  # (dy, cache) -> (d_o, d_x, dbias, dgamma, dbeta)
 

@@ -101,13 +101,16 @@ def layernorm_backward(dy, cache):
 # ---------------------------------------------------------------------------------------
 # Dropout (inverted): y = x * keep / (1 - p), keep ~ Bernoulli(1 - p)
 # ---------------------------------------------------------------------------------------
-def dropout_forward(x, p, rng, training=True, row_offset=0):
+def dropout_forward(x, p, rng, training=True, row_offset=0, row_ids=None):
     """Inverted dropout with a counter-hash mask, as the attention core's dropout.
 
     ``rng`` (a ``numpy.random.Generator``) draws one 32-bit seed per call; element ``i`` of the
     flattened ``x`` is kept when ``mix32(mix32(seed ^ GOLDEN) ^ (i + o)) >> 8 >= round(p * 2**24)``
     (mod 2**32), with ``o = row_offset * (elements per row of x)``: ``row_offset`` is the global row of
     ``x[0]`` when a data-parallel rank holds rows of a larger batch, so its masks are the whole batch's.
+    ``row_ids`` (N,) ints, for ``x`` of shape (N, C) holding a gathered subset of a larger batch's rows:
+    element (r, c) is keyed ``row_ids[r] * C + c`` instead, the index it has in the whole (flattened) batch, so
+    the subset gets exactly the whole batch's mask at those rows (``model/blocks.py``: the last layer's rows).
     The mask is a function of (seed, index) only, so NumPy, the fused Numba kernel and CuPy make
     the same mask, and the fused kernel's backward regenerates it instead of storing it.
     """
@@ -118,8 +121,12 @@ def dropout_forward(x, p, rng, training=True, row_offset=0):
     scale = x.dtype.type(1.0 / (1.0 - p))
     xp = get_array_module(x)
     seed_h = mix32(xp.asarray([seed ^ GOLDEN], dtype=xp.uint32), xp)               # (1,)
-    offset = (int(row_offset) * (x.size // max(x.shape[0], 1))) & 0xFFFFFFFF if x.ndim else 0
-    index = (xp.arange(x.size, dtype=xp.uint32) + xp.uint32(offset)).reshape(x.shape)      # wraps mod 2**32
+    if row_ids is None:
+        offset = (int(row_offset) * (x.size // max(x.shape[0], 1))) & 0xFFFFFFFF if x.ndim else 0
+        index = (xp.arange(x.size, dtype=xp.uint32) + xp.uint32(offset)).reshape(x.shape)  # wraps mod 2**32
+    else:                                                                                  # x: (N, C)
+        C = x.shape[-1]
+        index = ((xp.asarray(row_ids, dtype=xp.int64)[:, None] * C + xp.arange(C)) & 0xFFFFFFFF).astype(xp.uint32)
     keep = (mix32(index ^ seed_h[0], xp) >> xp.uint32(8)) >= xp.uint32(threshold)  # (N...,) bool
     return x * keep * scale, (keep, scale)
 
@@ -146,10 +153,12 @@ def bias_gelu_backward(dg, cache):
     return dh, dh.reshape(-1, dh.shape[-1]).sum(axis=0)
 
 
-def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training=True, eps=1e-12, row_offset=0):
+def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training=True, eps=1e-12, row_offset=0,
+                                       row_ids=None):
     """y = LayerNorm(x + dropout(o + bias)): the end of BERT's attention and FFN blocks (``o`` the output
-    dense layer's product without its bias, ``x`` the block's input). o, x: (N..., C) -> y (N..., C)."""
-    out, c_drop = dropout_forward(o + bias, p, rng, training, row_offset)
+    dense layer's product without its bias, ``x`` the block's input). o, x: (N..., C) -> y (N..., C).
+    ``row_offset``, ``row_ids``: the dropout mask's keys (see :func:`dropout_forward`)."""
+    out, c_drop = dropout_forward(o + bias, p, rng, training, row_offset, row_ids)
     y, c_ln = layernorm_forward(x + out, gamma, beta, eps)
     return y, (c_ln, c_drop)          # every backend's cache: (its LayerNorm cache, its dropout cache)
 

@@ -1,0 +1,144 @@
+"""The last layer computed at the heads' rows only (``BertForPreTraining.last_layer_at_heads_rows``).
+
+With MLM labels the heads read the [CLS] rows and the labelled rows of the last hidden state, nothing else,
+so the last layer's output dense, FFN and LayerNorms run on those rows alone (``model/blocks.py``,
+``encoder_forward(rows=...)``). That must be the same function as the full computation: same loss, logits and
+gradient of every parameter, dropout masks included (keyed by each row's global index, ``row_ids``), on every
+backend and on a data-parallel rank's shard (``dropout_row_offset``). Its gradient against central
+differences is in tests/test_model.py (``test_pretraining_model_every_parameter``, both settings).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bert_from_scratch.bench.train_step import model_flops
+from bert_from_scratch.config import BertConfig
+from bert_from_scratch.model import BertForPreTraining
+from bert_from_scratch.nn.backend import get_backend
+
+BACKENDS = ("numpy", "numba")
+
+
+def config() -> BertConfig:
+    return BertConfig(vocab_size=97, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=16)
+
+
+def batch(B=5, T=12, seed=0):
+    """Padding in two sequences, two segments, 3 labelled positions per sequence (never [CLS])."""
+    r = np.random.default_rng(seed)
+    ids = r.integers(1, 97, (B, T))
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[1, 8:] = 0
+    mask[3, 5:] = 0
+    tt = np.zeros((B, T), dtype=np.int64)
+    tt[:, 6:] = 1
+    labels = np.full((B, T), -100)
+    for b in range(B):
+        labels[b, r.choice(np.arange(1, T), 3, replace=False)] = r.integers(0, 97, 3)
+    return ids, tt, mask, labels, r.integers(0, 2, B)
+
+
+def run(at_rows: bool, backend, dtype, row_offset=7, training=True):
+    model = BertForPreTraining(config(), seed=3, dtype=dtype, backend=backend)
+    model.last_layer_at_heads_rows = at_rows
+    model.dropout_row_offset = row_offset          # a data-parallel rank's shard: its masks keyed by global rows
+    out = model.forward(*batch(), training=training)
+    return out, model.backward()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("training", [True, False], ids=["dropout-on", "dropout-off"])
+def test_heads_rows_give_the_full_computations_loss_logits_and_gradients(backend, dtype, training):
+    full, g_full = run(False, backend, dtype, training=training)
+    rows, g_rows = run(True, backend, dtype, training=training)
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rows.loss == pytest.approx(full.loss, rel=rtol)
+    assert rows.mlm_loss == pytest.approx(full.mlm_loss, rel=rtol) and rows.nsp_loss == pytest.approx(full.nsp_loss,
+                                                                                                       rel=rtol)
+    np.testing.assert_allclose(rows.prediction_logits, full.prediction_logits, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(rows.seq_relationship_logits, full.seq_relationship_logits, rtol=rtol, atol=rtol)
+    for a, b in zip(rows.masked_positions, full.masked_positions):
+        np.testing.assert_array_equal(a, b)
+    assert set(g_rows) == set(g_full)
+    for name in g_full:
+        scale = max(float(np.abs(g_full[name]).max()), 1e-3)
+        np.testing.assert_allclose(g_rows[name], g_full[name], rtol=0, atol=rtol * scale, err_msg=name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_keyed_dropout_is_the_whole_batchs_mask_at_those_rows(backend):
+    """bias + dropout + residual + LayerNorm on gathered rows with ``row_ids`` = the whole (B, T, C) batch's
+    result at those rows, forward and backward (the shard at global sequence ``row_offset``)."""
+    ops = get_backend(backend)
+    r = np.random.default_rng(5)
+    B, T, C, offset = 4, 6, 8, 3
+    o, x, dy = (r.normal(size=(B, T, C)) for _ in range(3))
+    bias, gamma, beta = r.normal(size=C), 1 + 0.1 * r.normal(size=C), r.normal(size=C)
+    rows = np.array([0, 2, 5, 6, 13, 18, 23])
+    whole, c_whole = ops.bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, 0.3, np.random.default_rng(1),
+                                                            True, 1e-12, offset)
+    part, c_part = ops.bias_dropout_add_layernorm_forward(o.reshape(-1, C)[rows], bias, x.reshape(-1, C)[rows],
+                                                          gamma, beta, 0.3, np.random.default_rng(1), True, 1e-12,
+                                                          offset, row_ids=rows + offset * T)
+    np.testing.assert_allclose(part, whole.reshape(-1, C)[rows], rtol=1e-13)
+    d_whole = np.zeros((B * T, C))
+    d_whole[rows] = dy.reshape(-1, C)[rows]
+    back_whole = ops.bias_dropout_add_layernorm_backward(d_whole.reshape(B, T, C), c_whole)
+    back_part = ops.bias_dropout_add_layernorm_backward(dy.reshape(-1, C)[rows], c_part)
+    for got, want in zip(back_part[:2], back_whole[:2]):                        # d_o, d_x at the rows
+        np.testing.assert_allclose(got, want.reshape(-1, C)[rows], rtol=1e-12)
+    for got, want in zip(back_part[2:], back_whole[2:]):                        # dbias, dgamma, dbeta
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    # and the mask is not the one a plain (N, C) array would get: the keys matter
+    plain, _ = ops.bias_dropout_add_layernorm_forward(o.reshape(-1, C)[rows], bias, x.reshape(-1, C)[rows], gamma,
+                                                      beta, 0.3, np.random.default_rng(1), True, 1e-12, offset)
+    assert not np.allclose(plain, part)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_comparison_rejects_rows_keyed_by_their_place_in_the_subset(backend):
+    """A planted bug: the gathered rows' dropout keyed by their index in the subset (``row_ids`` dropped), as a
+    naive gather would do. The masks differ from the full computation's, and the comparison above catches it."""
+    ops = get_backend(backend)
+    real = ops.bias_dropout_add_layernorm_forward
+
+    def keyed_by_place(*args, row_ids=None, **kwargs):
+        return real(*args, **kwargs)
+    buggy = dataclasses.replace(ops, name=f"{backend}-planted",
+                                bias_dropout_add_layernorm_forward=keyed_by_place)
+    full, _ = run(False, backend, np.float64)
+    wrong, _ = run(True, buggy, np.float64)
+    assert wrong.loss != pytest.approx(full.loss, rel=1e-6)
+    right, _ = run(True, backend, np.float64)
+    assert right.loss == pytest.approx(full.loss, rel=1e-12)
+
+
+def test_heads_rows_need_the_cls_rows_and_no_hidden_states():
+    model = BertForPreTraining(config(), seed=0, dtype=np.float64)
+    ids, tt, mask, labels, nsl = batch()
+    out = model.forward(ids, tt, mask, labels, nsl, output_hidden_states=True)   # falls back to every row
+    assert out.hidden_states[-1].shape == (5, 12, 16)
+    model.forward(ids, tt, mask, labels, nsl)
+    with pytest.raises(ValueError, match="d_last_hidden_state needs the whole last hidden state"):
+        model.backward_from(d_last_hidden_state=np.zeros((5, 12, 16)))
+    from bert_from_scratch.model.blocks import encoder_forward
+    from bert_from_scratch.model.params import Scope
+    with pytest.raises(ValueError, match=r"every \[CLS\] row"):
+        encoder_forward(ids, tt, mask, Scope(model.params, "bert."), model.backend, model.config,
+                        np.random.default_rng(0), False, rows=np.array([0, 1, 12, 24, 36]))
+
+
+def test_the_step_flops_count_the_last_layer_at_the_rows():
+    """bench/train_step.py's FLOP count: the default job's step does ~21% less matmul work this way."""
+    from bert_from_scratch.bench.default_step import job_config
+    cfg = job_config()
+    full, rows = model_flops(cfg, 128, 64, 1229), model_flops(cfg, 128, 64, 1229, 1229 + 128)
+    H, I = cfg.hidden_size, cfg.intermediate_size
+    assert full - rows == pytest.approx(3 * (128 * 64 - 1357) * 2 * (H * H + 2 * H * I))
+    assert 0.78 < rows / full < 0.8
+    assert model_flops(cfg, 128, 64, 1229, 128 * 64) == full

@@ -11,7 +11,8 @@ synchronisation).
 
 - equal work: every position is an MLM target, so both compute the vocabulary projection at all
   B*T positions (what Hugging Face always does);
-- default: ~20 masked positions per sequence, where our head runs (as google-research/bert).
+- default: ~20 masked positions per sequence, where our head runs (as google-research/bert), and the
+  last layer's output dense and FFN at those rows and [CLS] only (``last_layer_at_heads_rows``).
 
 Prints median seconds, tokens/s, model GFLOP/s, the fraction of the machine's measured
 ``np.matmul`` float32 rate, and ours/torch.
@@ -187,7 +188,9 @@ def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profi
     for label, n_masked in cases:
         batch = make_batch(cfg, B, T, n_masked)
         n_pred = int((batch[3] != -100).sum())
-        flops = model_flops(cfg, B, T, n_pred)
+        labelled = batch[3] != -100
+        labelled[:, 0] = True                    # + the [CLS] rows: where ours computes the last layer's output
+        flops = model_flops(cfg, B, T, n_pred, int(labelled.sum()))
         ours = statistics.median(time_ours(cfg, batch, repeats, backend, device))
         theirs = None
         if torch_too:

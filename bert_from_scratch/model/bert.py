@@ -261,6 +261,8 @@ class BertForPreTraining(_Encoder):
             if self.last_layer_at_heads_rows and not output_hidden_states:
                 flat = positions[0] * T + positions[1]                                      # (N,) rows of B*T
                 heads_rows = xp.unique(xp.concatenate([flat, xp.arange(B) * T]))            # + [CLS]: (M,) sorted
+                if heads_rows.size == B * T:                                                # every row: no subset
+                    heads_rows = None
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
                            output_attentions, heads_rows)
         seq = enc.sequence                                                                  # (B, T, H) or (M, H)

@@ -108,3 +108,15 @@ def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--rounds", "3"])
     assert "--rounds applies to --case default-step" in capsys.readouterr().err
+
+
+def test_heads_rows_bench_prints_both_settings(capsys):
+    """bench heads-rows: a fine-tuning step with the last layer at [CLS] only and at every row, a time per round."""
+    from bert_from_scratch.bench import heads_rows
+    ms = heads_rows.run(B=3, T=8, repeats=1, rounds=2, warmup=1, vocab_size=200)
+    table = capsys.readouterr().out
+    assert len(ms[True]) == len(ms[False]) == 2 and all(m > 0 for m in ms[True] + ms[False])
+    assert "at every row" in table and "at the [CLS] rows only" in table and "ratio (median)" in table
+    with pytest.raises(SystemExit):
+        heads_rows.main(["--rounds", "0"])
+    assert "rounds >= 1" in capsys.readouterr().err

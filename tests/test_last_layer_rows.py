@@ -47,6 +47,7 @@ def run(at_rows: bool, backend, dtype, row_offset=7, training=True):
     model.last_layer_at_heads_rows = at_rows
     model.dropout_row_offset = row_offset          # a data-parallel rank's shard: its masks keyed by global rows
     out = model.forward(*batch(), training=training)
+    assert model._cache["seq_shape"] == ((5 * 3 + 5, 16) if at_rows else (5, 12, 16))   # 15 labelled + 5 [CLS]
     return out, model.backward()
 
 
@@ -142,3 +143,41 @@ def test_the_step_flops_count_the_last_layer_at_the_rows():
     assert full - rows == pytest.approx(3 * (128 * 64 - 1357) * 2 * (H * H + 2 * H * I))
     assert 0.78 < rows / full < 0.8
     assert model_flops(cfg, 128, 64, 1229, 128 * 64) == full
+
+
+def _task_model_runs(cls, kwargs, inputs, backend, dtype):
+    """(loss, logits, grads) of ``cls`` with the last layer at the heads' rows and at every row, dropout on."""
+    out = []
+    for at_rows in (True, False):
+        model = cls(config(), seed=3, dtype=dtype, backend=backend, **kwargs)
+        model.last_layer_at_heads_rows = at_rows
+        model.dropout_row_offset = 7
+        res = model.forward(**inputs, training=True)
+        assert len(model._cache["seq_shape"]) == (2 if at_rows else 3)     # (M, H) rows, or (B, T, H)
+        out.append((res.loss, res.logits, model.backward()))
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("task", ["sequence-classification", "multiple-choice", "masked-lm"])
+def test_task_models_heads_rows_match_every_row(task, backend):
+    """The other models whose heads read some rows only: [CLS] (sequence classification, multiple choice) or the
+    labelled rows (masked LM). Same loss, logits and gradients both ways, float64, dropout on, a shard's offset."""
+    from bert_from_scratch.model import BertForMaskedLM, BertForMultipleChoice, BertForSequenceClassification
+    ids, tt, mask, labels, nsl = batch()
+    if task == "sequence-classification":
+        runs = _task_model_runs(BertForSequenceClassification, {"num_labels": 3}, dict(
+            input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=np.array([0, 2, 1, 1, 0])), backend,
+            np.float64)
+    elif task == "multiple-choice":
+        runs = _task_model_runs(BertForMultipleChoice, {}, dict(
+            input_ids=ids[:4].reshape(2, 2, 12), attention_mask=mask[:4].reshape(2, 2, 12),
+            labels=np.array([1, 0])), backend, np.float64)
+    else:
+        runs = _task_model_runs(BertForMaskedLM, {}, dict(input_ids=ids, token_type_ids=tt, attention_mask=mask,
+                                                          labels=labels), backend, np.float64)
+    (loss_rows, logits_rows, g_rows), (loss_all, logits_all, g_all) = runs
+    assert loss_rows == pytest.approx(loss_all, rel=1e-12)
+    np.testing.assert_allclose(logits_rows, logits_all, rtol=1e-12, atol=1e-12)
+    for name in g_all:
+        np.testing.assert_allclose(g_rows[name], g_all[name], rtol=1e-10, atol=1e-13, err_msg=name)

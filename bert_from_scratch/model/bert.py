@@ -76,6 +76,18 @@ class _Encoder:
     """Encoder + pooler over ``self.params`` with names under ``self.base_prefix``."""
 
     base_prefix = "bert."
+    #: the models whose heads read some rows of the last hidden state only (pretraining: [CLS] and the labelled
+    #: rows; sequence classification and multiple choice: [CLS]) compute the last layer's output dense and FFN
+    #: at those rows alone (``encoder_forward(rows=...)``): the same outputs, loss and gradients, less work.
+    #: False computes every row (as the tests compare).
+    last_layer_at_heads_rows = True
+
+    def _cls_rows(self, B: int, T: int, output_hidden_states: bool):
+        """(B,) the [CLS] rows ``b * T`` of the flattened batch, where a pooled head reads the last layer; None
+        (every row) when that is switched off, the hidden states are asked for, or T == 1."""
+        if not self.last_layer_at_heads_rows or output_hidden_states or T == 1:
+            return None
+        return self.xp.arange(B) * T
 
     def _setup(self, config: BertConfig, seed: int, dtype, shapes: dict, backend):
         if not isinstance(config, BertConfig):
@@ -233,8 +245,6 @@ class BertForPreTraining(_Encoder):
     rows the heads read, the [CLS] rows and the labelled ones (``encoder_forward``'s ``rows``): the same loss and
     gradients (tested against False), about a fifth less work at the default pretraining size."""
 
-    last_layer_at_heads_rows = True
-
     def __init__(self, config: BertConfig, seed: int = 0, dtype=np.float32, backend="auto"):
         shapes = {**encoder_param_shapes(config, "bert."), **pretraining_head_shapes(config)}
         # the decoder weight is bert.embeddings.word_embeddings.weight itself (tied): no entry of its own
@@ -347,8 +357,10 @@ class BertForSequenceClassification(_Encoder):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, training=False,
                 output_hidden_states=False, output_attentions=False) -> SequenceClassifierOutput:
+        input_ids, token_type_ids, attention_mask = check_inputs(self.config, self.xp, input_ids, token_type_ids,
+                                                                 attention_mask)
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions)
+                           output_attentions, self._cls_rows(*input_ids.shape, output_hidden_states))
         xp = get_array_module(enc.sequence)
         logits, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
                                                  self.config, self.rng, training,

@@ -29,7 +29,7 @@ from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.xp import get_array_module
 from .bert import _Encoder
 from .heads import classifier_head_backward, classifier_head_forward, mlm_head_backward, mlm_head_forward
-from .inputs import _as_int_array, _check_labels
+from .inputs import _as_int_array, _check_labels, check_inputs
 from .params import Scope, classifier_shapes, encoder_param_shapes, pretraining_head_shapes
 from .task_heads import qa_head_backward, qa_head_forward, span_loss_backward, span_loss_forward
 
@@ -96,25 +96,36 @@ class BertForMaskedLM(_Encoder):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, training=False,
                 output_hidden_states=False, output_attentions=False) -> MaskedLMOutput:
-        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions)
-        seq = enc.sequence                                                               # (B, T, H)
-        xp = get_array_module(seq)
-        labels, _ = _check_labels(self.config, xp, labels, None, *seq.shape[:2])
-        positions = rows = None
+        xp = self.xp
+        input_ids, token_type_ids, attention_mask = check_inputs(self.config, xp, input_ids, token_type_ids,
+                                                                 attention_mask)
+        B, T = input_ids.shape
+        labels, _ = _check_labels(self.config, xp, labels, None, B, T)
+        positions = heads_rows = None
         if labels is not None:
             positions = xp.nonzero(labels != IGNORE_INDEX)                              # 2 x (N,)
-            rows = seq[positions]                                                       # (N, H)
+            target = labels[positions]                                                  # (N,)
+            if self.last_layer_at_heads_rows and not output_hidden_states:
+                flat = positions[0] * T + positions[1]                                  # (N,) sorted, distinct
+                heads_rows = flat if 0 < flat.size < B * T else None                    # the last layer's rows
+        enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
+                           output_attentions, heads_rows)
+        seq = enc.sequence                                                               # (B, T, H) or (N, H)
+        rows = None
+        if labels is not None:
+            rows = seq if heads_rows is not None else seq[positions]                    # (N, H)
+            if heads_rows is not None:
+                positions = (xp.arange(flat.size),)                                     # every gathered row
         logits, c_head = mlm_head_forward(seq if rows is None else rows, Scope(self.params, "cls.predictions."),
                                           self.backend, self.config)
         loss, c_loss = None, None
         if labels is not None:
-            loss, c_loss = self.backend.cross_entropy_forward(logits, labels[positions])   # (N, V)
+            loss, c_loss = self.backend.cross_entropy_forward(logits, target)              # (N, V)
             loss = float(loss)
         self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "positions": positions,
                        "seq_shape": seq.shape}
         return MaskedLMOutput(loss, logits, enc.hidden_states, enc.attentions,
-                              None if positions is None else tuple(positions))
+                              None if labels is None else tuple(xp.nonzero(labels != IGNORE_INDEX)))
 
     def backward(self) -> dict:
         _needs_loss(self._cache, "labels")
@@ -258,7 +269,8 @@ class BertForMultipleChoice(_Encoder):
                     raise ValueError(f"{name} has shape {tuple(value.shape)}; expected {(B, C, T)} like input_ids")
                 value = value.reshape(B * C, T)
             flat.append(value)
-        enc = self._encode(*flat, training, output_hidden_states, output_attentions)
+        enc = self._encode(*flat, training, output_hidden_states, output_attentions,
+                           self._cls_rows(B * C, T, output_hidden_states))                # the pooler reads [CLS]
         scores, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
                                                  self.config, self.rng, training)       # (B*C, 1)
         logits = scores.reshape(B, C)

@@ -2,7 +2,8 @@
 
     python -m bert_from_scratch.bench.heads_rows              # or: bert-from-scratch bench heads-rows
 
-One optimizer step (forward, backward, AdamW) of ``BertForSequenceClassification`` at the default
+One optimizer step (``training.loop.train_step``: forward, backward, clipping, AdamW) of
+``BertForSequenceClassification`` at the default
 checkpoint's size (2 layers x hidden 128, vocab 8,000) on a Rotten-Tomatoes-shaped batch (B=32, T=64, the
 README's ``finetune`` defaults), in one process, the two settings of ``last_layer_at_heads_rows`` alternating
 for ``--rounds`` rounds (a time per round each, median of ``--repeats`` steps after warm-up): True runs the
@@ -22,15 +23,17 @@ from ..model import BertForSequenceClassification
 from ..training.optim import AdamW
 
 
-def _step_times(at_rows: bool, cfg, batch, repeats: int, warmup: int) -> list[float]:
+def _step_times(at_rows: bool, cfg, batch: dict, repeats: int, warmup: int) -> list[float]:
+    """Seconds per step of ``training.loop.train_step`` (the one step every job runs), after ``warmup`` steps."""
+    from ..training.loop import train_step
     model = BertForSequenceClassification(cfg, num_labels=2, seed=0)
     model.last_layer_at_heads_rows = at_rows
     optimizer = AdamW(model.params, lr=1e-4, weight_decay=0.01, backend=model.backend)
     times = []
     for _ in range(warmup + repeats):
         t = time.perf_counter()
-        model.forward(*batch[:3], labels=batch[3], training=True)
-        optimizer.step(model.backward())
+        if train_step(model, batch, optimizer, 1e-4, max_grad_norm=1.0).diverged:
+            raise RuntimeError("the benchmark's fine-tuning step diverged")
         times.append(time.perf_counter() - t)
     return times[warmup:]
 
@@ -48,12 +51,13 @@ def run(B: int = 32, T: int = 64, repeats: int = 20, rounds: int = 3, warmup: in
     lengths = r.integers(T // 2, T + 1, B)                                   # padded, as real reviews are
     mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.int64)        # (B, T)
     ids = r.integers(5, vocab_size, (B, T)) * mask
-    batch = (ids, np.zeros_like(ids), mask, r.integers(0, 2, B))
+    batch = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask,
+             "labels": r.integers(0, 2, B)}
     ms = {True: [], False: []}
     for _ in range(rounds):
         for at_rows in (False, True):
             ms[at_rows].append(1e3 * statistics.median(_step_times(at_rows, cfg, batch, repeats, warmup)))
-    print(f"A fine-tuning step (BertForSequenceClassification, forward + backward + AdamW), L=2, H=128, "
+    print(f"A fine-tuning step (train_step: BertForSequenceClassification, forward, backward, clip, AdamW), L=2, H=128, "
           f"V={vocab_size}, B={B}, T={T}, float32, CPU; median of {repeats} steps per round, {rounds} rounds "
           f"alternating")
     print(f"{'last layer':<28} {'ms/step per round':<28} {'median':>8}")

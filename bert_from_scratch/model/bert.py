@@ -82,12 +82,16 @@ class _Encoder:
     #: False computes every row (as the tests compare).
     last_layer_at_heads_rows = True
 
-    def _cls_rows(self, B: int, T: int, output_hidden_states: bool):
-        """(B,) the [CLS] rows ``b * T`` of the flattened batch, where a pooled head reads the last layer; None
-        (every row) when that is switched off, the hidden states are asked for, or T == 1."""
-        if not self.last_layer_at_heads_rows or output_hidden_states or T == 1:
+    def _heads_rows(self, B: int, T: int, output_hidden_states: bool, labelled=None, cls: bool = True):
+        """(M,) sorted, distinct rows of the flattened B*T batch that the heads read: ``labelled`` (flat indices,
+        sorted and distinct, or None) and, with ``cls``, the [CLS] rows ``b * T``. None (compute every row) when
+        ``last_layer_at_heads_rows`` is off, the hidden states are asked for, or the rows are all or none of them."""
+        if not self.last_layer_at_heads_rows or output_hidden_states:
             return None
-        return self.xp.arange(B) * T
+        xp = self.xp
+        parts = ([] if labelled is None else [labelled]) + ([xp.arange(B) * T] if cls else [])
+        rows = parts[0] if len(parts) == 1 else xp.unique(xp.concatenate(parts))
+        return rows if 0 < rows.size < B * T else None
 
     def _setup(self, config: BertConfig, seed: int, dtype, shapes: dict, backend):
         if not isinstance(config, BertConfig):
@@ -108,8 +112,10 @@ class _Encoder:
 
     # ---- the encoder ------------------------------------------------------------------------
     def _encode(self, input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                output_attentions, rows=None) -> EncoderOutput:
-        ids, tt, mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)
+                output_attentions, rows=None, checked: bool = False) -> EncoderOutput:
+        """``checked``: the inputs already went through ``check_inputs`` (a forward that needed their shape)."""
+        ids, tt, mask = ((input_ids, token_type_ids, attention_mask) if checked else
+                         check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask))
         return encoder_forward(ids, tt, mask, Scope(self.params, self.base_prefix), self.backend, self.config,
                                self.rng, training, output_hidden_states, output_attentions,
                                getattr(self, "dropout_row_offset", 0), rows)   # offset: set by distributed/job.py
@@ -264,17 +270,14 @@ class BertForPreTraining(_Encoder):
                                                                  attention_mask)   # clear errors first
         B, T = input_ids.shape
         labels, nsl = _check_labels(self.config, xp, labels, next_sentence_label, B, T)
-        heads_rows = None
+        heads_rows = labelled = None
         if labels is not None:
-            positions = xp.nonzero(labels != IGNORE_INDEX)                                  # 2 x (N,)
+            labelled = positions = xp.nonzero(labels != IGNORE_INDEX)                       # 2 x (N,)
             target = labels[positions]                                                      # (N,)
-            if self.last_layer_at_heads_rows and not output_hidden_states:
-                flat = positions[0] * T + positions[1]                                      # (N,) rows of B*T
-                heads_rows = xp.unique(xp.concatenate([flat, xp.arange(B) * T]))            # + [CLS]: (M,) sorted
-                if heads_rows.size == B * T:                                                # every row: no subset
-                    heads_rows = None
+            flat = positions[0] * T + positions[1]                                          # (N,) rows of B*T
+            heads_rows = self._heads_rows(B, T, output_hidden_states, flat)                 # + [CLS]: (M,) sorted
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions, heads_rows)
+                           output_attentions, heads_rows, checked=True)
         seq = enc.sequence                                                                  # (B, T, H) or (M, H)
         if labels is None:
             positions, rows, target = None, seq, None
@@ -298,7 +301,7 @@ class BertForPreTraining(_Encoder):
         return PreTrainingOutput(loss, None if mlm_loss is None else float(mlm_loss),
                                  None if nsp_loss is None else float(nsp_loss), mlm_logits, nsp_logits,
                                  enc.hidden_states, enc.attentions,
-                                 None if labels is None else tuple(xp.nonzero(labels != IGNORE_INDEX)))
+                                 None if labelled is None else tuple(labelled))
 
     def backward(self, mlm_scale: float = 1.0, nsp_scale: float = 1.0) -> dict:
         """Gradient of ``out.loss`` (MLM mean + NSP mean) w.r.t. every parameter, keyed like ``params``.
@@ -360,7 +363,7 @@ class BertForSequenceClassification(_Encoder):
         input_ids, token_type_ids, attention_mask = check_inputs(self.config, self.xp, input_ids, token_type_ids,
                                                                  attention_mask)
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions, self._cls_rows(*input_ids.shape, output_hidden_states))
+                           output_attentions, self._heads_rows(*input_ids.shape, output_hidden_states), checked=True)
         xp = get_array_module(enc.sequence)
         logits, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
                                                  self.config, self.rng, training,

@@ -101,15 +101,14 @@ class BertForMaskedLM(_Encoder):
                                                                  attention_mask)
         B, T = input_ids.shape
         labels, _ = _check_labels(self.config, xp, labels, None, B, T)
-        positions = heads_rows = None
+        positions = heads_rows = labelled = None
         if labels is not None:
-            positions = xp.nonzero(labels != IGNORE_INDEX)                              # 2 x (N,)
+            labelled = positions = xp.nonzero(labels != IGNORE_INDEX)                   # 2 x (N,)
             target = labels[positions]                                                  # (N,)
-            if self.last_layer_at_heads_rows and not output_hidden_states:
-                flat = positions[0] * T + positions[1]                                  # (N,) sorted, distinct
-                heads_rows = flat if 0 < flat.size < B * T else None                    # the last layer's rows
+            flat = positions[0] * T + positions[1]                                      # (N,) sorted, distinct
+            heads_rows = self._heads_rows(B, T, output_hidden_states, flat, cls=False)  # no pooler: labelled only
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions, heads_rows)
+                           output_attentions, heads_rows, checked=True)
         seq = enc.sequence                                                               # (B, T, H) or (N, H)
         rows = None
         if labels is not None:
@@ -125,7 +124,7 @@ class BertForMaskedLM(_Encoder):
         self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "positions": positions,
                        "seq_shape": seq.shape}
         return MaskedLMOutput(loss, logits, enc.hidden_states, enc.attentions,
-                              None if labels is None else tuple(xp.nonzero(labels != IGNORE_INDEX)))
+                              None if labelled is None else tuple(labelled))
 
     def backward(self) -> dict:
         _needs_loss(self._cache, "labels")
@@ -270,7 +269,7 @@ class BertForMultipleChoice(_Encoder):
                 value = value.reshape(B * C, T)
             flat.append(value)
         enc = self._encode(*flat, training, output_hidden_states, output_attentions,
-                           self._cls_rows(B * C, T, output_hidden_states))                # the pooler reads [CLS]
+                           self._heads_rows(B * C, T, output_hidden_states))              # the pooler reads [CLS]
         scores, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
                                                  self.config, self.rng, training)       # (B*C, 1)
         logits = scores.reshape(B, C)

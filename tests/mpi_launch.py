@@ -1,4 +1,5 @@
 """The MPI launcher the tests use, and the one skip when there is none (a real environmental limit)."""
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -17,3 +18,20 @@ except ImportError:
     HAVE_MPI4PY = False
 
 needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason=f"needs mpi4py and mpiexec: {INSTALL_HINT}")
+
+
+def rank_reports(stdout: str) -> list[dict]:
+    """Every JSON object the ranks printed, in order. mpiexec forwards each rank's output as it comes, so one
+    rank's object can land on the same line as another's before its own newline arrives ("{...}{...}\\n\\n", as
+    seen once in CI); reading object by object rather than line by line does not depend on that."""
+    decoder, reports, at = json.JSONDecoder(), [], stdout.find("{")
+    while at != -1:
+        try:
+            obj, end = decoder.raw_decode(stdout, at)
+        except json.JSONDecodeError:
+            end = at + 1                                       # a brace in other output, not a report
+        else:
+            if isinstance(obj, dict):
+                reports.append(obj)
+        at = stdout.find("{", end)
+    return reports

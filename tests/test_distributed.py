@@ -22,7 +22,7 @@ from bert_from_scratch.distributed.world import RANK_VARIABLES
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))                 # distributed_driver (the runs' script) for its data
 DRIVER = ROOT / "tests" / "distributed_driver.py"
-from mpi_launch import MPIEXEC, needs_mpi  # noqa: E402  (tests/, on the path above)
+from mpi_launch import MPIEXEC, needs_mpi, rank_reports  # noqa: E402  (tests/, on the path above)
 INIT_STD = 0.02          # the relative error's floor: a parameter's scale is at least the init std
 
 
@@ -424,7 +424,7 @@ def test_rank_0_alone_prepares_the_data_and_every_rank_gets_the_same(tmp_path):
     p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SHARE_SCRIPT], env=clean_env(), capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
-    reports = sorted((json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")),
+    reports = sorted(rank_reports(p.stdout),
                      key=lambda r: r["rank"])
     assert [r["rank"] for r in reports] == [0, 1]
     assert reports[0]["prepared"] == [0] and reports[1]["prepared"] == []     # rank 1 never prepared

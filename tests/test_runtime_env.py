@@ -11,7 +11,7 @@ import pytest
 
 from bert_from_scratch import runtime_env
 from bert_from_scratch.distributed.world import RANK_VARIABLES
-from mpi_launch import MPIEXEC, needs_mpi
+from mpi_launch import MPIEXEC, needs_mpi, rank_reports
 
 SHOW = ("import json, os, bert_from_scratch, numba; "
         "print(json.dumps({**{k: os.environ.get(k) for k in ('OMP_WAIT_POLICY', 'OPENBLAS_THREAD_TIMEOUT', "
@@ -28,7 +28,7 @@ def plain_env(**extra) -> dict:
 def show(env, launcher=()) -> list[dict]:
     out = subprocess.run([*launcher, sys.executable, "-c", SHOW], env=env, capture_output=True, text=True,
                          check=True, timeout=120).stdout
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return rank_reports(out)
 
 
 def test_importing_the_package_sets_the_wait_settings_unless_the_user_did():
@@ -89,3 +89,13 @@ def test_the_estimate_counts_every_process(monkeypatch):
         return [float(x) for x in line.split("about ")[1].split(" min")[0].split("-")]
 
     assert minutes(one)[1] == pytest.approx(2 * minutes(two)[1], abs=1)
+
+
+def test_rank_reports_reads_objects_that_share_a_line():
+    """The ranks' JSON lines as mpiexec once forwarded them in CI (one object before the other's newline), and a
+    stray brace in other output: read object by object. The line-by-line reading it replaced fails here."""
+    a, b = {"rank": 0, "numba": 1}, {"rank": 1, "numba": 1}
+    out = f'warming up {{\n{json.dumps(a)}{json.dumps(b)}\n\n'
+    assert rank_reports(out) == [a, b]
+    with pytest.raises(json.JSONDecodeError):
+        [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -45,17 +45,20 @@ def test_train_step_bench_runs_on_the_cpu_and_refuses_a_missing_gpu(capsys, monk
     assert "needs CuPy and a working CUDA GPU" in capsys.readouterr().err
 
 
-def test_default_step_bench_prints_ours_and_both_torch_rows(tmp_path, capsys):
-    """The default job's optimizer step at a tiny size, each side in its own process: the table and its numbers."""
+def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_path, capsys):
+    """The default job's optimizer step at a tiny size, each side in its own process, --rounds 2 (every side
+    runs twice, in turn): the table, its numbers, and the ratio as the median of the per-round ratios."""
     import importlib.util
     has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
     out = tmp_path / "step.json"
-    rows = default_step.run_default_step(B=3, T=16, repeats=2, warmup=1, vocab_size=500, keep_memory=False,
-                                        torch_too=has_torch, out_json=out)
+    rows = default_step.run_default_step(B=3, T=16, repeats=1, warmup=1, vocab_size=500, keep_memory=False,
+                                        torch_too=True, out_json=out, rounds=2)
     table = capsys.readouterr().out
     ours = rows[0]
     assert ours["side"] == "ours" and ours["label"] in table and "np.matmul float32" in table
-    assert ours["ms_per_step"] > 0 and len(ours["times_ms"]) == 2 and all(t > 0 for t in ours["times_ms"])
+    assert ours["ms_per_step"] > 0 and all(t > 0 for t in ours["times_ms"])
+    assert len(ours["ms_per_round"]) == 2 and len(ours["times_ms"]) == 2 and "2 rounds" in table
+    assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
     assert 0 < ours["fraction_of_matmul"] <= 1 and ours["matmul_peak_gflops"] > 0
     n_pred = json.loads(out.read_text())["n_predicted"]
     cfg = default_step.job_config(500, 16)
@@ -68,31 +71,17 @@ def test_default_step_bench_prints_ours_and_both_torch_rows(tmp_path, capsys):
         assert len(rows) == 2 and "torch rows skipped" in table
         pytest.skip("torch rows: torch or transformers not installed")
     assert [r["side"] for r in rows] == ["ours", "ours_full", "torch_same", "torch_hf"]
+    same = rows[2]
     for r in rows:
         assert r["label"] in table and r["ms_per_step"] > 0 and r["gflops"] > 0 and r["fraction_of_matmul"] > 0
-        assert r["vs_torch_same"] == pytest.approx(r["ms_per_step"] / rows[2]["ms_per_step"])
-    assert rows[3]["gflop"] > rows[2]["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
-    assert len(json.loads(out.read_text())["rows"]) == 4
-
-
-def test_default_step_bench_rounds_give_a_ratio_per_round(tmp_path, capsys):
-    """--rounds 2: every side runs twice, in turn; the reported ratio is the median of the per-round ratios."""
-    import importlib.util
-    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
-    rows = default_step.run_default_step(B=2, T=16, repeats=1, warmup=1, vocab_size=300, keep_memory=False,
-                                        torch_too=has_torch, rounds=2)
-    table = capsys.readouterr().out
-    ours = rows[0]
-    assert len(ours["ms_per_round"]) == 2 and len(ours["times_ms"]) == 2 and "2 rounds" in table
-    assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
-    if not has_torch:
-        pytest.skip("torch rows: torch or transformers not installed")
-    same = rows[2]
-    for r in rows[:2]:                    # ours, then ours at the same work as torch
         per_round = [m / t for m, t in zip(r["ms_per_round"], same["ms_per_round"])]
         assert r["vs_torch_same_per_round"] == pytest.approx(per_round)
         assert r["vs_torch_same"] == pytest.approx(sum(per_round) / 2)
+    for r in rows[:2]:                    # ours, then ours at the same work as torch
+        per_round = r["vs_torch_same_per_round"]
         assert f"{r['side']} / torch same work, per round: " + ", ".join(f"{x:.2f}x" for x in per_round) in table
+    assert rows[3]["gflop"] > same["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
+    assert len(json.loads(out.read_text())["rows"]) == 4
 
 
 def test_default_step_bench_options_are_checked(capsys):

@@ -79,12 +79,18 @@ def _check_inputs(q, k, v, mask, dropout_p):
         raise ValueError(f"cupy attention supports head sizes 1..{MAX_HEAD_DIM}; got {q.shape[-1]}")
 
 
-def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, *, planted_bug=BUG_NONE):
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, q_pos=None, *,
+                      planted_bug=BUG_NONE):
     """Fused attention forward on the GPU. q, k, v: CuPy (B, H, T, d); mask: (B, T) or None.
     ``row_offset``: global row of ``q[0]`` (keys the dropout mask, as the reference's).
+    ``q_pos`` (query rows only) is not implemented here: the model computes every row on this backend
+    (``Backend.attention_at_query_rows``).
 
     Returns ``(out, cache)``; ``planted_bug`` (tests only) as in ``numba_attention``.
     """
+    if q_pos is not None:
+        raise ValueError("the CUDA attention kernel computes every query row; q_pos is supported by the numpy "
+                         "and numba backends")
     cp = _cupy()
     _check_inputs(q, k, v, mask, dropout_p)
     B, H, T, d = q.shape

@@ -33,17 +33,25 @@ def dropout_threshold(p: float) -> int:
     return int(round(p * (1 << 24)))
 
 
-def check_qkv(q, k, v, mask) -> None:
-    """q, k, v of one shape (B, H, T, d); mask (B, T) or None."""
-    if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
-        raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
-    if mask is not None and tuple(mask.shape) != (q.shape[0], q.shape[2]):
-        raise ValueError(f"attention mask must have shape (B, T) = {(q.shape[0], q.shape[2])}; got {tuple(mask.shape)}")
+def check_qkv(q, k, v, mask, q_pos=None) -> None:
+    """q, k, v of one shape (B, H, T, d); mask (B, T) or None. With ``q_pos`` (B, Tq), the positions of the
+    query rows among the T keys: q is (B, H, Tq, d) and k, v (B, H, T, d)."""
+    if q_pos is None:
+        if q.ndim != 4 or k.shape != q.shape or v.shape != q.shape:
+            raise ValueError(f"attention expects q, k, v of one shape (B, H, T, d); got {q.shape}, {k.shape}, {v.shape}")
+    else:
+        if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape or q.shape[:2] + q.shape[3:] != k.shape[:2] + k.shape[3:]:
+            raise ValueError(f"attention at query rows expects q (B, H, Tq, d) and k, v (B, H, T, d); got "
+                             f"{q.shape}, {k.shape}, {v.shape}")
+        if tuple(q_pos.shape) != (q.shape[0], q.shape[2]):
+            raise ValueError(f"q_pos must have shape (B, Tq) = {(q.shape[0], q.shape[2])}; got {tuple(q_pos.shape)}")
+    if mask is not None and tuple(mask.shape) != (k.shape[0], k.shape[2]):
+        raise ValueError(f"attention mask must have shape (B, T) = {(k.shape[0], k.shape[2])}; got {tuple(mask.shape)}")
 
 
-def check_kernel_inputs(q, k, v, mask, dropout_p, backend: str) -> None:
+def check_kernel_inputs(q, k, v, mask, dropout_p, backend: str, q_pos=None) -> None:
     """What the fused kernels (Numba, CUDA) accept: the shapes above, one float32/float64 dtype, 0 <= p < 1."""
-    check_qkv(q, k, v, mask)
+    check_qkv(q, k, v, mask, q_pos)
     if q.dtype not in (np.float32, np.float64) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"{backend} attention supports float32 or float64 with one dtype for q, k, v; "
                          f"got {q.dtype}, {k.dtype}, {v.dtype}")

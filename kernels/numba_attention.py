@@ -114,9 +114,10 @@ def _tile(buffer, rows, cols):
 # Forward
 # --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, keep_scale,
+def forward_kernel(q, k, v, key_bias, q_pos, n_heads, scale, seed_h, drop_threshold, keep_scale,
                    planted_bug, out, row_max, row_inv_sum, bh_offset=0):
-    """q, k, v, out: (B*H, T, d); key_bias: (B, T) 0 or -10000; row_max, row_inv_sum: (B*H, T).
+    """q, out: (B*H, Tq, d); k, v: (B*H, T, d); key_bias: (B, T) 0 or -10000; q_pos: (B, Tq) the query rows'
+    positions among the T (the dropout hash's ``i``; ``arange(T)`` when Tq = T); row_max, row_inv_sum: (B*H, Tq).
 
     drop_threshold = 0 means no dropout. One prange task = one (batch*head, query block).
 
@@ -127,16 +128,17 @@ def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, ke
     (keys x queries), so that both products are the fast "nn"/"tn" gemm forms and the key
     mask is one scalar per row; the running statistics ``m``, ``l`` are vectors over queries.
     """
-    BH, T, d = q.shape
+    BH, Tq, d = q.shape
+    T = k.shape[1]
     dt = q.dtype
-    n_qblocks = (T + BLOCK_Q - 1) // BLOCK_Q
+    n_qblocks = (Tq + BLOCK_Q - 1) // BLOCK_Q
     scale = dt.type(scale)
     keep_scale = dt.type(keep_scale)
     for task in prange(BH * n_qblocks):
         bh = task // n_qblocks
         b = bh // n_heads
         i0 = (task % n_qblocks) * BLOCK_Q
-        nq = min(BLOCK_Q, T - i0)
+        nq = min(BLOCK_Q, Tq - i0)
         # per-task scratch
         q_t = np.empty((d, nq), dt)                     # Q block, transposed: (d, nq)
         _transpose_into(q[bh, i0:i0 + nq], q_t)
@@ -151,8 +153,9 @@ def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, ke
         row_hash = np.empty(nq, np.int64)               # dropout hash of (b*H+h, query row)
         if drop_threshold > 0:
             h_bh = mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF))     # global (batch*head) of a shard
+            positions = q_pos[b, i0:i0 + nq]
             for i in range(nq):
-                row_hash[i] = mix32(h_bh ^ (i0 + i))
+                row_hash[i] = mix32(h_bh ^ positions[i])
         for j0 in range(0, T, BLOCK_K):
             nk = min(BLOCK_K, T - j0)
             st = _tile(st_buffer, nk, nq)
@@ -202,28 +205,31 @@ def forward_kernel(q, k, v, key_bias, n_heads, scale, seed_h, drop_threshold, ke
 # Backward
 # --------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def backward_kernel(q, k, v, out, dout, key_bias, row_max, row_inv_sum, n_heads, scale, seed_h,
+def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n_heads, scale, seed_h,
                     drop_threshold, keep_scale, dq, dk, dv, bh_offset=0):
-    """All (B*H, T, d) except key_bias (B, T), row_max/row_inv_sum (B*H, T). Writes dq, dk, dv.
+    """q, out, dout, dq: (B*H, Tq, d); k, v, dk, dv: (B*H, T, d); key_bias (B, T), q_pos (B, Tq),
+    row_max/row_inv_sum (B*H, Tq). Writes dq, dk, dv.
 
     One prange task = one (batch*head): key blocks outside, query blocks inside. The five tile
     products are BLAS calls on contiguous tiles (``np.dot`` with ``out``), in the "nn"/"tn"
     forms only: ``K_j`` and ``V_j`` are transposed once per key block.
     """
-    BH, T, d = q.shape
+    BH, Tq, d = q.shape
+    T = k.shape[1]
     dt = q.dtype
     scale = dt.type(scale)
     keep_scale = dt.type(keep_scale)
     for bh in prange(BH):
         b = bh // n_heads
-        # D_i = rowsum(dO_i * O_i): (T,)
-        delta = np.empty(T, dt)
-        for i in range(T):
+        positions = q_pos[b]                           # (Tq,) the dropout hash's query index
+        # D_i = rowsum(dO_i * O_i): (Tq,)
+        delta = np.empty(Tq, dt)
+        for i in range(Tq):
             acc = dt.type(0.0)
             for c in range(d):
                 acc += dout[bh, i, c] * out[bh, i, c]
             delta[i] = acc
-        dq_h = dq[bh]                                  # (T, d), owned by this task
+        dq_h = dq[bh]                                  # (Tq, d), owned by this task
         dq_h[:, :] = 0.0
         kt_buffer = np.empty(d * BLOCK_K, dt)          # K_j^T: (d, nk)
         vt_buffer = np.empty(d * BLOCK_K, dt)          # V_j^T: (d, nk)
@@ -247,8 +253,8 @@ def backward_kernel(q, k, v, out, dout, key_bias, row_max, row_inv_sum, n_heads,
             dv_acc = dv[bh, j0:j0 + nk]
             dk_acc[:, :] = 0.0
             dv_acc[:, :] = 0.0
-            for i0 in range(0, T, BLOCK_Q):
-                nq = min(BLOCK_Q, T - i0)
+            for i0 in range(0, Tq, BLOCK_Q):
+                nq = min(BLOCK_Q, Tq - i0)
                 q_blk = q[bh, i0:i0 + nq]              # (nq, d)
                 do_blk = dout[bh, i0:i0 + nq]          # (nq, d)
                 s = _tile(s_buffer, nq, nk)
@@ -268,7 +274,7 @@ def backward_kernel(q, k, v, out, dout, key_bias, row_max, row_inv_sum, n_heads,
                     inv = row_inv_sum[bh, i0 + i]
                     d_i = delta[i0 + i]
                     if drop_threshold > 0:
-                        h_row = mix32(mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF)) ^ (i0 + i))
+                        h_row = mix32(mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF)) ^ positions[i0 + i])
                         for jj in range(nk):
                             p = row[jj] * inv
                             keep = (mix32(h_row ^ (j0 + jj)) >> 8) >= drop_threshold
@@ -305,11 +311,11 @@ def _dynamic_schedule():
         numba.set_parallel_chunksize(previous)
 
 
-def _check_inputs(q, k, v, mask, dropout_p):
+def _check_inputs(q, k, v, mask, dropout_p, q_pos=None):
     for name, a in (("q", q), ("k", k), ("v", v)):
         if not isinstance(a, np.ndarray):
             raise ValueError(f"numba attention needs NumPy arrays; {name} is {type(a).__name__}")
-    check_kernel_inputs(q, k, v, mask, dropout_p, "numba")   # shapes, dtype, dropout: shared checks
+    check_kernel_inputs(q, k, v, mask, dropout_p, "numba", q_pos)   # shapes, dtype, dropout: shared checks
 
 
 def _key_bias(mask, B, T, dtype):
@@ -320,44 +326,62 @@ def _key_bias(mask, B, T, dtype):
     return np.ascontiguousarray((1.0 - mask.astype(dtype)) * dtype.type(MASK_VALUE))
 
 
-def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, *, planted_bug=BUG_NONE):
+def _query_positions(q_pos, B, T):
+    """(B, Tq) int64, C-contiguous (one kernel signature for both uses): the given rows, or every row 0..T-1."""
+    if q_pos is None:
+        return np.ascontiguousarray(np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)))
+    q_pos = np.ascontiguousarray(q_pos, dtype=np.int64)
+    if q_pos.size and not (0 <= q_pos.min() and q_pos.max() < T):
+        raise ValueError(f"q_pos must hold positions in [0, {T}); got {q_pos.min()}..{q_pos.max()}")
+    return q_pos
+
+
+def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, q_pos=None, *,
+                      planted_bug=BUG_NONE):
     """Fused attention forward. q, k, v: (B, H, T, d) float32/float64; mask: (B, T) 1 keep / 0 pad.
     ``row_offset``: global row of ``q[0]`` (keys the dropout mask, as the reference's).
+    ``q_pos`` (B, Tq): q holds only these query rows, (B, H, Tq, d); out is then (B, H, Tq, d), the full
+    computation's rows ``q_pos`` (dropout included: the hash is keyed by the position).
 
     Returns ``(out, cache)`` with out (B, H, T, d). ``planted_bug`` (tests only) makes the kernel
     deliberately wrong, to show the comparison against the reference catches it.
     """
-    _check_inputs(q, k, v, mask, dropout_p)
-    B, H, T, d = q.shape
+    _check_inputs(q, k, v, mask, dropout_p, q_pos)
+    B, H, Tq, d = q.shape
+    T = k.shape[2]
     dtype = q.dtype
-    q3, k3, v3 = (np.ascontiguousarray(a).reshape(B * H, T, d) for a in (q, k, v))
+    q3 = np.ascontiguousarray(q).reshape(B * H, Tq, d)
+    k3, v3 = (np.ascontiguousarray(a).reshape(B * H, T, d) for a in (k, v))
     key_bias = _key_bias(mask, B, T, dtype)
+    positions = _query_positions(q_pos, B, T)
     seed_h, threshold, keep_scale = _dropout_args(dropout_p, seed, planted_bug)
-    out = np.empty((B * H, T, d), dtype)
-    row_max = np.empty((B * H, T), dtype)
-    row_inv_sum = np.empty((B * H, T), dtype)
+    out = np.empty((B * H, Tq, d), dtype)
+    row_max = np.empty((B * H, Tq), dtype)
+    row_inv_sum = np.empty((B * H, Tq), dtype)
     scale = 1.0 / math.sqrt(d)
     with _dynamic_schedule():
-        forward_kernel(q3, k3, v3, key_bias, H, scale, seed_h, threshold, keep_scale, planted_bug,
+        forward_kernel(q3, k3, v3, key_bias, positions, H, scale, seed_h, threshold, keep_scale, planted_bug,
                        out, row_max, row_inv_sum, (int(row_offset) * H) & 0xFFFFFFFF)
     cache = {"backend": "numba", "q": q3, "k": k3, "v": v3, "out": out, "key_bias": key_bias,
-             "row_max": row_max, "row_inv_sum": row_inv_sum, "shape": (B, H, T, d),
+             "q_pos": positions, "row_max": row_max, "row_inv_sum": row_inv_sum, "shape": (B, H, Tq, T, d),
              "dropout_p": dropout_p, "seed": seed, "scale": scale, "planted_bug": planted_bug,
              "row_offset": row_offset}
-    return out.reshape(B, H, T, d), cache
+    return out.reshape(B, H, Tq, d), cache
 
 
 def attention_backward(dout, cache):
-    """Fused attention backward: dout (B, H, T, d) -> (dq, dk, dv), each (B, H, T, d)."""
-    B, H, T, d = cache["shape"]
+    """Fused attention backward: dout (B, H, Tq, d) -> (dq (B, H, Tq, d), dk, dv (B, H, T, d)); Tq = T unless
+    the forward had ``q_pos``."""
+    B, H, Tq, T, d = cache["shape"]
     q3 = cache["q"]
-    if not isinstance(dout, np.ndarray) or dout.shape != (B, H, T, d):
-        raise ValueError(f"dout must be a NumPy array of shape {(B, H, T, d)}; got {getattr(dout, 'shape', type(dout))}")
-    dout3 = np.ascontiguousarray(dout, dtype=q3.dtype).reshape(B * H, T, d)
+    if not isinstance(dout, np.ndarray) or dout.shape != (B, H, Tq, d):
+        raise ValueError(f"dout must be a NumPy array of shape {(B, H, Tq, d)}; got {getattr(dout, 'shape', type(dout))}")
+    dout3 = np.ascontiguousarray(dout, dtype=q3.dtype).reshape(B * H, Tq, d)
     seed_h, threshold, keep_scale = _dropout_args(cache["dropout_p"], cache["seed"], cache["planted_bug"])
-    dq, dk, dv = (np.empty((B * H, T, d), q3.dtype) for _ in range(3))
+    dq = np.empty((B * H, Tq, d), q3.dtype)
+    dk, dv = (np.empty((B * H, T, d), q3.dtype) for _ in range(2))
     with _dynamic_schedule():
-        backward_kernel(q3, cache["k"], cache["v"], cache["out"], dout3, cache["key_bias"], cache["row_max"],
-                        cache["row_inv_sum"], H, cache["scale"], seed_h, threshold, keep_scale, dq, dk, dv,
-                        (int(cache.get("row_offset", 0)) * H) & 0xFFFFFFFF)
-    return dq.reshape(B, H, T, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, d)
+        backward_kernel(q3, cache["k"], cache["v"], cache["out"], dout3, cache["key_bias"], cache["q_pos"],
+                        cache["row_max"], cache["row_inv_sum"], H, cache["scale"], seed_h, threshold, keep_scale,
+                        dq, dk, dv, (int(cache.get("row_offset", 0)) * H) & 0xFFFFFFFF)
+    return dq.reshape(B, H, Tq, d), dk.reshape(B, H, T, d), dv.reshape(B, H, T, d)

@@ -56,16 +56,18 @@ def model_flops(cfg: BertConfig, B: int, T: int, n_predicted: int, last_layer_ro
     the input's and the weight's gradient, twice the forward). Elementwise work (softmax, GELU,
     LayerNorm, dropout, AdamW, clipping) is not counted: this is the work the matmul rate bounds.
 
-    ``last_layer_rows`` :math:`M`: the last layer's output dense and FFN run on :math:`M` rows only (ours with
-    ``BertForPreTraining.last_layer_at_heads_rows``: the [CLS] and labelled rows), its Q, K, V and attention
-    core on all :math:`B T`; that layer's :math:`B T \cdot 2(H^2 + 2HI)` becomes :math:`M \cdot 2(H^2 + 2HI)`.
+    ``last_layer_rows`` :math:`M`: the last layer's queries, attention core, output dense and FFN run on
+    :math:`M` rows only (ours with ``BertForPreTraining.last_layer_at_heads_rows``: the [CLS] and labelled
+    rows), its K and V projections on all :math:`B T`; that layer's :math:`B T \cdot (2(2H^2 + 2HI) + 4TH)`
+    becomes :math:`M \cdot (2(2H^2 + 2HI) + 4TH)` (the core's unused query slots, where one sequence has fewer
+    rows than another, are not counted).
     """
     H, I, L, V = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size
     per_token = L * (2 * (4 * H * H + 2 * H * I) + 4 * T * H)         # linears + QK^T and PV
     mlm = n_predicted * 2 * (H * H + H * V)                           # transform + tied decoder
     pooler_nsp = B * 2 * (H * H + 2 * H)
-    after_attention = 2 * (H * H + 2 * H * I)                         # output dense + FFN, per row
-    saved = 0 if last_layer_rows is None or L == 0 else (B * T - last_layer_rows) * after_attention
+    at_rows = 2 * (2 * H * H + 2 * H * I) + 4 * T * H                 # Q, output dense, FFN, QK^T and PV, per row
+    saved = 0 if last_layer_rows is None or L == 0 else (B * T - last_layer_rows) * at_rows
     return 3.0 * (B * T * per_token - saved + mlm + pooler_nsp)
 
 

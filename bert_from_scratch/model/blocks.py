@@ -25,6 +25,7 @@ from ..config import BertConfig
 from ..nn.attention import attention_probabilities, attention_probabilities_backward
 from ..nn.layers import embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn.xp import get_array_module
+from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward
 from .params import Scope
 
 
@@ -129,12 +130,13 @@ QKV = ("query", "key", "value")
 
 
 class AttentionBlockCache(NamedTuple):
-    qkv: tuple              # linear cache of the fused Q/K/V projection
+    qkv: tuple              # linear cache of the fused Q/K/V projection (None at query rows)
     core: dict              # the attention core's cache (its layout belongs to the backend)
     output: tuple           # output_forward's cache: dense, then bias + dropout + residual + LayerNorm
     shape: tuple            # (B, T, H, nh, d)
     probs: Optional[tuple] = None   # (P, q, k) when the forward returned P: a loss on P backpropagates through it
     rows: Optional[object] = None   # (M,) the flat rows of (B*T) the block's output was computed at (None: all)
+    query_rows: Optional[object] = None  # attention_rows.QueryRowsCache: the queries were at ``rows`` only
 
     @property
     def layernorm(self):
@@ -146,20 +148,27 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
                             output_attentions: bool = False, row_offset: int = 0, rows=None):
     """x: (B, T, H), mask: (B, T) or None -> (y (B, T, H), probs (B, nh, T, T) or None, cache).
 
-    ``rows`` (M,), sorted flat indices into the B*T positions: the output only at those rows, y (M, H). Keys,
-    values and the attention core still cover every position (each row attends to all); the output dense
-    layer, its dropout, residual and LayerNorm run on the M rows alone (the last layer, when only the heads'
-    rows are read: :func:`encoder_forward`)."""
+    ``rows`` (M,), sorted flat indices into the B*T positions: the output only at those rows, y (M, H) (the
+    last layer, when only the heads' rows are read: :func:`encoder_forward`). Keys and values still cover
+    every position (each row attends to all); the queries, the attention core's rows, the output dense layer,
+    its dropout, residual and LayerNorm run on the M rows alone (``attention_rows.py``). A backend whose
+    attention kernel computes every query row (CUDA), or ``output_attentions`` (the whole (T, T) map), keeps
+    the queries and the core at every row and gathers the M rows after it."""
     xp = get_array_module(x)
     B, T, H = x.shape
     nh, d = cfg.num_attention_heads, cfg.head_size
+    att_p = cfg.attention_probs_dropout_prob if training else 0.0
+    if rows is not None and ops.attention_at_query_rows and not output_attentions:
+        seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0                            # drawn as below
+        ctx, x_rows, c_rows = attention_at_query_rows_forward(x, mask, P, ops, cfg, att_p, seed, row_offset, rows)
+        y, c_out = output_forward(ctx, x_rows, P, ops, cfg, rng, training, row_offset, rows + row_offset * T)
+        return y, None, AttentionBlockCache(None, None, c_out, (B, T, H, nh, d), None, rows, c_rows)
     # the three projections as one matmul: [Wq; Wk; Wv] is (3H, H)
     w_qkv = xp.concatenate([P[f"self.{n}.weight"] for n in QKV], axis=0)
     b_qkv = xp.concatenate([P[f"self.{n}.bias"] for n in QKV], axis=0)
     qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                                          # (B, T, 3H)
     qkv = qkv.reshape(B, T, 3, nh, d).transpose(2, 0, 3, 1, 4)                            # 3 x (B, nh, T, d)
     q, k, v = (xp.ascontiguousarray(qkv[j]) for j in range(3))
-    att_p = cfg.attention_probs_dropout_prob if training else 0.0
     seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0
     ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed, row_offset=row_offset)  # (B, nh, T, d)
     probs = kept = None
@@ -183,6 +192,10 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     B, T, H, nh, d = cache.shape
     # forward: y = LayerNorm(x + dropout(dense(ctx)))
     dctx, dx = output_backward(dy, cache.output, G, ops)        # dx: the residual branch's share
+    if cache.query_rows is not None:
+        if dprobs is not None:
+            raise RuntimeError("a gradient on the attention probabilities needs a forward with output_attentions")
+        return attention_at_query_rows_backward(dctx, dx, cache.query_rows, G, ops)
     if cache.rows is not None:                                  # forward: ctx, x = ctx[rows], x[rows]
         dctx_rows, dx_rows = dctx, dx
         dctx, dx = xp.zeros((B * T, H), dtype=dy.dtype), xp.zeros((B * T, H), dtype=dy.dtype)

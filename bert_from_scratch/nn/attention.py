@@ -36,16 +36,20 @@ from ..kernels.kernel_args import (GOLDEN, MASK_VALUE, check_kernel_inputs, chec
                                    dropout_threshold, mix32)
 
 
-def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np, row_offset: int = 0):
+def dropout_keep_mask(seed: int, B: int, H: int, Tq: int, Tk: int, p: float, xp=np, row_offset: int = 0,
+                      q_pos=None):
     """Boolean keep-mask ``(B, H, Tq, Tk)``: ``hash(seed, b*H+h, i, j) >> 8 >= threshold(p)``.
 
     hash = mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ bh) ^ i) ^ j), all in uint32, with
-    ``b`` the sequence's global row: ``row_offset`` + its row here (a data-parallel rank's shard).
+    ``b`` the sequence's global row: ``row_offset`` + its row here (a data-parallel rank's shard), and ``i``
+    the query's position: ``q_pos[b, r]`` (B, Tq) for query rows taken from among the T positions, so that a
+    row drops what it drops in the whole (B, H, T, T) computation; else ``r`` itself.
     """
     with np.errstate(over="ignore"):
         s = mix32(xp.asarray([(int(seed) & 0xFFFFFFFF) ^ GOLDEN], dtype=xp.uint32), xp)   # (1,)
         bh = (xp.arange(B * H, dtype=xp.uint32) + xp.uint32((int(row_offset) * H) & 0xFFFFFFFF)).reshape(B, H, 1, 1)
-        i = xp.arange(Tq, dtype=xp.uint32).reshape(1, 1, Tq, 1)
+        i = (xp.arange(Tq, dtype=xp.uint32).reshape(1, 1, Tq, 1) if q_pos is None
+             else xp.asarray(q_pos).astype(xp.uint32).reshape(B, 1, Tq, 1))
         j = xp.arange(Tk, dtype=xp.uint32).reshape(1, 1, 1, Tk)
         x = mix32(s.reshape(1, 1, 1, 1) ^ bh, xp)     # (B, H, 1, 1)
         x = mix32(x ^ i, xp)                          # (B, H, Tq, 1)
@@ -61,38 +65,42 @@ def additive_mask(mask, dtype, xp=np):
 # --------------------------------------------------------------------------------------
 # The NumPy reference
 # --------------------------------------------------------------------------------------
-def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0):
+def attention_forward_reference(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, q_pos=None):
     """Reference attention. q, k, v: (B, H, T, d); mask: (B, T) or None. Returns (out, cache).
-    ``row_offset``: global row of ``q[0]`` (keys the dropout mask, see :func:`dropout_keep_mask`)."""
+    ``row_offset``: global row of ``q[0]`` (keys the dropout mask, see :func:`dropout_keep_mask`).
+    ``q_pos`` (B, Tq): q holds only these query rows, (B, H, Tq, d) (k, v every position); out is (B, H, Tq, d),
+    equal to the full computation's rows ``q_pos``, dropout included."""
     xp = get_array_module(q, k, v)
-    B, H, T, d = q.shape
+    B, H, Tq, d = q.shape
+    T = k.shape[2]
     scale = 1.0 / math.sqrt(d)
-    probs = attention_probabilities(q, k, mask)                            # P: (B, H, T, T)
+    probs = attention_probabilities(q, k, mask)                            # P: (B, H, Tq, T)
     if dropout_p > 0.0:
-        keep = dropout_keep_mask(seed, B, H, T, T, dropout_p, xp, row_offset)      # Z: (B, H, T, T)
+        keep = dropout_keep_mask(seed, B, H, Tq, T, dropout_p, xp, row_offset, q_pos)   # Z: (B, H, Tq, T)
         probs_dropped = probs * keep * q.dtype.type(1.0 / (1.0 - dropout_p))
     else:
         probs_dropped = probs
-    out = xp.matmul(probs_dropped, v)                                      # O: (B, H, T, d)
+    out = xp.matmul(probs_dropped, v)                                      # O: (B, H, Tq, d)
     cache = {"backend": "numpy", "q": q, "k": k, "v": v, "probs": probs,
              "probs_dropped": probs_dropped, "dropout_p": dropout_p, "seed": seed, "scale": scale,
-             "row_offset": row_offset}
+             "row_offset": row_offset, "q_pos": q_pos}
     return out, cache
 
 
 def attention_backward_reference(dout, cache):
-    """Reference backward: dout (B, H, T, d) -> dq, dk, dv (B, H, T, d)."""
+    """Reference backward: dout (B, H, Tq, d) -> dq (B, H, Tq, d), dk, dv (B, H, T, d) (Tq = T without q_pos)."""
     xp = get_array_module(dout)
     q, k, v, probs, probs_dropped = cache["q"], cache["k"], cache["v"], cache["probs"], cache["probs_dropped"]
     p = cache["dropout_p"]
-    B, H, T, d = q.shape
+    B, H, Tq, d = q.shape
+    T = k.shape[2]
     # forward: O = P~ V
     dv = xp.matmul(probs_dropped.swapaxes(-1, -2), dout)                   # (B, H, T, d)
-    dprobs = xp.matmul(dout, v.swapaxes(-1, -2))                           # dP~: (B, H, T, T)
+    dprobs = xp.matmul(dout, v.swapaxes(-1, -2))                           # dP~: (B, H, Tq, T)
     # forward: P~ = P * Z / (1 - p)
     if p > 0.0:
-        dprobs *= (dropout_keep_mask(cache["seed"], B, H, T, T, p, xp, cache.get("row_offset", 0))
-                   * q.dtype.type(1.0 / (1.0 - p)))
+        dprobs *= (dropout_keep_mask(cache["seed"], B, H, Tq, T, p, xp, cache.get("row_offset", 0),
+                                     cache.get("q_pos")) * q.dtype.type(1.0 / (1.0 - p)))
     cache["grad_probs"] = dprobs  # dL/dP, read by gradient-based attribution (viz)
     dq, dk = attention_probabilities_backward(dprobs, probs, q, k)
     return dq, dk, dv

@@ -47,7 +47,7 @@ class Backend:
     dropout_forward: Callable
     dropout_backward: Callable
     scatter_add_rows: Callable
-    attention_forward: Callable          # (q, k, v, mask, dropout_p, seed) -> (out, cache)
+    attention_forward: Callable          # (q, k, v, mask, dropout_p, seed, row_offset, q_pos) -> (out, cache)
     attention_backward: Callable         # (dout, cache) -> (dq, dk, dv)
     adamw_update: Callable               # see training/optim.py: adamw_update
     cross_entropy_forward: Callable      # (logits, labels) -> (mean loss, cache)
@@ -62,6 +62,12 @@ class Backend:
     def stores_attention_probabilities(self) -> bool:
         """Only the reference keeps the (B, nh, T, T) probabilities and their gradient (for plots)."""
         return self.name == "numpy"
+
+    @property
+    def attention_at_query_rows(self) -> bool:
+        """Whether ``attention_forward`` takes ``q_pos``: queries at some rows only, keys and values at all (the
+        reference and the Numba kernel; the CUDA kernel computes every row)."""
+        return self.name in ("numpy", "numba")
 
     def __repr__(self) -> str:
         return f"Backend({self.name!r})"

@@ -274,3 +274,22 @@ def test_the_last_layer_takes_its_queries_at_the_rows_and_a_backend_without_them
     full, _ = run(False, backend, np.float64)
     wrong, _ = run(True, planted, np.float64)
     assert wrong.loss != pytest.approx(full.loss, rel=1e-6)
+
+
+def test_attention_gradients_for_plots_are_the_full_computations_at_query_rows():
+    """``attention_grads`` (dL/dP per layer, for attribution plots) of a classifier whose last layer ran its
+    queries at [CLS] only: the (B, nh, T, T) of every-row computation, zero at the rows nothing reads."""
+    from bert_from_scratch.model import BertForSequenceClassification
+    ids, tt, mask, _, _ = batch()
+    grads = []
+    for at_rows in (True, False):
+        model = BertForSequenceClassification(config(), seed=3, dtype=np.float64, backend="numpy", num_labels=3)
+        model.last_layer_at_heads_rows = at_rows
+        model.forward(ids, tt, mask, labels=np.array([0, 2, 1, 1, 0]))
+        model.backward()
+        assert (model._cache["encoder"].layers[-1].attention.query_rows is not None) == at_rows
+        grads.append(model.attention_grads())
+    for got, want in zip(*grads):
+        assert got.shape == want.shape == (5, 2, 12, 12)
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
+    assert np.abs(grads[0][-1][:, :, 0]).max() > 0 and not grads[0][-1][:, :, 1:].any()

@@ -100,3 +100,16 @@ def attention_at_query_rows_backward(dctx, dx_rows, cache: QueryRowsCache, G: Sc
     dx = xp.ascontiguousarray(dx).reshape(B * T, H)
     dx[cache.rows] += dx_q + dx_rows                            # the rows are distinct: no repeats to add
     return dx.reshape(B, T, H)
+
+
+def scatter_query_rows(a, cache: QueryRowsCache):
+    """(B, nh, Tq, T) per-slot rows (the core's ``grad_probs``) -> (B, nh, T, T), zero at the rows never computed:
+    what the full computation holds, since nothing reads those rows' outputs. Slots are added, not assigned, so an
+    unused slot (position 0, all zeros) cannot overwrite row 0."""
+    xp = get_array_module(a)
+    B, T, H, nh, d = cache.shape
+    full = xp.zeros((B, nh, T, a.shape[-1]), dtype=a.dtype)
+    q_pos = cache.core["q_pos"]                                                          # (B, Tq)
+    for s in range(cache.Tq):
+        full[xp.arange(B), :, q_pos[:, s]] += a[:, :, s]
+    return full

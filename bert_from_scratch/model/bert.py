@@ -30,6 +30,7 @@ from ..constants import IGNORE_INDEX
 from ..nn.backend import get_backend
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.xp import get_array_module, to_numpy
+from .attention_rows import scatter_query_rows
 from .blocks import EncoderOutput, encoder_backward, encoder_forward
 from .heads import (classifier_head_backward, classifier_head_forward, mlm_head_backward, mlm_head_forward,
                     nsp_head_backward, nsp_head_forward)
@@ -148,9 +149,11 @@ class _Encoder:
                                f"{self.backend.name!r}); use model.with_backend('numpy')")
         out = []
         for layer in self._cache["encoder"].layers:
-            if "grad_probs" not in layer.attention.core:
+            rows = layer.attention.query_rows             # the last layer's queries at the heads' rows only
+            core = layer.attention.core if rows is None else rows.core
+            if "grad_probs" not in core:
                 raise RuntimeError("call backward() first: the attention gradients are made by the backward")
-            out.append(layer.attention.core["grad_probs"])
+            out.append(core["grad_probs"] if rows is None else scatter_query_rows(core["grad_probs"], rows))
         return out
 
     # ---- backends and devices --------------------------------------------------------------

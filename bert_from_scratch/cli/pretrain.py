@@ -32,10 +32,11 @@ BOUNDS = (
 
 
 #: share of the machine's np.matmul rate that the default job's steps reach (evaluations included), the low end
-#: with a margin: with the last layer at the heads' rows (22.9 GFLOP of matmuls a step, bench/train_step.py
-#: model_flops), README command 1 printed 13,963 and 15,363 tokens/s in two runs on a VM whose float32
-#: np.matmul ran at 68 GFLOP/s (2026-12-03): 1,100 steps of ~7,900 tokens in 621 and 564 s, 0.60 and 0.66 of
-#: the rate. The earlier full step (28.6 GFLOP) ran at 0.60-0.68 of 170-180 GFLOP/s VMs' rates (26,590-32,514
+#: with a margin: with the last layer's queries, attention core and FFN at the heads' rows (21.6 GFLOP of
+#: matmuls a step as counted here, bench/train_step.py model_flops), README command 1's 1,100 steps and ten
+#: evaluations took 502 s on a VM whose float32 np.matmul ran at 73 GFLOP/s (2026-12-03 15:25 UTC): 0.65 of the
+#: rate. With the output dense and FFN alone at those rows (22.9 GFLOP), two runs on that VM at 68 GFLOP/s gave
+#: 0.60 and 0.66. The earlier full step (28.6 GFLOP) ran at 0.60-0.68 of 170-180 GFLOP/s VMs' rates (26,590-32,514
 #: tokens/s), and the elementwise work, which the matmul rate does not bound, weighs more on faster machines:
 #: hence 0.45 for the slow end of the estimate
 SHARE_OF_MATMUL = (0.45, 0.66)

@@ -17,11 +17,11 @@ corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset 
   2,048 (``pretrain_job.MAX_EVAL_SEQUENCES``).
 - ``long``: issue 14's "longer run" (goals 3(b) and 6): the same corpus, model, sequences and learning rate, with
   a 16,000-piece vocabulary, for 5,000 steps (``dupe_factor`` 2 gives 178,142 training sequences from 4,303
-  documents: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s). A step does 30.8 GFLOP of matmuls
-  (22.9 for the default job; the larger vocabulary's tied decoder on the masked rows makes the difference; both
-  36.8 and 28.9 before the last layer ran at the heads' rows alone), so ``pretrain``'s printed estimate
-  (``cli/pretrain.py::estimate``) is 35-48 minutes of training on a 2-core machine whose float32 ``np.matmul`` runs
-  at 120 GFLOP/s, plus data preparation. Measured (before the held-out subset and the last layer at the heads'
+  documents: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s). A step does 29.5 GFLOP of matmuls
+  (21.6 for the default job; the larger vocabulary's tied decoder on the masked rows makes the difference; 36.8
+  and 28.9 with the last layer at every row, 30.8 and 22.9 with its output dense and FFN alone at the heads'
+  rows), so ``pretrain``'s printed estimate (``cli/pretrain.py::estimate``) is 31-46 minutes of training on a
+  2-core machine whose float32 ``np.matmul`` runs at 120 GFLOP/s, plus data preparation. Measured (before the held-out subset and the last layer at the heads'
   rows): 43 min 51 s in all at 178 GFLOP/s
   (the test suite running beside it); held-out MLM 23.7%, NSP 83.2%; fine-tuned on Rotten Tomatoes, +2.0
   [+0.4, +3.7] points over its random-init twin tuned on 3e-4 / 1e-3, but -0.1 [-1.7, +1.6] against a twin tuned

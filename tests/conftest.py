@@ -6,10 +6,15 @@ import os
 
 import pytest
 
+from bert_from_scratch.hf_import import import_transformers
 from bert_from_scratch.nn.xp import gpu_available
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 HAS_TRANSFORMERS = HAS_TORCH and importlib.util.find_spec("transformers") is not None
+if HAS_TRANSFORMERS:
+    # `python -m pytest` puts the repository root first on sys.path, where our kernels/ would be taken for the
+    # PyPI package `kernels` that transformers >= 5.25 imports (bert_from_scratch/hf_import.py): import it right
+    import_transformers()
 
 requires_torch = pytest.mark.skipif(not HAS_TORCH, reason="torch is not installed (pip install -e '.[reference]')")
 requires_transformers = pytest.mark.skipif(

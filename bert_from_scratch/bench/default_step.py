@@ -101,7 +101,8 @@ def _ours_steps(cfg: BertConfig, batch: dict, backend: str, heads_rows: bool = T
 
 def _torch_steps(cfg: BertConfig, batch: dict, side: str):
     import torch
-    import transformers
+    from ..hf_import import import_transformers
+    transformers = import_transformers()
     from ..training.optim import default_no_decay
     torch.manual_seed(0)
     hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})

@@ -134,7 +134,8 @@ def time_ours(cfg, batch, repeats, backend, device="cpu"):
 
 def time_torch(cfg, batch, repeats, device="cpu"):
     import torch
-    import transformers
+    from ..hf_import import import_transformers
+    transformers = import_transformers()
     torch.manual_seed(0)
     hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
     target = "cuda" if device == "gpu" else "cpu"

@@ -293,3 +293,23 @@ def test_attention_gradients_for_plots_are_the_full_computations_at_query_rows()
         assert got.shape == want.shape == (5, 2, 12, 12)
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-15)
     assert np.abs(grads[0][-1][:, :, 0]).max() > 0 and not grads[0][-1][:, :, 1:].any()
+
+
+def test_a_gradient_on_attention_probabilities_needs_them_from_the_forward_on_either_path():
+    """A loss on the attention maps (distillation) needs ``output_attentions`` in the forward: asked without it,
+    both the every-row block and the query-rows block refuse in one line, before accumulating anything."""
+    from bert_from_scratch.model.blocks import attention_block_backward, attention_block_forward
+    from bert_from_scratch.model.params import Scope
+
+    model = BertForPreTraining(config(), seed=3, dtype=np.float64, backend="numpy")
+    P = Scope(model.params, "bert.encoder.layer.1.attention.")
+    x = np.random.default_rng(4).normal(size=(5, 12, 16))
+    for rows in (None, np.array([0, 3, 12, 24, 36, 48])):
+        y, _, cache = attention_block_forward(x, None, P, model.backend, model.config, np.random.default_rng(9),
+                                              True, rows=rows)
+        assert (cache.query_rows is not None) == (rows is not None)
+        grads = {}
+        with pytest.raises(RuntimeError, match="needs a forward with output_attentions"):
+            attention_block_backward(np.ones_like(y), cache, P, Scope(grads), model.backend,
+                                     dprobs=np.zeros((5, 2, 12, 12)))
+        assert grads == {}

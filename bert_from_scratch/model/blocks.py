@@ -188,13 +188,13 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     """dy: (B, T, H) (or (M, H) at the forward's ``rows``) -> dx (B, T, H). ``dprobs`` (B, nh, T, T): a gradient
     on the returned attention probabilities too (a loss on them, as in distillation); it reaches q and k
     through the softmax."""
+    if dprobs is not None and cache.probs is None:             # checked before any gradient is accumulated
+        raise RuntimeError("a gradient on the attention probabilities needs a forward with output_attentions")
     xp = get_array_module(dy)
     B, T, H, nh, d = cache.shape
     # forward: y = LayerNorm(x + dropout(dense(ctx)))
     dctx, dx = output_backward(dy, cache.output, G, ops)        # dx: the residual branch's share
-    if cache.query_rows is not None:
-        if dprobs is not None:
-            raise RuntimeError("a gradient on the attention probabilities needs a forward with output_attentions")
+    if cache.query_rows is not None:                            # (never with probs: see the forward)
         return attention_at_query_rows_backward(dctx, dx, cache.query_rows, G, ops)
     if cache.rows is not None:                                  # forward: ctx, x = ctx[rows], x[rows]
         dctx_rows, dx_rows = dctx, dx
@@ -206,8 +206,6 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     dctx = xp.ascontiguousarray(dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3))          # (B, nh, T, d)
     dq, dk, dv = ops.attention_backward(dctx, cache.core)
     if dprobs is not None:
-        if cache.probs is None:
-            raise RuntimeError("a gradient on the attention probabilities needs a forward with output_attentions")
         dq_p, dk_p = attention_probabilities_backward(dprobs, *cache.probs)
         dq, dk = dq + dq_p, dk + dk_p
     dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H)            # (B, T, 3H)

@@ -327,10 +327,11 @@ def _key_bias(mask, B, T, dtype):
 
 
 def _query_positions(q_pos, B, T):
-    """(B, Tq) int64, C-contiguous (one kernel signature for both uses): the given rows, or every row 0..T-1."""
+    """(B, Tq) int64, C-contiguous and writable: one kernel signature for both uses (Numba compiles a read-only
+    array apart, as broadcast_to's view at B=1 was): the given rows, or every row 0..T-1."""
     if q_pos is None:
-        return np.ascontiguousarray(np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)))
-    q_pos = np.ascontiguousarray(q_pos, dtype=np.int64)
+        return np.broadcast_to(np.arange(T, dtype=np.int64), (B, T)).copy()
+    q_pos = np.require(q_pos, np.int64, ["C_CONTIGUOUS", "WRITEABLE"])
     if q_pos.size and not (0 <= q_pos.min() and q_pos.max() < T):
         raise ValueError(f"q_pos must hold positions in [0, {T}); got {q_pos.min()}..{q_pos.max()}")
     return q_pos

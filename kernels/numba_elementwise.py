@@ -234,7 +234,7 @@ def dropout_seed_hash(seed: int) -> int:
 
 
 @njit(parallel=True, cache=True)
-def dropout_kernel(x, seed_h, threshold, scale, y, offset=0):
+def dropout_kernel(x, seed_h, threshold, scale, y, offset):
     """y = x * keep * scale on flat arrays; the same kernel is the forward (x) and the backward (dy):
     the mask is recomputed from (seed, index + offset), never stored (offset: see ``dropout_forward``)."""
     n = x.size

@@ -229,18 +229,19 @@ def bias_dropout_add_layernorm_forward(o, bias, x, gamma, beta, p, rng, training
     rstd = np.empty(o.shape[:-1] + (1,), dt)
     gamma = np.ascontiguousarray(gamma, dtype=dt)
     residual_layernorm_forward_kernel(o2, np.ascontiguousarray(bias, dtype=dt), x2, gamma,
-                                      np.ascontiguousarray(beta, dtype=dt), eps, *_mask_args(drop), y.reshape(o2.shape),
-                                      xhat.reshape(o2.shape), rstd.reshape(-1))
+                                      np.ascontiguousarray(beta, dtype=dt), eps, *_mask_args(drop, dt),
+                                      y.reshape(o2.shape), xhat.reshape(o2.shape), rstd.reshape(-1))
     return y, ResidualLayerNormCache((xhat, rstd, gamma), drop)
 
 
 _NO_IDS = np.empty(0, np.int64)
 
 
-def _mask_args(drop):
-    """The kernels' dropout arguments: (dropout?, seed hash, threshold, scale, offset, row_ids)."""
+def _mask_args(drop, dtype):
+    """The kernels' dropout arguments: (dropout?, seed hash, threshold, scale, offset, row_ids). Without dropout the
+    unused scale has the data's dtype, as with it: one compiled signature per dtype, not two."""
     if drop is None:
-        return False, 0, 0, 1.0, 0, _NO_IDS
+        return False, 0, 0, dtype.type(1.0), 0, _NO_IDS
     return True, drop.seed_hash, drop.threshold, drop.scale, drop.offset, drop.row_ids
 
 
@@ -251,7 +252,7 @@ def bias_dropout_add_layernorm_backward(dy, cache: ResidualLayerNormCache, plant
     dy, dy2 = _rows(dy, xhat.dtype)
     ds, do = np.empty_like(xhat), np.empty_like(xhat)
     parts = np.empty((3, layernorm_backward_tasks(dy2.shape[0]), C), xhat.dtype)
-    residual_layernorm_backward_kernel(dy2, xhat.reshape(-1, C), rstd.reshape(-1), gamma, *_mask_args(drop),
+    residual_layernorm_backward_kernel(dy2, xhat.reshape(-1, C), rstd.reshape(-1), gamma, *_mask_args(drop, xhat.dtype),
                                        ds.reshape(-1, C), do.reshape(-1, C), parts, planted_bug)
     sums = parts.sum(axis=1)                                                         # (3, C)
     return do, ds, sums[2], sums[0], sums[1]

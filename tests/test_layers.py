@@ -314,9 +314,9 @@ def test_fused_dropout_comparison_rejects_a_different_mask():
     seed = int(np.random.default_rng(5).integers(0, 2**32))
     wrong = np.empty_like(x)                                  # the kernel, hashed from seed + 1
     ew.dropout_kernel(x.reshape(-1), ew.dropout_seed_hash(seed + 1), dropout_threshold(0.1), 1 / 0.9,
-                      wrong.reshape(-1))
+                      wrong.reshape(-1), 0)
     right = np.empty_like(x)
-    ew.dropout_kernel(x.reshape(-1), ew.dropout_seed_hash(seed), dropout_threshold(0.1), 1 / 0.9, right.reshape(-1))
+    ew.dropout_kernel(x.reshape(-1), ew.dropout_seed_hash(seed), dropout_threshold(0.1), 1 / 0.9, right.reshape(-1), 0)
     np.testing.assert_array_equal(right == 0, reference == 0)              # the right seed: the same mask
     assert abs((wrong != 0).mean() - 0.9) < 0.03                           # plausible statistics ...
     assert not np.array_equal(wrong == 0, reference == 0)                  # ... but not the same mask

@@ -34,3 +34,22 @@ def pytest_collection_modifyitems(config, items):
 # (training/compile_ahead.py). The kernels are long cached when the suite runs, so outside
 # tests/test_compile_ahead.py the workers would only cost their start-up: off.
 os.environ.setdefault("BERT_FROM_SCRATCH_COMPILE_AHEAD", "0")
+
+
+REVIEW_WORDS = "the a and of to is it in that this film movie story good bad funny best worst".split()
+
+
+@pytest.fixture
+def tiny_review_checkpoint(tmp_path):
+    """A tiny pretraining checkpoint (random weights, 2 x 16) with a review vocabulary: (folder, tokenizer, config)."""
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer
+    from bert_from_scratch.model import BertForPreTraining
+
+    tok = Tokenizer(list(SPECIAL_TOKENS) + REVIEW_WORDS)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    folder = tmp_path / "ckpt"
+    BertForPreTraining(cfg, seed=1).save_pretrained(folder)
+    tok.save_vocab(folder / "vocab.txt")
+    return folder, tok, cfg

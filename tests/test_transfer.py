@@ -99,18 +99,8 @@ def test_the_default_grid_reaches_down_to_the_rate_random_init_prefers():
     assert min(transfer.Protocol().lrs) <= 1e-4 and max(transfer.Protocol().lrs) >= 1e-3
 
 
-def test_transfer_quick_runs_end_to_end(tmp_path, capsys):
-    from bert_from_scratch.config import BertConfig
-    from bert_from_scratch.data.tokenizer import SPECIAL_TOKENS, Tokenizer
-    from bert_from_scratch.model import BertForPreTraining
-
-    words = "the a and of to is it in that this film movie story good bad funny best worst".split()
-    tok = Tokenizer(list(SPECIAL_TOKENS) + words)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=32, max_position_embeddings=64)
-    folder = tmp_path / "ckpt"
-    BertForPreTraining(cfg, seed=1).save_pretrained(folder)
-    tok.save_vocab(folder / "vocab.txt")
+def test_transfer_quick_runs_end_to_end(tiny_review_checkpoint, tmp_path, capsys):
+    folder, _, _ = tiny_review_checkpoint
     code = main(["transfer", "--quick", "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path / "t")])
     assert code == 0
     report = json.loads((tmp_path / "t" / "transfer.json").read_text())

@@ -6,6 +6,7 @@
     bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png
     bert-from-scratch finetune / predict       # sentence classification
     bert-from-scratch transfer --checkpoint runs/pretrain   # does pretraining help? (the table, with intervals)
+    bert-from-scratch probe --checkpoint runs/pretrain      # is the task linearly readable from frozen features?
     bert-from-scratch check 3                  # grade the exercises of chapter 3
     bert-from-scratch bench train-step|attention
 
@@ -31,6 +32,8 @@ COMMANDS = {
     "predict": ("finetune", "add_predict_arguments", "cli_predict", "classify text with a fine-tuned checkpoint"),
     "transfer": ("transfer", "add_transfer_arguments", "cli_transfer",
                  "does pretraining help? fine-tune each starting point the same way, print the test table"),
+    "probe": ("probe", "add_probe_arguments", "cli_probe",
+              "linear probes: how much of the task frozen features hold (a checkpoint, its random twin, MiniLM)"),
     "check": ("check", "add_check_arguments", "cli_check", "grade a chapter's exercises"),
     "bench": ("bench", "add_bench_arguments", "cli_bench", "benchmarks that print tables"),
 }

@@ -1,0 +1,35 @@
+"""``bert-from-scratch probe``: linear probes on frozen features (see training/probe.py)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import command, error
+from .process import keep_freed_memory
+
+
+def add_probe_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--checkpoint", action="append", default=[], metavar="FOLDER",
+                   help="a pretraining run or checkpoint folder (repeatable); each is probed with its random-init twin")
+    p.add_argument("--out", default="runs/probe", help="folder for probe.json")
+    p.add_argument("--dataset", default="rotten_tomatoes", choices=("rotten_tomatoes", "bbc"))
+    p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all)")
+    p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
+    return p
+
+
+@command
+def cli_probe(args) -> int:
+    from ..training.probe import run_probe
+
+    keep_freed_memory()
+    for c in args.checkpoint:
+        if not Path(c).exists():
+            return error(f"--checkpoint {c}: no such folder")
+    if not args.checkpoint and args.no_minilm:
+        return error("nothing to probe: give --checkpoint, or leave out --no-minilm")
+    if args.max_train_examples is not None and args.max_train_examples < 2:
+        return error(f"--max-train-examples must be at least 2; got {args.max_train_examples}")
+    run_probe(args.checkpoint, args.out, minilm=not args.no_minilm, dataset=args.dataset,
+              max_train_examples=args.max_train_examples)
+    return 0

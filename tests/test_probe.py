@@ -4,7 +4,8 @@
   (the same call, labels shuffled: the planted case);
 - lambda is chosen on dev, never on test (flipping the test labels does not move it);
 - the features are the encoder's: the masked mean of the embedding layer and of the last layer, [CLS], the pooler;
-- the command runs end to end on a tiny checkpoint and refuses bad options in one line.
+- the command runs end to end on a tiny checkpoint, refuses bad options in one line and never replaces an
+  earlier table without --overwrite.
 """
 from __future__ import annotations
 
@@ -72,6 +73,12 @@ def test_probe_command_end_to_end(tiny_review_checkpoint, tmp_path, capsys):
         assert all(0 <= f["test"] <= 1 and f["lambda"] in probe.LAMBDAS for f in row["by_feature"].values())
     out = capsys.readouterr().out
     assert "Linear probes on frozen features" in out and "majority class" in out
+    # a second run into the same folder must not replace the table: refused in one line, the file untouched
+    before = (tmp_path / "p" / "probe.json").read_bytes()
+    assert main(["probe", "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a probe table" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "p" / "probe.json").read_bytes() == before
 
 
 def test_probe_command_refuses_bad_options_in_one_line(tmp_path, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import sys
+from pathlib import Path
 
 from ..data.fetch import FetchError
 
@@ -22,6 +23,14 @@ def error(message: str) -> int:
     """Print the one line and return exit status 2."""
     print(PREFIX + message, file=sys.stderr)
     return 2
+
+
+def missing_checkpoint(folders) -> str | None:
+    """The one-line message for the first ``--checkpoint`` folder that does not exist, or None."""
+    for folder in folders:
+        if not Path(folder).exists():
+            return f"--checkpoint {folder}: no such folder"
+    return None
 
 
 def describe(e: BaseException) -> str:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .common import command, error
+from .common import command, error, missing_checkpoint
 from .process import keep_freed_memory
 
 
@@ -15,6 +14,7 @@ def add_probe_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="rotten_tomatoes", choices=("rotten_tomatoes", "bbc"))
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all)")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
+    p.add_argument("--overwrite", action="store_true", help="replace the probe.json an earlier run left in --out")
     return p
 
 
@@ -23,13 +23,12 @@ def cli_probe(args) -> int:
     from ..training.probe import run_probe
 
     keep_freed_memory()
-    for c in args.checkpoint:
-        if not Path(c).exists():
-            return error(f"--checkpoint {c}: no such folder")
+    if missing_checkpoint(args.checkpoint):
+        return error(missing_checkpoint(args.checkpoint))
     if not args.checkpoint and args.no_minilm:
         return error("nothing to probe: give --checkpoint, or leave out --no-minilm")
     if args.max_train_examples is not None and args.max_train_examples < 2:
         return error(f"--max-train-examples must be at least 2; got {args.max_train_examples}")
     run_probe(args.checkpoint, args.out, minilm=not args.no_minilm, dataset=args.dataset,
-              max_train_examples=args.max_train_examples)
+              max_train_examples=args.max_train_examples, overwrite=args.overwrite)
     return 0

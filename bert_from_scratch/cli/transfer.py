@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .common import command, error
+from .common import command, error, missing_checkpoint
 from .process import keep_freed_memory
 
 
@@ -49,9 +48,8 @@ def cli_transfer(args) -> int:
     from ..training.transfer import Protocol, run_transfer
 
     keep_freed_memory()
-    for c in args.checkpoint:
-        if not Path(c).exists():
-            return error(f"--checkpoint {c}: no such folder")
+    if missing_checkpoint(args.checkpoint):
+        return error(missing_checkpoint(args.checkpoint))
     p = Protocol.quick() if args.quick else Protocol()
     for name, value in (("lrs", args.lrs), ("seeds", args.seeds), ("epochs", args.epochs),
                         ("max_train_examples", args.max_train_examples)):

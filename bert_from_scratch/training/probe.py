@@ -33,6 +33,7 @@ import numpy as np
 
 from ..files import atomic_write
 from .metrics import wilson_interval
+from .run_folder import RunFolderError, hold_run_folder
 
 FEATURES = ("embeddings-mean", "last-mean", "cls", "pooled")
 LAMBDAS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -92,8 +93,21 @@ class ProbeRow:
 
 def run_probe(checkpoints: list, out=None, minilm: bool = True, dataset: str = "rotten_tomatoes",
               max_train_examples: int | None = None, max_length: int = 64, seed: int = 0,
-              log: Callable[[str], None] = print) -> dict:
-    """Probe every row (each checkpoint, its random-init twin, MiniLM); prints the table, writes ``out/probe.json``."""
+              log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+    """Probe every row (each checkpoint, its random-init twin, MiniLM); prints the table, writes ``out/probe.json``.
+
+    A folder that holds a ``probe.json`` already is refused unless ``overwrite``; one process at a time."""
+    if out is None:
+        return _probe_rows(checkpoints, None, minilm, dataset, max_train_examples, max_length, seed, log)
+    out = Path(out)
+    if (out / PROBE_JSON).exists() and not overwrite:
+        raise RunFolderError(f"{out} already holds a probe table ({PROBE_JSON}); --overwrite to replace it, "
+                             f"or choose another --out")
+    with hold_run_folder(out):
+        return _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log)
+
+
+def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log) -> dict:
     from ..data.labeled import load_classification
     from .classification_models import load_for_classification
 
@@ -121,8 +135,7 @@ def run_probe(checkpoints: list, out=None, minilm: bool = True, dataset: str = "
               "majority_test_accuracy": majority, "lambdas": list(LAMBDAS),
               "rows": [{"name": r.name, "init": r.init, "by_feature": r.by_feature} for r in rows]}
     if out is not None:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        atomic_write(Path(out) / PROBE_JSON, json.dumps(report, indent=2))
+        atomic_write(out / PROBE_JSON, json.dumps(report, indent=2))
     log(format_table(report))
     return report
 

@@ -405,12 +405,14 @@ def prepare(*args, **kw):
     calls.append(world.rank)
     return real(*args, **kw)
 real, pretrain_job.prepare_pretraining_data = pretrain_job.prepare_pretraining_data, prepare
-kw = dict(corpus="python-docs", vocab_size=300, max_seq_length=32, dupe_factor=1, seed=0, log=lambda m: None)
+kw = dict(corpus="python-docs", vocab_size=300, max_seq_length=32, dupe_factor=1, seed=0, log=lambda m: None,
+          count_vectors_dim=8)
 data = pretrain_job.prepare_pretraining_data(**kw) if world.is_root else None
 shared = pretrain_job.share_from_root(data, world)
 own = real(**kw)                                 # what this rank would have prepared itself
 same = (digest(shared.train) == digest(own.train) and digest(shared.eval) == digest(own.eval)
         and shared.tokenizer.ids_to_tokens == own.tokenizer.ids_to_tokens
+        and shared.word_vectors.tobytes() == own.word_vectors.tobytes()
         and (shared.n_train_docs, shared.n_eval_docs) == (own.n_train_docs, own.n_eval_docs))
 print(json.dumps({"rank": world.rank, "prepared": calls, "same": same,
                   "dtypes": sorted({str(v.dtype) for v in shared.train.values()})}))
@@ -420,7 +422,8 @@ print(json.dumps({"rank": world.rank, "prepared": calls, "same": same,
 @needs_mpi
 def test_rank_0_alone_prepares_the_data_and_every_rank_gets_the_same(tmp_path):
     """share_from_root: rank 0 prepares, the other ranks receive arrays and tokenizer equal to what they would
-    have prepared themselves (digests of every array, the vocabulary, the document counts)."""
+    have prepared themselves (digests of every array, the vocabulary, the document counts, the count vectors
+    of --embeddings-init counts)."""
     p = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-c", SHARE_SCRIPT], env=clean_env(), capture_output=True,
                        text=True, timeout=120, cwd=tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]

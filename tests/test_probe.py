@@ -4,8 +4,9 @@
   (the same call, labels shuffled: the planted case);
 - lambda is chosen on dev, never on test (flipping the test labels does not move it);
 - the features are the encoder's: the masked mean of the embedding layer and of the last layer, [CLS], the pooler;
-- the command runs end to end on a tiny checkpoint, refuses bad options in one line and never replaces an
-  earlier table without --overwrite.
+- the command runs end to end on a tiny checkpoint (with the count-vectors row, whose vectors
+  tests/test_count_vectors.py checks), refuses bad options in one line and never replaces an earlier table
+  without --overwrite.
 """
 from __future__ import annotations
 
@@ -64,15 +65,17 @@ def test_features_are_the_encoders_masked_means_cls_and_pooler(tiny_review_check
 def test_probe_command_end_to_end(tiny_review_checkpoint, tmp_path, capsys):
     folder, _, _ = tiny_review_checkpoint
     assert main(["probe", "--no-minilm", "--checkpoint", str(folder), "--max-train-examples", "200",
-                 "--out", str(tmp_path / "p")]) == 0
+                 "--out", str(tmp_path / "p"), "--count-vectors", "python-docs"]) == 0
     report = json.loads((tmp_path / "p" / "probe.json").read_text())
-    assert [r["name"] for r in report["rows"]] == [f"random init (like {folder})", f"pretrained: {folder}"]
+    assert [r["name"] for r in report["rows"]] == [f"random init (like {folder})", f"pretrained: {folder}",
+                                                   f"count vectors of python-docs (vocab of {folder})"]
     assert report["n_train"] == 200 and report["n_test"] == 1276
     for row in report["rows"]:
-        assert set(row["by_feature"]) == set(probe.FEATURES)
+        assert set(row["by_feature"]) == (set(probe.FEATURES) if row["init"] != "counts" else {"embeddings-mean"})
         assert all(0 <= f["test"] <= 1 and f["lambda"] in probe.LAMBDAS for f in row["by_feature"].values())
     out = capsys.readouterr().out
     assert "Linear probes on frozen features" in out and "majority class" in out
+    assert "count vectors: " in out and "of python-docs" in out
     # a second run into the same folder must not replace the table: refused in one line, the file untouched
     before = (tmp_path / "p" / "probe.json").read_bytes()
     assert main(["probe", "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path / "p")]) == 2
@@ -84,7 +87,10 @@ def test_probe_command_end_to_end(tiny_review_checkpoint, tmp_path, capsys):
 def test_probe_command_refuses_bad_options_in_one_line(tmp_path, capsys):
     for argv, words in ((["probe", "--checkpoint", str(tmp_path / "nope")], "no such folder"),
                         (["probe", "--no-minilm"], "nothing to probe"),
-                        (["probe", "--max-train-examples", "1"], "at least 2")):
+                        (["probe", "--max-train-examples", "1"], "at least 2"),
+                        (["probe", "--count-vectors"], "needs a --checkpoint"),
+                        (["probe", "--checkpoint", str(tmp_path), "--count-vectors", "bbc+nosuch"],
+                         "corpus path not found: nosuch")):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert words in err and len(err.strip().splitlines()) == 1

@@ -40,6 +40,7 @@ BASE = {
     "size": "tiny",
     "vocab_size": 8000,
     "dupe_factor": 2,
+    "embeddings_init": "random",
 }
 
 #: preset name -> the options it changes from :data:`BASE`

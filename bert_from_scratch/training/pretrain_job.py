@@ -44,6 +44,7 @@ class PretrainingData:
     eval: dict
     n_train_docs: int
     n_eval_docs: int
+    word_vectors: np.ndarray | None = None      # (V, H) initial word embeddings (--embeddings-init counts)
 
 
 #: at most this many held-out sequences (a seeded subset of those the held-out documents give): each of the
@@ -51,10 +52,18 @@ class PretrainingData:
 #: interval of about +-2 points (6,461 sequences would cost the default job ~40 s more on 2 cores)
 MAX_EVAL_SEQUENCES = 2048
 
+#: ``--embeddings-init``: BERT's random word embeddings, or count-based vectors of the training documents
+EMBEDDINGS_INITS = ("random", "counts")
+INIT_STD = 0.02                                 # the count vectors' scale as prepared (BERT's initializer_range)
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
 
 def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max_seq_length=128,
                              max_predictions_per_seq=20, dupe_factor=2, eval_fraction=0.05, seed=0,
-                             log=print, max_eval_sequences=MAX_EVAL_SEQUENCES) -> PretrainingData:
+                             log=print, max_eval_sequences=MAX_EVAL_SEQUENCES, count_vectors_dim=None
+                             ) -> PretrainingData:
+    """count_vectors_dim: also compute the training documents' PPMI-SVD vectors of that width as initial word
+    embeddings (``count_vectors.initial_word_embeddings``; never from a held-out document)."""
     docs = load_documents(corpus)
     docs = [d for d in docs if d.sentences]
     order = list(range(len(docs)))
@@ -72,9 +81,16 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     else:
         tokenizer = Tokenizer.train([d.text for d in train_docs], vocab_size=vocab_size)
         log(f"vocabulary: trained {len(tokenizer)} WordPiece pieces on {len(train_docs)} documents")
-    arrays = {}
+    arrays, word_vectors = {}, None
     for name, part, dupe, s in (("train", train_docs, dupe_factor, seed), ("eval", eval_docs, 1, seed + 1)):
         tokenized = tokenize_documents(part, tokenizer)
+        if name == "train" and count_vectors_dim:
+            from .count_vectors import initial_word_embeddings
+
+            word_vectors = initial_word_embeddings((np.asarray(tokenizer.convert_tokens_to_ids(sentence))
+                                                    for doc in tokenized for sentence in doc),
+                                                   len(tokenizer), count_vectors_dim, INIT_STD)
+            log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims) of the training documents")
         if name == "eval" and len(tokenized) < 2:
             tokenized = tokenize_documents(eval_docs + train_docs[:1], tokenizer)   # NSP needs 2 documents
         instances = create_pretraining_instances(tokenized, tokenizer, max_seq_length=max_seq_length,
@@ -89,7 +105,7 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     of = f" (a seeded subset of {n_held_out})" if held_out < n_held_out else ""
     log(f"instances: {len(arrays['train']['input_ids'])} training, {held_out} held-out{of} "
         f"(max_seq_length {max_seq_length}, {len(train_docs)} / {len(eval_docs)} documents)")
-    return PretrainingData(tokenizer, arrays["train"], arrays["eval"], len(train_docs), len(eval_docs))
+    return PretrainingData(tokenizer, arrays["train"], arrays["eval"], len(train_docs), len(eval_docs), word_vectors)
 
 
 def share_from_root(data: PretrainingData | None, world) -> PretrainingData:
@@ -103,10 +119,11 @@ def share_from_root(data: PretrainingData | None, world) -> PretrainingData:
     if world.size == 1:
         return data
     world.barrier()                                     # the others sleep here while rank 0 prepares
-    header = world.bcast(None if data is None else (data.tokenizer, data.n_train_docs, data.n_eval_docs))
+    header = world.bcast(None if data is None else (data.tokenizer, data.n_train_docs, data.n_eval_docs,
+                                                    data.word_vectors))
     train = world.bcast_arrays(None if data is None else data.train)
     eval_ = world.bcast_arrays(None if data is None else data.eval)
-    return data if data is not None else PretrainingData(header[0], train, eval_, header[1], header[2])
+    return data if data is not None else PretrainingData(header[0], train, eval_, header[1], header[2], header[3])
 
 
 def baselines(train: dict, eval_: dict) -> dict:
@@ -143,7 +160,7 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
                     vocab_size=BASE["vocab_size"], vocab_file=None, dupe_factor=BASE["dupe_factor"],
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
-                    save_every=None, nsp=True, compile_ahead=False):
+                    save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"]):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
@@ -151,10 +168,14 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
     The run folder ``out`` is locked and checked (no second writer, no checkpoint replaced without
     ``resume`` or ``overwrite``) before the corpus is read: no minutes of data preparation are lost.
     nsp: False trains the masked-LM loss alone on the same instances (``--no-nsp``).
+    embeddings_init: "random" (BERT's normal(0, 0.02)) or "counts": the word embeddings start from count-based
+    vectors of the training documents (``count_vectors.py``), scaled to the same 0.02; everything else as BERT.
     compile_ahead: compile the Numba kernels in two background processes during the data preparation
     (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
+    if embeddings_init not in EMBEDDINGS_INITS:
+        raise ValueError(f"embeddings_init must be one of {', '.join(EMBEDDINGS_INITS)}; got {embeddings_init!r}")
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
@@ -167,12 +188,12 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
-                    overwrite, eval_every, save_every, nsp, compile_ahead)
+                    overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every, nsp, compile_ahead):
+         eval_every, save_every, nsp, compile_ahead, embeddings_init):
     from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
@@ -180,13 +201,20 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     compiling = start_if_enabled(backend, device) if compile_ahead else None     # under mpiexec: a host's first rank
     with compiling or contextlib.nullcontext():
         # under mpiexec rank 0 alone prepares the data (the others check they were asked for the same, then wait)
-        dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed)))
+        dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed,
+                                         embeddings_init)))
+        shape = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
+                     intermediate_size=intermediate)
+        width = model_config(size, 1, max_seq_length, **shape).hidden_size
+        counts = embeddings_init == "counts" and not resume       # a resumed run's embeddings are its checkpoint's
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
-                                        seed=seed, log=log) if dp.is_root else None
+                                        seed=seed, log=log, count_vectors_dim=width if counts else None
+                                        ) if dp.is_root else None
         data = share_from_root(data, dp.world)
-        cfg = model_config(size, len(data.tokenizer), max_seq_length, num_hidden_layers=layers, hidden_size=hidden,
-                           num_attention_heads=heads, intermediate_size=intermediate)
+        cfg = model_config(size, len(data.tokenizer), max_seq_length, **shape)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
+        if data.word_vectors is not None:
+            model.params[WORD_EMBEDDINGS][...] = data.word_vectors * (cfg.initializer_range / INIT_STD)
         if compile_ahead:
             wait_on_this_host(compiling, log)
     if device == "gpu":

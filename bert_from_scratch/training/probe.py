@@ -12,6 +12,9 @@ test texts and fits a ridge classifier on four kinds of features, each (N, H):
 For each checkpoint it probes its random-init twin too (the same architecture and vocabulary: what random
 features give), and all-MiniLM-L6-v2 unless ``--no-minilm``. Fine-tuning (``bert-from-scratch transfer``) says
 whether pretraining helps; a probe says whether the pretrained features already hold the task.
+``--count-vectors CORPUS`` adds a row per checkpoint that asks the question before that one, whether the text
+holds it: count-based vectors (PPMI-SVD) of the corpus in the checkpoint's vocabulary and width, averaged over a
+text's pieces (:mod:`.count_vectors`; the embeddings-mean column only).
 
 The classifier, one-vs-rest ridge regression on standardised features (closed form, no optimiser to tune):
 
@@ -86,28 +89,34 @@ def probe_features(train: tuple, dev: tuple, test: tuple, num_labels: int, lambd
 @dataclass
 class ProbeRow:
     name: str
-    init: str                                    # "random", "minilm" or a checkpoint folder
+    init: str                                    # "random", "minilm", "counts" or a checkpoint folder
     like: str | None = None
+    corpus: str | None = None                    # "counts": the corpus whose co-occurrences give the vectors
     by_feature: dict = field(default_factory=dict)
 
 
 def run_probe(checkpoints: list, out=None, minilm: bool = True, dataset: str = "rotten_tomatoes",
               max_train_examples: int | None = None, max_length: int = 64, seed: int = 0,
-              log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+              log: Callable[[str], None] = print, overwrite: bool = False, count_vectors: str | None = None) -> dict:
     """Probe every row (each checkpoint, its random-init twin, MiniLM); prints the table, writes ``out/probe.json``.
 
+    count_vectors: a corpus name; each checkpoint gets a row more, the PPMI-SVD vectors of that corpus in the
+    checkpoint's vocabulary and width, averaged over a text's pieces (``count_vectors.py``; embeddings-mean only).
     A folder that holds a ``probe.json`` already is refused unless ``overwrite``; one process at a time."""
     if out is None:
-        return _probe_rows(checkpoints, None, minilm, dataset, max_train_examples, max_length, seed, log)
+        return _probe_rows(checkpoints, None, minilm, dataset, max_train_examples, max_length, seed, log,
+                           count_vectors)
     out = Path(out)
     if (out / PROBE_JSON).exists() and not overwrite:
         raise RunFolderError(f"{out} already holds a probe table ({PROBE_JSON}); --overwrite to replace it, "
                              f"or choose another --out")
     with hold_run_folder(out):
-        return _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log)
+        return _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log,
+                           count_vectors)
 
 
-def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log) -> dict:
+def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_length, seed, log,
+                count_corpus=None) -> dict:
     from ..data.labeled import load_classification
     from .classification_models import load_for_classification
 
@@ -119,15 +128,27 @@ def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_lengt
     rows = []
     for c in checkpoints:
         rows += [ProbeRow(f"random init (like {c})", "random", like=str(c)), ProbeRow(f"pretrained: {c}", str(c))]
+        if count_corpus:
+            rows.append(ProbeRow(f"count vectors of {count_corpus} (vocab of {c})", "counts", like=str(c),
+                                 corpus=count_corpus))
     if minilm:
         rows.append(ProbeRow("all-MiniLM-L6-v2", "minilm"))
     splits = {"train": train, "dev": data.dev, "test": data.test}
     labels = {s: np.array([e.label for e in ex]) for s, ex in splits.items()}
     for row in rows:
-        model, tokenizer = load_for_classification(row.init, num_labels=data.num_labels, seed=seed,
+        init = "random" if row.init == "counts" else row.init
+        model, tokenizer = load_for_classification(init, num_labels=data.num_labels, seed=seed,
                                                    like=row.like or "minilm", log=lambda m: None)
-        feats = {s: frozen_features(model, tokenizer, [e.text for e in ex], max_length) for s, ex in splits.items()}
-        for name in FEATURES:
+        if row.init == "counts":              # the corpus's PPMI-SVD vectors in the checkpoint's vocabulary and width
+            from .count_vectors import corpus_count_vectors, mean_vectors
+
+            vectors = corpus_count_vectors(row.corpus, tokenizer, model.config.hidden_size, log=log)
+            feats = {s: {"embeddings-mean": mean_vectors(vectors, tokenizer, [e.text for e in ex], max_length)}
+                     for s, ex in splits.items()}
+        else:
+            feats = {s: frozen_features(model, tokenizer, [e.text for e in ex], max_length)
+                     for s, ex in splits.items()}
+        for name in feats["train"]:
             row.by_feature[name] = probe_features(*[(feats[s][name], labels[s]) for s in splits], data.num_labels)
         log(f"{row.name}: " + ", ".join(f"{n} {r['test']:.3f}" for n, r in row.by_feature.items()))
     majority = float(np.bincount(labels["test"]).max() / len(labels["test"]))
@@ -145,8 +166,8 @@ def format_table(report: dict) -> str:
              f"examples, lambda chosen on dev ({report['n_dev']}), test accuracy ({report['n_test']}) [95% Wilson]",
              f"{'row':<52}" + "".join(f"{n:>22}" for n in FEATURES)]
     for r in report["rows"]:
-        cells = [f"{f['test']:.1%} [{f['test_interval'][0]:.1%}, {f['test_interval'][1]:.1%}]"
-                 for f in r["by_feature"].values()]
+        cells = [f"{f['test']:.1%} [{f['test_interval'][0]:.1%}, {f['test_interval'][1]:.1%}]" if f else "-"
+                 for f in (r["by_feature"].get(n) for n in FEATURES)]
         lines.append(f"{r['name'][:52]:<52}" + "".join(f"{c:>22}" for c in cells))
     lines.append(f"{'majority class':<52}{report['majority_test_accuracy']:>22.1%}")
     return "\n".join(lines)

@@ -132,7 +132,7 @@ def test_the_data_holds_count_vectors_of_the_training_documents_only(tmp_path):
     def vectors_of(docs):
         ids = [np.asarray(data.tokenizer.convert_tokens_to_ids(s)) for d in tokenize_documents(docs, data.tokenizer)
                for s in d]
-        return cv.initial_word_embeddings(ids, len(data.tokenizer), 8, 0.02)
+        return cv.initial_word_embeddings(cv.count_vectors(ids, len(data.tokenizer), 8), 0.02)
 
     docs = load_documents(str(corpus))
     order = list(range(len(docs)))
@@ -146,7 +146,8 @@ def test_the_data_holds_count_vectors_of_the_training_documents_only(tmp_path):
 def test_pretrain_starts_from_the_count_vectors(tmp_path, capsys):
     from bert_from_scratch.checkpoint import load_safetensors
     from bert_from_scratch.cli import main
-    from bert_from_scratch.training.pretrain_job import WORD_EMBEDDINGS, prepare_pretraining_data
+    from bert_from_scratch.model.heads import WORD_EMBEDDINGS
+    from bert_from_scratch.training.pretrain_job import prepare_pretraining_data
 
     corpus = small_corpus(tmp_path)
     common = ["pretrain", "--corpus", str(corpus), "--steps", "1", "--batch-size", "4", "--seq-len", "32",

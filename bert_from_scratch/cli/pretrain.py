@@ -157,7 +157,7 @@ def add_pretrain_arguments(p):
                    help="train the masked-LM loss alone on the same instances (RoBERTa's finding: NSP may not help)")
     p.add_argument("--embeddings-init", choices=("random", "counts"), default=None,
                    help="random: BERT's normal(0, 0.02) word embeddings; counts: count-based vectors (PPMI-SVD) of "
-                        "the training documents, scaled to the same 0.02 (~15 s more)" + _defaults("embeddings_init"))
+                        "the training documents, scaled to the same 0.02 (under a minute more of data preparation)" + _defaults("embeddings_init"))
     p.add_argument("--no-progress", action="store_true")
 
 

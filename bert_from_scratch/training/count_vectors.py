@@ -77,11 +77,21 @@ def truncated_svd_vectors(matrix: np.ndarray, dim: int, iterations: int = 4, ove
     return (q @ u[:, :dim]) * np.sqrt(s[:dim])                                  # (V, dim)
 
 
-def initial_word_embeddings(sentences, vocab_size: int, dim: int, std: float, window: int = 5) -> np.ndarray:
-    """PPMI-SVD vectors of ``sentences`` (piece-id arrays) as BERT's initial word embeddings (V, dim) float32:
-    each column centred, all scaled to BERT's init standard deviation ``std`` (0.02), so that only the
-    directions differ from a random init (``pretrain --embeddings-init counts``)."""
-    vectors = truncated_svd_vectors(ppmi(cooccurrence_counts(sentences, vocab_size, window)), dim)
+def count_vectors(sentences, vocab_size: int, dim: int, window: int = 5) -> np.ndarray:
+    """The three steps above: ``sentences`` (iterable of piece-id arrays) -> (V, dim) PPMI-SVD vectors."""
+    return truncated_svd_vectors(ppmi(cooccurrence_counts(sentences, vocab_size, window)), dim)
+
+
+def sentence_ids(tokenized_docs, tokenizer):
+    """Documents -> sentences -> pieces (``tokenize_documents``' output) -> each sentence's piece ids (int64)."""
+    return (np.asarray(tokenizer.convert_tokens_to_ids(sentence), dtype=np.int64)
+            for doc in tokenized_docs for sentence in doc)
+
+
+def initial_word_embeddings(vectors: np.ndarray, std: float) -> np.ndarray:
+    """Count vectors (V, H) as BERT's initial word embeddings, float32: each column centred, all scaled to the
+    init's standard deviation ``std`` (0.02), so that only the directions differ from a random init
+    (``pretrain --embeddings-init counts``)."""
     vectors = vectors - vectors.mean(axis=0)
     return (vectors * (std / max(float(vectors.std()), 1e-12))).astype(np.float32)
 
@@ -89,14 +99,11 @@ def initial_word_embeddings(sentences, vocab_size: int, dim: int, std: float, wi
 def corpus_count_vectors(corpus: str, tokenizer, dim: int, window: int = 5, log=print) -> np.ndarray:
     """PPMI-SVD vectors (len(tokenizer), dim) of ``corpus`` (a ``--corpus`` name, e.g. the main job's mix)."""
     from ..data.corpora import load_documents
+    from ..data.pretraining import tokenize_documents
 
     docs = load_documents(corpus)                       # every load checks rt-train for dev/test text
-    sentences = (np.asarray(tokenizer.convert_tokens_to_ids(tokenizer.tokenize(s)), dtype=np.int64)
-                 for doc in docs for s in doc.sentences)
-    counts = cooccurrence_counts(sentences, len(tokenizer), window)
-    log(f"count vectors: {counts.sum() / 2:,.0f} weighted co-occurrences of {len(tokenizer):,} pieces in "
-        f"{len(docs):,} documents of {corpus}")
-    return truncated_svd_vectors(ppmi(counts), dim)
+    log(f"count vectors: {len(tokenizer):,} pieces, {dim} dims, from {len(docs):,} documents of {corpus}")
+    return count_vectors(sentence_ids(tokenize_documents(docs, tokenizer), tokenizer), len(tokenizer), dim, window)
 
 
 def mean_vectors(vectors: np.ndarray, tokenizer, texts, max_length: int = 64) -> np.ndarray:

@@ -33,6 +33,7 @@ from .run_folder import refuse_to_clobber
 from ..distributed.job import DataParallel
 from ..data.corpora import load_documents
 from ..model import BertForPreTraining
+from ..model.heads import WORD_EMBEDDINGS
 from ..data.pretraining import create_pretraining_instances, instances_to_arrays, tokenize_documents
 from ..data.tokenizer import Tokenizer
 
@@ -54,16 +55,14 @@ MAX_EVAL_SEQUENCES = 2048
 
 #: ``--embeddings-init``: BERT's random word embeddings, or count-based vectors of the training documents
 EMBEDDINGS_INITS = ("random", "counts")
-INIT_STD = 0.02                                 # the count vectors' scale as prepared (BERT's initializer_range)
-WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
 
 
 def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max_seq_length=128,
                              max_predictions_per_seq=20, dupe_factor=2, eval_fraction=0.05, seed=0,
-                             log=print, max_eval_sequences=MAX_EVAL_SEQUENCES, count_vectors_dim=None
-                             ) -> PretrainingData:
-    """count_vectors_dim: also compute the training documents' PPMI-SVD vectors of that width as initial word
-    embeddings (``count_vectors.initial_word_embeddings``; never from a held-out document)."""
+                             log=print, max_eval_sequences=MAX_EVAL_SEQUENCES, count_vectors_dim=None,
+                             init_std=0.02) -> PretrainingData:
+    """count_vectors_dim: also compute the training documents' PPMI-SVD vectors of that width, scaled to
+    ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document)."""
     docs = load_documents(corpus)
     docs = [d for d in docs if d.sentences]
     order = list(range(len(docs)))
@@ -85,11 +84,10 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     for name, part, dupe, s in (("train", train_docs, dupe_factor, seed), ("eval", eval_docs, 1, seed + 1)):
         tokenized = tokenize_documents(part, tokenizer)
         if name == "train" and count_vectors_dim:
-            from .count_vectors import initial_word_embeddings
+            from .count_vectors import count_vectors, initial_word_embeddings, sentence_ids
 
-            word_vectors = initial_word_embeddings((np.asarray(tokenizer.convert_tokens_to_ids(sentence))
-                                                    for doc in tokenized for sentence in doc),
-                                                   len(tokenizer), count_vectors_dim, INIT_STD)
+            vectors = count_vectors(sentence_ids(tokenized, tokenizer), len(tokenizer), count_vectors_dim)
+            word_vectors = initial_word_embeddings(vectors, init_std)
             log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims) of the training documents")
         if name == "eval" and len(tokenized) < 2:
             tokenized = tokenize_documents(eval_docs + train_docs[:1], tokenizer)   # NSP needs 2 documents
@@ -205,16 +203,16 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
                                          embeddings_init)))
         shape = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=intermediate)
-        width = model_config(size, 1, max_seq_length, **shape).hidden_size
         counts = embeddings_init == "counts" and not resume       # a resumed run's embeddings are its checkpoint's
+        init = model_config(size, 1, max_seq_length, **shape)    # the width and init std, before the vocabulary
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
-                                        seed=seed, log=log, count_vectors_dim=width if counts else None
-                                        ) if dp.is_root else None
+                                        seed=seed, log=log, count_vectors_dim=init.hidden_size if counts else None,
+                                        init_std=init.initializer_range) if dp.is_root else None
         data = share_from_root(data, dp.world)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, **shape)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
         if data.word_vectors is not None:
-            model.params[WORD_EMBEDDINGS][...] = data.word_vectors * (cfg.initializer_range / INIT_STD)
+            model.params[WORD_EMBEDDINGS][...] = data.word_vectors
         if compile_ahead:
             wait_on_this_host(compiling, log)
     if device == "gpu":

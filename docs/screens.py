@@ -1,0 +1,144 @@
+"""Build the starting points of the transfer screens in docs/results.md ("Which part of pretraining costs the gain").
+
+Each command writes a model folder that ``bert-from-scratch finetune --init OUT`` (or ``transfer --checkpoint
+OUT``) reads. They change one piece of a checkpoint at a time, to see which piece fine-tuning gains or loses by:
+
+    python docs/screens.py reinit SRC OUT REGEX        # tensors whose names match REGEX back to BERT's init
+    python docs/screens.py scale-embeddings SRC OUT S  # word embeddings times S ('init': to BERT's init row norm)
+    python docs/screens.py counts-alone SRC OUT        # SRC's random twin (seed 0), word embeddings = count vectors
+    python docs/screens.py pretrain-frozen OUT         # pretrain --embeddings-init counts, word embeddings frozen
+
+These are experiments, not features: the package's own commands are what the README documents.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+def _copy(src, out) -> Path:
+    """Copy SRC's model folder to OUT (not its optimizer state) and return OUT's weights file."""
+    from bert_from_scratch.checkpoint import resolve_model_folder
+
+    out = Path(out)
+    if out.exists():
+        raise SystemExit(f"error: {out} exists; choose a new folder")
+    shutil.copytree(resolve_model_folder(src), out,
+                    ignore=shutil.ignore_patterns("optimizer.safetensors", "trainer_state.json"))
+    return out / "model.safetensors"
+
+
+def reinit(src, out, pattern: str, seed: int = 123) -> list[str]:
+    """Tensors whose names match ``pattern`` as BERT initialises them: weights normal(0, 0.02), biases 0,
+    LayerNorm weight 1 and bias 0. Returns the names."""
+    from bert_from_scratch.checkpoint import atomic_save_safetensors, load_safetensors
+
+    path = _copy(src, out)
+    tensors, rng, names = load_safetensors(path), np.random.default_rng(seed), []
+    for name, t in tensors.items():
+        if not re.search(pattern, name):
+            continue
+        if "LayerNorm" in name:
+            new = np.ones(t.shape) if name.endswith("weight") else np.zeros(t.shape)
+        else:
+            new = rng.normal(0.0, 0.02, t.shape) if name.endswith("weight") else np.zeros(t.shape)
+        tensors[name] = new.astype(t.dtype)
+        names.append(name)
+    if not names:
+        raise SystemExit(f"error: no tensor name matches {pattern!r}")
+    atomic_save_safetensors(tensors, path)
+    return names
+
+
+def scale_embeddings(src, out, scale: str) -> float:
+    """Word embeddings times ``scale``; 'init' scales the median row norm to BERT's init, 0.02 * sqrt(H)."""
+    from bert_from_scratch.checkpoint import atomic_save_safetensors, load_safetensors
+
+    path = _copy(src, out)
+    tensors = load_safetensors(path)
+    E = tensors[WORD_EMBEDDINGS]                                          # (V, H)
+    factor = (0.02 * np.sqrt(E.shape[1]) / float(np.median(np.linalg.norm(E, axis=1)))
+              if scale == "init" else float(scale))
+    tensors[WORD_EMBEDDINGS] = (E * factor).astype(E.dtype)
+    atomic_save_safetensors(tensors, path)
+    return factor
+
+
+def counts_alone(src, out, corpus: str | None = None, seed: int = 0) -> None:
+    """A random BERT with SRC's config and vocabulary whose word embeddings are count vectors of ``corpus``
+    (default: the main job's), scaled as ``pretrain --embeddings-init counts`` scales them. No MLM, no NSP."""
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.data.tokenizer import Tokenizer
+    from bert_from_scratch.model import BertForPreTraining
+    from bert_from_scratch.training.count_vectors import corpus_count_vectors, initial_word_embeddings
+    from bert_from_scratch.training.presets import BASE
+
+    src = Path(src) / "checkpoint" if (Path(src) / "checkpoint").is_dir() else Path(src)
+    cfg = BertConfig.from_json_file(src / "config.json")
+    tok = Tokenizer.from_vocab_file(src / "vocab.txt")
+    vectors = corpus_count_vectors(corpus or BASE["corpus"], tok, cfg.hidden_size)
+    model = BertForPreTraining(cfg, seed=seed)
+    model.params[WORD_EMBEDDINGS][...] = initial_word_embeddings(vectors, cfg.initializer_range)
+    model.save_pretrained(out)
+    shutil.copy(src / "vocab.txt", Path(out) / "vocab.txt")
+
+
+def pretrain_frozen(out, **job) -> dict:
+    """The main job with ``--embeddings-init counts`` whose word embeddings never move: after every AdamW step
+    they are put back (their gradient still counts in the global-norm clipping). ``job``: other
+    ``run_pretraining`` arguments (the tests' tiny corpus); the report is returned."""
+    import bert_from_scratch.training.optim as optim
+    from bert_from_scratch.training.pretrain_job import run_pretraining
+
+    step = optim.AdamW.step
+
+    def step_keeping_word_embeddings(self, grads, lr=None):
+        kept = self.params[WORD_EMBEDDINGS].copy()
+        step(self, grads, lr)
+        self.params[WORD_EMBEDDINGS][...] = kept
+
+    optim.AdamW.step = step_keeping_word_embeddings
+    try:
+        return run_pretraining(out=out, embeddings_init="counts", **{"progress": False, "log": print, **job})[1]
+    finally:
+        optim.AdamW.step = step
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, args in (("reinit", ("src", "out", "pattern")), ("scale-embeddings", ("src", "out", "scale")),
+                       ("counts-alone", ("src", "out")), ("pretrain-frozen", ("out",))):
+        s = sub.add_parser(name)
+        for a in args:
+            s.add_argument(a)
+    a = p.parse_args(argv)
+    try:
+        run(a)
+    except (ValueError, OSError) as e:                    # a missing or broken checkpoint: one line, no traceback
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(a):
+    t = time.time()
+    if a.command == "reinit":
+        print("re-initialised", ", ".join(reinit(a.src, a.out, a.pattern)))
+    elif a.command == "scale-embeddings":
+        print(f"word embeddings scaled by {scale_embeddings(a.src, a.out, a.scale):.4f}")
+    elif a.command == "counts-alone":
+        counts_alone(a.src, a.out)
+    else:
+        report = pretrain_frozen(a.out)
+        print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
+    print(f"{a.out} ({time.time() - t:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""docs/screens.py, the checkpoint edits behind the transfer screens in docs/results.md: each changes exactly the
+tensors it names, as it says, and leaves every other tensor bit-for-bit."""
+import importlib.util
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bert_from_scratch.checkpoint import load_safetensors
+
+SPEC = importlib.util.spec_from_file_location("screens", Path(__file__).parents[1] / "docs" / "screens.py")
+screens = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(screens)
+
+
+def _changed(a: dict, b: dict) -> set:
+    assert a.keys() == b.keys()
+    return {n for n in a if not np.array_equal(a[n], b[n])}
+
+
+def test_reinit_changes_only_the_matching_tensors_to_berts_init(tiny_review_checkpoint, tmp_path):
+    folder = tiny_review_checkpoint[0]
+    before = load_safetensors(folder / "model.safetensors")
+    names = screens.reinit(folder, tmp_path / "qk", r"attention\.self\.(query|key)")
+    after = load_safetensors(tmp_path / "qk" / "model.safetensors")
+    assert len(names) == 8 and all(re.search(r"self\.(query|key)\.(weight|bias)$", n) for n in names)
+    assert _changed(before, after) == {n for n in names if n.endswith("weight")}   # the biases start at 0 too
+    for n in names:
+        if n.endswith("bias"):
+            assert not after[n].any()
+        else:
+            assert abs(after[n].std() - 0.02) < 0.005 and after[n].dtype == before[n].dtype
+    ln = screens.reinit(folder, tmp_path / "ln", r"encoder\.layer\.0\.output\.LayerNorm")
+    after = load_safetensors(tmp_path / "ln" / "model.safetensors")
+    assert (after[ln[0]] == 0).all() and (after[ln[1]] == 1).all()            # sorted: bias, weight
+    with pytest.raises(SystemExit, match="no tensor name matches"):
+        screens.reinit(folder, tmp_path / "none", "no_such_tensor")
+    with pytest.raises(SystemExit, match="exists"):
+        screens.reinit(folder, tmp_path / "qk", "query")                       # never over an earlier result
+
+
+def test_scale_embeddings_scales_the_word_embeddings_alone(tiny_review_checkpoint, tmp_path):
+    folder = tiny_review_checkpoint[0]
+    before = load_safetensors(folder / "model.safetensors")
+    assert screens.scale_embeddings(folder, tmp_path / "x3", "3") == 3.0
+    after = load_safetensors(tmp_path / "x3" / "model.safetensors")
+    assert _changed(before, after) == {screens.WORD_EMBEDDINGS}
+    np.testing.assert_allclose(after[screens.WORD_EMBEDDINGS], 3 * before[screens.WORD_EMBEDDINGS], rtol=1e-6)
+    screens.scale_embeddings(tmp_path / "x3", tmp_path / "init", "init")       # back to BERT's init size
+    E = load_safetensors(tmp_path / "init" / "model.safetensors")[screens.WORD_EMBEDDINGS]
+    np.testing.assert_allclose(np.median(np.linalg.norm(E, axis=1)), 0.02 * np.sqrt(E.shape[1]), rtol=1e-5)
+
+
+def test_pretrain_frozen_trains_everything_but_the_word_embeddings(tmp_path):
+    from bert_from_scratch.training.pretrain_job import run_pretraining
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
+                                    for d in range(12)))                    # > 128 pieces: the count vectors' width
+    job = dict(corpus=str(corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None)
+    start_job = dict(job, steps=1, warmup=1)                     # one update at learning rate 0: the start itself
+    run_pretraining(out=tmp_path / "start", embeddings_init="counts", progress=False, **start_job)
+    screens.pretrain_frozen(tmp_path / "frozen", **job)
+    run_pretraining(out=tmp_path / "free", embeddings_init="counts", progress=False, **job)           # not frozen
+    start, frozen, free = (load_safetensors(tmp_path / run / "checkpoint" / "model.safetensors")
+                           for run in ("start", "frozen", "free"))
+    assert _changed(start, frozen) == _changed(start, free) - {screens.WORD_EMBEDDINGS}
+    assert screens.WORD_EMBEDDINGS in _changed(start, free) and len(_changed(start, frozen)) > 20

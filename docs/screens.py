@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+from bert_from_scratch.model.heads import WORD_EMBEDDINGS          # the parameter's one name
 
 
 def _copy(src, out) -> Path:

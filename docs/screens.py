@@ -7,6 +7,7 @@ OUT``) reads. They change one piece of a checkpoint at a time, to see which piec
     python docs/screens.py scale-embeddings SRC OUT S  # word embeddings times S ('init': to BERT's init row norm)
     python docs/screens.py counts-alone SRC OUT        # SRC's random twin (seed 0), word embeddings = count vectors
     python docs/screens.py pretrain-frozen OUT         # pretrain --embeddings-init counts, word embeddings frozen
+    python docs/screens.py pretrain-frozen OUT --preset long   # the same for pretrain --preset long
 
 These are experiments, not features: the package's own commands are what the README documents.
 """
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bert_from_scratch.model.heads import WORD_EMBEDDINGS          # the parameter's one name
+from bert_from_scratch.training.presets import PRESETS
 
 
 def _copy(src, out) -> Path:
@@ -119,6 +121,8 @@ def main(argv=None):
         s = sub.add_parser(name)
         for a in args:
             s.add_argument(a)
+        if name == "pretrain-frozen":
+            s.add_argument("--preset", default="default", choices=sorted(PRESETS), help="pretrain's preset")
     a = p.parse_args(argv)
     try:
         run(a)
@@ -135,7 +139,8 @@ def run(a):
     elif a.command == "counts-alone":
         counts_alone(a.src, a.out)
     else:
-        report = pretrain_frozen(a.out)
+        preset = {k: v for k, v in PRESETS[a.preset].items() if k != "out"}    # long: steps and vocab_size
+        report = pretrain_frozen(a.out, **preset)
         print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
     print(f"{a.out} ({time.time() - t:.0f} s)")
 

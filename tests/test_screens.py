@@ -67,3 +67,16 @@ def test_pretrain_frozen_trains_everything_but_the_word_embeddings(tmp_path):
                            for run in ("start", "frozen", "free"))
     assert _changed(start, frozen) == _changed(start, free) - {screens.WORD_EMBEDDINGS}
     assert screens.WORD_EMBEDDINGS in _changed(start, free) and len(_changed(start, frozen)) > 20
+
+
+def test_pretrain_frozen_takes_a_presets_steps_and_vocabulary(monkeypatch, tmp_path, capsys):
+    calls = []
+    monkeypatch.setattr(screens, "pretrain_frozen", lambda out, **job: calls.append(dict(job, out=out)) or
+                        {"held_out_mlm_accuracy": 0.0, "held_out_nsp_accuracy": 0.0})
+    screens.main(["pretrain-frozen", str(tmp_path / "long"), "--preset", "long"])
+    screens.main(["pretrain-frozen", str(tmp_path / "default")])
+    assert calls == [{"out": str(tmp_path / "long"), "steps": 5000, "vocab_size": 16000},   # not the preset's out
+                     {"out": str(tmp_path / "default")}]                        # the main job, as before
+    with pytest.raises(SystemExit):
+        screens.main(["pretrain-frozen", str(tmp_path / "x"), "--preset", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,29 @@ def test_the_learning_rate_is_chosen_on_dev_never_on_test(monkeypatch, tmp_path)
     assert transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None).lr == 3e-4
 
 
+def test_tuning_on_all_seeds_chooses_on_the_mean_dev(monkeypatch, tmp_path):
+    """Seed 0's dev prefers 1e-3 by a hair, the three seeds' mean prefers 1e-4 (the twin of docs/results.md, "From
+    count vectors"): the default takes 1e-3, --tune-on-all-seeds 1e-4, and runs every seed at every rate once."""
+    dev = {(1e-4, 0): .768, (1e-4, 1): .777, (1e-4, 2): .766, (1e-3, 0): .772, (1e-3, 1): .760, (1e-3, 2): .758}
+    calls = []
+
+    def fake_run(row, data, out, lr, seed, p, log):
+        calls.append((lr, seed))
+        return dev[(lr, seed)], 0.5, np.full(4, 0.5)
+    monkeypatch.setattr(transfer, "_one_run", fake_run)
+    grid = transfer.Protocol(lrs=(1e-4, 1e-3))
+    assert transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None).lr == 1e-3
+    calls.clear()
+    grid.tune_on_all_seeds = True
+    row = transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None)
+    assert row.lr == 1e-4 and row.dev_by_lr == {"0.0001": pytest.approx(.7703, abs=1e-4),
+                                                "0.001": pytest.approx(.7633, abs=1e-4)}
+    assert sorted(calls) == sorted(dev) and row.dev_by_seed == {0: .768, 1: .777, 2: .766}     # no run twice
+    report = {"dataset": "d", "n_test": 4, "majority_test_accuracy": .5, "protocol": asdict(grid),
+              "rows": [{k: v for k, v in asdict(row).items() if k != "correct"}]}
+    assert "tuned on every seed's mean dev over [0.0001, 0.001]" in transfer.format_table(report)
+
+
 def test_the_default_grid_reaches_down_to_the_rate_random_init_prefers():
     """Random init chose 1e-4 on dev when it could (docs/results.md, "A wider grid"): without it in the grid the
     baselines were tuned worse than the pretrained rows."""
@@ -121,3 +146,12 @@ def test_transfer_quick_runs_end_to_end(tiny_review_checkpoint, tmp_path, capsys
 def test_transfer_refuses_a_missing_checkpoint(tmp_path, capsys):
     assert main(["transfer", "--quick", "--checkpoint", str(tmp_path / "nope")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_the_tune_on_all_seeds_flag_reaches_the_protocol(tiny_review_checkpoint, monkeypatch, tmp_path):
+    folder, _, _ = tiny_review_checkpoint
+    seen = []
+    monkeypatch.setattr(transfer, "run_transfer", lambda checkpoints, out, p, **kw: seen.append(p.tune_on_all_seeds))
+    for flags in (["--tune-on-all-seeds"], []):
+        assert main(["transfer", *flags, "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
+    assert seen == [True, False]

@@ -38,6 +38,9 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")
     p.add_argument("--overwrite", action="store_true", help="replace the table an earlier run left in --out")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
+    p.add_argument("--tune-on-all-seeds", action="store_true",
+                   help="choose each row's learning rate on the mean dev accuracy of every seed, not seed 0's "
+                        "(every seed at every rate: seeds x the tuning runs)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
     return p
@@ -55,6 +58,7 @@ def cli_transfer(args) -> int:
                         ("max_train_examples", args.max_train_examples)):
         if value is not None:
             setattr(p, name, value)
+    p.tune_on_all_seeds = args.tune_on_all_seeds
     if p.epochs < 1:
         return error(f"--epochs must be at least 1; got {p.epochs}")
     run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite)

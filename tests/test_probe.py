@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 
@@ -64,11 +65,13 @@ def test_features_are_the_encoders_masked_means_cls_and_pooler(tiny_review_check
 
 def test_probe_command_end_to_end(tiny_review_checkpoint, tmp_path, capsys):
     folder, _, _ = tiny_review_checkpoint
-    assert main(["probe", "--no-minilm", "--checkpoint", str(folder), "--max-train-examples", "200",
-                 "--out", str(tmp_path / "p"), "--count-vectors", "python-docs"]) == 0
+    same = shutil.copytree(folder, tmp_path / "same")            # same config and vocabulary: no second twin
+    assert main(["probe", "--no-minilm", "--checkpoint", str(folder), "--checkpoint", str(same),
+                 "--max-train-examples", "200", "--out", str(tmp_path / "p"), "--count-vectors", "python-docs"]) == 0
     report = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert [r["name"] for r in report["rows"]] == [f"random init (like {folder})", f"pretrained: {folder}",
-                                                   f"count vectors of python-docs (vocab of {folder})"]
+                                                   f"count vectors of python-docs (vocab of {folder})",
+                                                   f"pretrained: {same}"]
     assert report["n_train"] == 200 and report["n_test"] == 1276
     for row in report["rows"]:
         assert set(row["by_feature"]) == (set(probe.FEATURES) if row["init"] != "counts" else {"embeddings-mean"})

@@ -10,7 +10,8 @@ test texts and fits a ridge classifier on four kinds of features, each (N, H):
 - ``pooled``: the pooler's output (what a sequence classifier reads).
 
 For each checkpoint it probes its random-init twin too (the same architecture and vocabulary: what random
-features give), and all-MiniLM-L6-v2 unless ``--no-minilm``. Fine-tuning (``bert-from-scratch transfer``) says
+features give; checkpoints with the same ``config.json`` and ``vocab.txt`` share one twin, as in ``transfer``),
+and all-MiniLM-L6-v2 unless ``--no-minilm``. Fine-tuning (``bert-from-scratch transfer``) says
 whether pretraining helps; a probe says whether the pretrained features already hold the task.
 ``--count-vectors CORPUS`` adds a row per checkpoint that asks the question before that one, whether the text
 holds it: count-based vectors (PPMI-SVD) of the corpus in the checkpoint's vocabulary and width, averaged over a
@@ -119,18 +120,23 @@ def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_lengt
                 count_corpus=None) -> dict:
     from ..data.labeled import load_classification
     from .classification_models import load_for_classification
+    from .transfer import architecture_and_vocabulary
 
     data = load_classification(dataset)
     train = data.train
     if max_train_examples is not None and max_train_examples < len(train):
         keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train_examples])
         train = [train[i] for i in keep]
-    rows = []
+    rows, twins = [], set()
     for c in checkpoints:
-        rows += [ProbeRow(f"random init (like {c})", "random", like=str(c)), ProbeRow(f"pretrained: {c}", str(c))]
-        if count_corpus:
+        key = architecture_and_vocabulary(c)       # checkpoints alike in both share one twin and count-vector row
+        if key not in twins:
+            rows.append(ProbeRow(f"random init (like {c})", "random", like=str(c)))
+        rows.append(ProbeRow(f"pretrained: {c}", str(c)))
+        if count_corpus and key not in twins:
             rows.append(ProbeRow(f"count vectors of {count_corpus} (vocab of {c})", "counts", like=str(c),
                                  corpus=count_corpus))
+        twins.add(key)
     if minilm:
         rows.append(ProbeRow("all-MiniLM-L6-v2", "minilm"))
     splits = {"train": train, "dev": data.dev, "test": data.test}

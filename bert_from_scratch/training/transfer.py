@@ -165,7 +165,7 @@ def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minil
 def _run_rows(checkpoints, out: Path, p: Protocol, minilm: bool, data, dataset: str, log) -> dict:
     rows, twins = [], {}
     for c in checkpoints:
-        key = _architecture_and_vocabulary(c)
+        key = architecture_and_vocabulary(c)
         if key not in twins:
             twins[key] = Row(f"random init (like {c})", "random", like=str(c))
             rows.append(twins[key])
@@ -191,7 +191,7 @@ def _run_rows(checkpoints, out: Path, p: Protocol, minilm: bool, data, dataset: 
     return report
 
 
-def _architecture_and_vocabulary(checkpoint) -> tuple[str, str]:
+def architecture_and_vocabulary(checkpoint) -> tuple[str, str]:
     """What a random-init twin copies from ``checkpoint``: its config.json and vocab.txt, as text."""
     from ..checkpoint import resolve_model_folder
     from ..constants import CONFIG_NAME, VOCAB_NAME

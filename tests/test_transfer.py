@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-
 from dataclasses import asdict
 
 import numpy as np

@@ -130,13 +130,14 @@ def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_lengt
     rows, twins = [], set()
     for c in checkpoints:
         key = architecture_and_vocabulary(c)       # checkpoints alike in both share one twin and count-vector row
-        if key not in twins:
+        new = key not in twins
+        twins.add(key)
+        if new:
             rows.append(ProbeRow(f"random init (like {c})", "random", like=str(c)))
         rows.append(ProbeRow(f"pretrained: {c}", str(c)))
-        if count_corpus and key not in twins:
+        if count_corpus and new:
             rows.append(ProbeRow(f"count vectors of {count_corpus} (vocab of {c})", "counts", like=str(c),
                                  corpus=count_corpus))
-        twins.add(key)
     if minilm:
         rows.append(ProbeRow("all-MiniLM-L6-v2", "minilm"))
     splits = {"train": train, "dev": data.dev, "test": data.test}

@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,3 +156,27 @@ def test_the_tune_on_all_seeds_flag_reaches_the_protocol(tiny_review_checkpoint,
     for flags in (["--tune-on-all-seeds"], []):
         assert main(["transfer", *flags, "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
     assert seen == [True, False]
+
+
+def test_checkpoints_alike_share_one_random_init_twin(tiny_review_checkpoint, monkeypatch, tmp_path):
+    """Two checkpoints with the same config and vocabulary get one twin row, and both gains are against it; a
+    checkpoint with another vocabulary gets its own (probe keys its rows the same way: transfer.shared_twins)."""
+    folder, _, _ = tiny_review_checkpoint
+    same = shutil.copytree(folder, tmp_path / "same")
+    other = shutil.copytree(folder, tmp_path / "other")
+    vocab = next(other.rglob("vocab.txt"))
+    vocab.write_text(vocab.read_text(encoding="utf-8") + "zzzextra\n", encoding="utf-8")
+    assert [(c, f, n) for c, f, n in transfer.shared_twins([folder, same, other])] == [
+        (folder, folder, True), (same, folder, False), (other, other, True)]
+
+    def fake_row(row, data, out, p, log):
+        row.correct = np.ones((1, 2))
+        return row
+    monkeypatch.setattr(transfer, "run_row", fake_row)
+    monkeypatch.setattr(transfer, "format_table", lambda report: "")       # the rows hold no accuracies
+    data = SimpleNamespace(test=[SimpleNamespace(label=0), SimpleNamespace(label=1)])
+    report = transfer._run_rows([folder, same, other], tmp_path, transfer.Protocol(), False, data, "d", lambda m: None)
+    names = [(r["name"], r["baseline"]) for r in report["rows"]]
+    assert names == [(f"random init (like {folder})", None), (f"pretrained: {folder}", f"random init (like {folder})"),
+                     (f"pretrained: {same}", f"random init (like {folder})"),
+                     (f"random init (like {other})", None), (f"pretrained: {other}", f"random init (like {other})")]

@@ -120,18 +120,15 @@ def _probe_rows(checkpoints, out, minilm, dataset, max_train_examples, max_lengt
                 count_corpus=None) -> dict:
     from ..data.labeled import load_classification
     from .classification_models import load_for_classification
-    from .transfer import architecture_and_vocabulary
+    from .transfer import shared_twins
 
     data = load_classification(dataset)
     train = data.train
     if max_train_examples is not None and max_train_examples < len(train):
         keep = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_train_examples])
         train = [train[i] for i in keep]
-    rows, twins = [], set()
-    for c in checkpoints:
-        key = architecture_and_vocabulary(c)       # checkpoints alike in both share one twin and count-vector row
-        new = key not in twins
-        twins.add(key)
+    rows = []
+    for c, _, new in shared_twins(checkpoints):    # checkpoints alike share one twin and count-vector row
         if new:
             rows.append(ProbeRow(f"random init (like {c})", "random", like=str(c)))
         rows.append(ProbeRow(f"pretrained: {c}", str(c)))

@@ -163,13 +163,12 @@ def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minil
 
 
 def _run_rows(checkpoints, out: Path, p: Protocol, minilm: bool, data, dataset: str, log) -> dict:
-    rows, twins = [], {}
-    for c in checkpoints:
-        key = architecture_and_vocabulary(c)
-        if key not in twins:
-            twins[key] = Row(f"random init (like {c})", "random", like=str(c))
-            rows.append(twins[key])
-        rows.append(Row(f"pretrained: {c}", str(c), baseline=twins[key].name))
+    rows = []
+    for c, first, new in shared_twins(checkpoints):
+        twin = f"random init (like {first})"
+        if new:
+            rows.append(Row(twin, "random", like=str(first)))
+        rows.append(Row(f"pretrained: {c}", str(c), baseline=twin))
     if minilm:
         rows.append(Row(MINILM_ROW, "minilm"))
     if not rows:
@@ -189,6 +188,18 @@ def _run_rows(checkpoints, out: Path, p: Protocol, minilm: bool, data, dataset: 
     atomic_write(out / TRANSFER_JSON, json.dumps(report, indent=2))
     log(format_table(report))
     return report
+
+
+def shared_twins(checkpoints) -> list[tuple]:
+    """``(checkpoint, first, new)`` for each checkpoint: ``first`` is the first checkpoint with the same architecture
+    and vocabulary, whose random-init twin stands for both, and ``new`` says the checkpoint is that first one."""
+    firsts, out = {}, []
+    for c in checkpoints:
+        key = architecture_and_vocabulary(c)
+        new = key not in firsts
+        firsts.setdefault(key, c)
+        out.append((c, firsts[key], new))
+    return out
 
 
 def architecture_and_vocabulary(checkpoint) -> tuple[str, str]:

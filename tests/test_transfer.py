@@ -117,6 +117,9 @@ def test_tuning_on_all_seeds_chooses_on_the_mean_dev(monkeypatch, tmp_path):
     report = {"dataset": "d", "n_test": 4, "majority_test_accuracy": .5, "protocol": asdict(grid),
               "rows": [{k: v for k, v in asdict(row).items() if k != "correct"}]}
     assert "tuned on every seed's mean dev over [0.0001, 0.001]" in transfer.format_table(report)
+    assert "fine-tuned on the whole training split;" in transfer.format_table(report)
+    report["protocol"]["max_train_examples"] = 1000              # a learning-curve point says how many labels
+    assert "fine-tuned on 1,000 training examples (a subset drawn with each seed);" in transfer.format_table(report)
 
 
 def test_the_default_grid_reaches_down_to_the_rate_random_init_prefers():

@@ -219,7 +219,10 @@ def format_table(report: dict) -> str:
     p = report["protocol"]
     grid = ", ".join(f"{lr:g}" for lr in p["lrs"])
     tuned = "every seed's mean dev" if p.get("tune_on_all_seeds") else "dev (seed 0)"
-    lines = [f"{report['dataset']} test ({report['n_test']} examples); learning rate tuned on {tuned} over [{grid}]; "
+    n = p.get("max_train_examples")
+    trained = "the whole training split" if n is None else f"{n:,} training examples (a subset drawn with each seed)"
+    lines = [f"{report['dataset']} test ({report['n_test']} examples); fine-tuned on {trained}; "
+             f"learning rate tuned on {tuned} over [{grid}]; "
              f"seeds {', '.join(map(str, p['seeds']))}; up to {p['epochs']} epochs (patience {p['patience']}); "
              f"95% paired-bootstrap intervals",
              "| row | lr (dev-tuned) | test per seed | mean test | 95% interval | gain vs its random init |",

@@ -161,6 +161,19 @@ def test_the_tune_on_all_seeds_flag_reaches_the_protocol(tiny_review_checkpoint,
     assert seen == [True, False]
 
 
+def test_the_patience_flag_reaches_the_protocol_and_is_checked(tiny_review_checkpoint, monkeypatch, tmp_path, capsys):
+    """With a few hundred examples an epoch is a few steps: --patience lets a learning-curve run keep its epochs."""
+    folder, _, _ = tiny_review_checkpoint
+    seen = []
+    monkeypatch.setattr(transfer, "run_transfer", lambda checkpoints, out, p, **kw: seen.append(p.patience))
+    for flags in (["--patience", "20"], []):
+        assert main(["transfer", *flags, "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
+    assert seen == [20, transfer.Protocol().patience]
+    assert main(["transfer", "--patience", "0", "--no-minilm", "--checkpoint", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "--patience must be at least 1; got 0" in err and len(err.strip().splitlines()) == 1 and seen == [20, 3]
+
+
 def test_checkpoints_alike_share_one_random_init_twin(tiny_review_checkpoint, monkeypatch, tmp_path):
     """Two checkpoints with the same config and vocabulary get one twin row, and both gains are against it; a
     checkpoint with another vocabulary gets its own (probe keys its rows the same way: transfer.shared_twins)."""

@@ -34,7 +34,11 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--out", default="runs/transfer", help="folder for the runs and transfer.json")
     p.add_argument("--lrs", type=_floats, default=None, help="learning-rate grid (default 1e-4,3e-4,1e-3,3e-3)")
     p.add_argument("--seeds", type=_ints, default=None, help="seeds at the tuned rate (default 0,1,2)")
-    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10, patience 3)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (default 10)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="stop a run after this many epochs without a better dev accuracy (default 3); with a few "
+                        "hundred examples an epoch is a few steps, so a slow start can end a run at the majority "
+                        "class: give --patience as large as --epochs to keep every epoch's chance")
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")
     p.add_argument("--overwrite", action="store_true", help="replace the table an earlier run left in --out")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
@@ -55,11 +59,12 @@ def cli_transfer(args) -> int:
         return error(missing_checkpoint(args.checkpoint))
     p = Protocol.quick() if args.quick else Protocol()
     for name, value in (("lrs", args.lrs), ("seeds", args.seeds), ("epochs", args.epochs),
-                        ("max_train_examples", args.max_train_examples)):
+                        ("patience", args.patience), ("max_train_examples", args.max_train_examples)):
         if value is not None:
             setattr(p, name, value)
     p.tune_on_all_seeds = args.tune_on_all_seeds
-    if p.epochs < 1:
-        return error(f"--epochs must be at least 1; got {p.epochs}")
+    for flag, value in (("--epochs", p.epochs), ("--patience", p.patience)):
+        if value < 1:
+            return error(f"{flag} must be at least 1; got {value}")
     run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite)
     return 0

@@ -28,6 +28,11 @@ The protocol, the same for every row, so that no row is favoured:
    That interval covers the test sample's noise; the per-seed numbers, printed next to it, show the seeds'.
 4. **Trivial baseline**: the majority class of the test split.
 
+**Fewer labels.** ``--max-train-examples N`` fine-tunes every run on N training reviews drawn with its seed
+(every row of a seed sees the same N; dev and test stay whole). An epoch is then a few steps, so give more
+``--epochs`` and a ``--patience`` as large, or a slow start ends a run at the majority class (docs/results.md,
+"With fewer labels").
+
 ``--quick`` shrinks everything (200 training examples, one epoch, one learning rate, two seeds) for a
 smoke test; its numbers mean nothing.
 """

@@ -78,6 +78,21 @@ def test_bootstrap_interval_covers_the_mean_and_narrows():
     assert np.diff(transfer.bootstrap_interval(large)) < np.diff(transfer.bootstrap_interval(small)) / 5
 
 
+def test_the_seeds_and_examples_interval_widens_with_the_seeds_spread():
+    """Two seeds that disagree (one gains on every example, the other loses on every one): the examples-only
+    interval sees a sure 0, the two-level one the seeds' spread; seeds that agree leave the two intervals alike."""
+    rng = np.random.default_rng(1)
+    agree = np.tile((rng.random(1000) < 0.6).astype(float) - 0.5, (3, 1))             # (seeds, n), equal rows
+    lo, hi = transfer.seeds_and_examples_interval(agree)
+    assert lo < agree.mean() < hi
+    assert np.diff(transfer.seeds_and_examples_interval(agree)) == pytest.approx(
+        np.diff(transfer.bootstrap_interval(agree.mean(axis=0))), rel=0.2)
+    disagree = np.stack([np.full(1000, 0.3), np.full(1000, -0.3)])
+    assert np.diff(transfer.bootstrap_interval(disagree.mean(axis=0))) == pytest.approx(0)
+    lo, hi = transfer.seeds_and_examples_interval(disagree)
+    assert lo == pytest.approx(-0.3) and hi == pytest.approx(0.3)
+
+
 def test_the_learning_rate_is_chosen_on_dev_never_on_test(monkeypatch, tmp_path):
     """dev prefers 1e-3, test would prefer 3e-3: the row must take 1e-3, and its seeds run at it."""
     dev_acc = {3e-4: 0.70, 1e-3: 0.80, 3e-3: 0.75}
@@ -138,6 +153,12 @@ def test_transfer_quick_runs_end_to_end(tiny_review_checkpoint, tmp_path, capsys
     assert rows[1]["baseline"] == rows[0]["name"]
     assert all(len(r["test_by_seed"]) == 2 and 0 <= r["mean"] <= 1 for r in rows)
     assert rows[0]["gain"] is None and rows[1]["gain_interval"][0] <= rows[1]["gain"] <= rows[1]["gain_interval"][1]
+    assert rows[1]["gain_interval_seeds"][0] <= rows[1]["gain"] <= rows[1]["gain_interval_seeds"][1]
+    for r in rows:                          # every run's correct/wrong per test example, kept for later analysis
+        kept = r["test_correct_by_seed"]
+        assert list(kept) == ["0", "1"] and all(len(c) == report["n_test"] and set(c) <= {"0", "1"}
+                                                for c in kept.values())
+        assert [c.count("1") / report["n_test"] for c in kept.values()] == pytest.approx(list(r["test_by_seed"].values()))
     assert "gain vs its random init" in capsys.readouterr().out
     # a second run into the same folder must not replace the table: refused in one line, the file untouched
     before = (tmp_path / "t" / "transfer.json").read_bytes()

@@ -135,6 +135,9 @@ def test_tuning_on_all_seeds_chooses_on_the_mean_dev(monkeypatch, tmp_path):
     assert "fine-tuned on the whole training split;" in transfer.format_table(report)
     report["protocol"]["max_train_examples"] = 1000              # a learning-curve point says how many labels
     assert "fine-tuned on 1,000 training examples (a subset drawn with each seed);" in transfer.format_table(report)
+    assert "all-MiniLM-L6-v2: " not in transfer.format_table(report)
+    report["rows"][0]["name"] = transfer.MINILM_ROW              # MiniLM's row says the grid it was tuned on
+    assert "over [0.0001, 0.001; all-MiniLM-L6-v2: 3e-05, 0.0001, 0.0003]" in transfer.format_table(report)
 
 
 def test_the_default_grid_reaches_down_to_the_rate_random_init_prefers():

@@ -252,6 +252,8 @@ def format_table(report: dict) -> str:
     """The table as Markdown: per-seed test accuracies, mean with interval, gain over random init."""
     p = report["protocol"]
     grid = ", ".join(f"{lr:g}" for lr in p["lrs"])
+    if any(r["name"] == MINILM_ROW for r in report["rows"]):    # MiniLM is tuned on its own grid (Protocol)
+        grid += f"; {MINILM_ROW}: " + ", ".join(f"{lr:g}" for lr in p["minilm_lrs"])
     tuned = "every seed's mean dev" if p.get("tune_on_all_seeds") else "dev (seed 0)"
     n = p.get("max_train_examples")
     trained = "the whole training split" if n is None else f"{n:,} training examples (a subset drawn with each seed)"

@@ -28,9 +28,10 @@ The protocol, the same for every row, so that no row is favoured:
    That interval covers the test sample's noise only. A second interval of the gain resamples the seeds too
    (a two-level bootstrap: seeds with replacement, then test examples; a seed's row and its twin stay paired), so
    it also covers how much the gain moves from seed to seed: with a few hundred or a thousand training examples
-   that is the larger part (docs/results.md, "Frozen count-vector embeddings with 1,000 labels"). With three seeds it is rough (three seeds make ten distinct resamples); give more
-   ``--seeds`` for a claim that rests on it. The per-seed numbers are printed next to both, and ``transfer.json``
-   keeps every run's correct/wrong per test example (``test_correct_by_seed``) for any other analysis.
+   that is the larger part (docs/results.md, "Frozen count-vector embeddings with 1,000 labels"). With three
+   seeds it is rough (three seeds make ten distinct resamples); give more ``--seeds`` for a claim that rests on it.
+   The per-seed numbers are printed next to both, and ``transfer.json`` keeps every run's correct/wrong per test
+   example (``test_correct_by_seed``) for any other analysis.
 4. **Trivial baseline**: the majority class of the test split.
 
 **Fewer labels.** ``--max-train-examples N`` fine-tunes every run on N training reviews drawn with its seed

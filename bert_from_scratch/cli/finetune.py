@@ -60,6 +60,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
                         help="use the whole train split (rotten_tomatoes: all 10,201 examples)")
     parser.add_argument("--patience", type=int, default=1, help="early stop after this many epochs without gain")
     parser.add_argument("--seed", type=int, default=0, help="seed of the batch order, dropout and the new head")
+    parser.add_argument("--classifier-first", type=int, default=0, metavar="EPOCHS",
+                        help="first train the classifier alone on the frozen encoder's features for EPOCHS epochs, "
+                             "then fine-tune everything (LP-FT; default 0: plain fine-tuning)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the best/ model an earlier run left in --out (refused otherwise)")
@@ -115,7 +118,7 @@ def cli_finetune(args) -> int:
                       lr=args.lr,
                       warmup_ratio=args.warmup_ratio, max_length=args.max_length, patience=args.patience,
                       seed=args.seed, max_train_examples=max_train, progress=not args.no_progress,
-                      log=print, run_info=run_info, overwrite=args.overwrite)
+                      log=print, run_info=run_info, overwrite=args.overwrite, classifier_first=args.classifier_first)
     print(f"best epoch {result.best_epoch}: dev accuracy {result.best_dev_accuracy}, dev macro-F1 "
           f"{result.best_dev_macro_f1}" if result.best_epoch else "no epoch finished")
     if result.test_accuracy is not None:

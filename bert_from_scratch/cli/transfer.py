@@ -45,6 +45,9 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--tune-on-all-seeds", action="store_true",
                    help="choose each row's learning rate on the mean dev accuracy of every seed, not seed 0's "
                         "(every seed at every rate: seeds x the tuning runs)")
+    p.add_argument("--classifier-first", type=int, default=None, metavar="EPOCHS",
+                   help="every run first trains the classifier alone on the frozen encoder's features for EPOCHS "
+                        "epochs, then fine-tunes everything (LP-FT; default 0: plain fine-tuning)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
     return p
@@ -59,12 +62,14 @@ def cli_transfer(args) -> int:
         return error(missing_checkpoint(args.checkpoint))
     p = Protocol.quick() if args.quick else Protocol()
     for name, value in (("lrs", args.lrs), ("seeds", args.seeds), ("epochs", args.epochs),
-                        ("patience", args.patience), ("max_train_examples", args.max_train_examples)):
+                        ("patience", args.patience), ("max_train_examples", args.max_train_examples),
+                        ("classifier_first", args.classifier_first)):
         if value is not None:
             setattr(p, name, value)
     p.tune_on_all_seeds = args.tune_on_all_seeds
-    for flag, value in (("--epochs", p.epochs), ("--patience", p.patience)):
-        if value < 1:
-            return error(f"{flag} must be at least 1; got {value}")
+    for flag, value, low in (("--epochs", p.epochs, 1), ("--patience", p.patience, 1),
+                             ("--classifier-first", p.classifier_first, 0)):
+        if value < low:
+            return error(f"{flag} must be at least {low}; got {value}")
     run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite)
     return 0

@@ -47,6 +47,7 @@ scikit-learn's ``f1_score(average="macro")`` does).
     bert-from-scratch finetune --init runs/pretrain/checkpoint    # our own pretraining checkpoint
     bert-from-scratch finetune --init random --like runs/pretrain/checkpoint   # same architecture, no pretraining
     bert-from-scratch finetune --dataset bbc                      # 5 news topics
+    bert-from-scratch finetune --init runs/pretrain --classifier-first 10   # LP-FT: the classifier alone first
     bert-from-scratch finetune --init minilm --train my_train.csv --dev my_dev.csv [--test my_test.csv]
     bert-from-scratch predict --checkpoint runs/finetune "a gripping, beautifully acted film"
 
@@ -80,10 +81,8 @@ from .metrics import accuracy_from_confusion, confusion_matrix, macro_f1_from_co
 from .optim import AdamW, linear_warmup_decay
 from ..distributed.job import DataParallel
 from .run_folder import refuse_to_clobber
+from .classifier_first import train_classifier_first
 
-# ======================================================================================
-# Data: encode once, batch by length
-# ======================================================================================
 # ======================================================================================
 # Metrics
 # ======================================================================================
@@ -112,9 +111,6 @@ def evaluate_classifier(model, encoded: EncodedExamples, batch_size: int = 64, p
 
 
 # ======================================================================================
-# Loading the model to fine-tune
-# ======================================================================================
-# ======================================================================================
 # The loop
 # ======================================================================================
 @dataclass
@@ -142,6 +138,7 @@ class FinetuneResult:
     train_examples: int = 0
     majority_dev_accuracy: float | None = None
     stopped_early: bool = False
+    classifier_first: dict | None = None        # LP-FT's phase 1 (classifier_first.py), when it ran
     diverged: bool = False
     message: str = ""
     seconds: float = 0.0
@@ -165,7 +162,7 @@ class FinetuneResult:
         d = {k: getattr(self, k) for k in ("label_names", "epochs", "best_epoch", "best_dev_accuracy",
                                            "best_dev_macro_f1", "test_accuracy", "test_macro_f1", "test_loss",
                                            "confusion_split", "steps", "train_examples", "majority_dev_accuracy",
-                                           "stopped_early", "diverged", "message", "seconds")}
+                                           "stopped_early", "classifier_first", "diverged", "message", "seconds")}
         d["confusion_matrix"] = None if self.confusion_matrix is None else self.confusion_matrix.tolist()
         for k in ("checkpoint_dir", "confusion_matrix_path"):
             d[k] = None if getattr(self, k) is None else str(getattr(self, k))
@@ -199,7 +196,8 @@ def _save_best(out_dir: Path, model, tokenizer, training_args: dict) -> Path:
 
 def _check_arguments(model, tokenizer, *, lr, warmup_ratio, max_train_examples, **counts) -> None:
     """Refuse bad options before any work, in one line each. ``counts``: the integer options."""
-    for name, low in (("epochs", 1), ("batch_size", 1), ("max_length", 3), ("patience", 1), ("eval_batch_size", 1)):
+    for name, low in (("epochs", 1), ("batch_size", 1), ("max_length", 3), ("patience", 1), ("eval_batch_size", 1),
+                      ("classifier_first", 0)):
         value = counts[name]
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
             raise FinetuneError(f"{name} must be an integer >= {low}; got {value!r}")
@@ -225,7 +223,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
              max_train_examples: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_batch_size: int = 64, plot: bool = True, run_info: dict | None = None,
-             overwrite: bool = False) -> FinetuneResult:
+             overwrite: bool = False, classifier_first: int = 0) -> FinetuneResult:
     """Fine-tune ``model`` (a ``BertForSequenceClassification``) on ``data``; see the module docstring.
 
     Parameters
@@ -243,6 +241,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     seed : batch order and dropout (the classifier's init is the model's own ``seed``).
     max_train_examples : train on a seeded random subset of this size (the dev/test splits stay whole).
     overwrite : a run over a folder that holds a ``best/`` model is refused unless this is True.
+    classifier_first : first train the classifier alone on the frozen encoder's features for this many epochs,
+        then fine-tune everything (LP-FT, :mod:`.classifier_first`); 0: plain fine-tuning.
     """
     from tqdm.auto import tqdm
 
@@ -250,13 +250,14 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     log, progress = dp.log(log or tqdm.write), progress and dp.is_root
     _check_arguments(model, tokenizer, epochs=epochs, batch_size=batch_size, max_length=max_length,
                      patience=patience, eval_batch_size=eval_batch_size, lr=lr, warmup_ratio=warmup_ratio,
-                     max_train_examples=max_train_examples)
+                     max_train_examples=max_train_examples, classifier_first=classifier_first)
     K = model.num_labels
     _check_data(data, K)
     out_dir = Path(out_dir)
     with dp.together(), dp.run_folder(out_dir, log):         # one writer; debris of killed runs removed
         dp.check_same(model=model, data=repr((data.train, data.dev, data.label_names)), log=log, options=(
-            epochs, batch_size, lr, warmup_ratio, max_length, patience, seed, max_train_examples, weight_decay))
+            epochs, batch_size, lr, warmup_ratio, max_length, patience, seed, max_train_examples, weight_decay,
+            classifier_first))
         refuse_to_clobber(out_dir, BEST_DIR, False, overwrite, resume_flag="")
         model.label_names = [str(n) for n in data.label_names]      # -> id2label in config.json
         started = time.perf_counter()
@@ -280,8 +281,12 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
         training_args = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
                          "max_length": max_length, "patience": patience, "seed": seed,
                          "max_train_examples": max_train_examples, "train_examples": len(train),
-                         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, **(run_info or {})}
+                         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
+                         "classifier_first": classifier_first, **(run_info or {})}
         result = FinetuneResult(label_names=list(model.label_names), train_examples=len(train))
+        if classifier_first:                                        # LP-FT's phase 1: the classifier alone
+            result.classifier_first = train_classifier_first(model, train, dev, classifier_first, batch_size, seed=seed,
+                                                             eval_batch_size=eval_batch_size, pad_token_id=pad, log=log)
         majority = np.bincount(dev.labels, minlength=K).max() / len(dev)
         result.majority_dev_accuracy = float(majority)
         log(f"fine-tuning on {len(train)} train / {len(dev)} dev / {len(test) if test else 0} test examples, "

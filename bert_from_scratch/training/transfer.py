@@ -39,6 +39,10 @@ The protocol, the same for every row, so that no row is favoured:
 ``--epochs`` and a ``--patience`` as large, or a slow start ends a run at the majority class (docs/results.md,
 "With fewer labels").
 
+**The classifier first (LP-FT).** ``--classifier-first E`` gives every run of every row the same first phase:
+the classifier alone trained for E epochs on the frozen encoder's features, then the usual fine-tuning
+(:mod:`.classifier_first`; docs/results.md, "The classifier first").
+
 ``--quick`` shrinks everything (200 training examples, one epoch, one learning rate, two seeds) for a
 smoke test; its numbers mean nothing.
 """
@@ -80,6 +84,7 @@ class Protocol:
     max_train_examples: int | None = None        # None: all 10,201 training examples
     minilm_lrs: tuple = (3e-5, 1e-4, 3e-4)       # MiniLM (a 22M-parameter model) on its own, usual grid
     tune_on_all_seeds: bool = False              # choose the rate on the mean dev of every seed, not seed 0's
+    classifier_first: int = 0                    # > 0: LP-FT, the classifier alone for this many epochs first
 
     @classmethod
     def quick(cls) -> "Protocol":
@@ -134,7 +139,7 @@ def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log) 
     result = finetune(model, tokenizer, data, folder, epochs=p.epochs, batch_size=p.batch_size, lr=lr,
                       max_length=p.max_length, patience=p.patience, seed=seed,
                       max_train_examples=p.max_train_examples, progress=False, log=lambda m: None, plot=False,
-                      overwrite=True, run_info={"transfer_row": row.name})
+                      overwrite=True, run_info={"transfer_row": row.name}, classifier_first=p.classifier_first)
     if result.diverged or result.best_epoch == 0:
         log(f"  {row.name} lr {lr:g} seed {seed}: diverged ({result.message})")
         return -math.inf, float("nan"), np.zeros(len(data.test))
@@ -258,6 +263,8 @@ def format_table(report: dict) -> str:
     tuned = "every seed's mean dev" if p.get("tune_on_all_seeds") else "dev (seed 0)"
     n = p.get("max_train_examples")
     trained = "the whole training split" if n is None else f"{n:,} training examples (a subset drawn with each seed)"
+    if p.get("classifier_first"):
+        trained += f", the classifier first trained alone for {p['classifier_first']} epochs (LP-FT)"
     lines = [f"{report['dataset']} test ({report['n_test']} examples); fine-tuned on {trained}; "
              f"learning rate tuned on {tuned} over [{grid}]; "
              f"seeds {', '.join(map(str, p['seeds']))}; up to {p['epochs']} epochs (patience {p['patience']}); "

@@ -46,6 +46,7 @@ def main(argv=None):
     p.add_argument("--fail-step", type=int, default=-1)
     p.add_argument("--fail-how", default="kill")
     p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune"])
+    p.add_argument("--classifier-first", type=int, default=0)          # finetune: LP-FT's phase 1 epochs
     p.add_argument("--backend", default="numpy", choices=["numpy", "numba"])
     a = p.parse_args(argv)
 
@@ -112,7 +113,8 @@ def finetune_main(a, world):
                                           dtype=np.dtype(a.dtype), backend="numpy")
     result = finetune(model, tok, data, a.out, epochs=2, batch_size=a.batch, lr=1e-3, seed=a.seed, progress=False,
                       max_length=16,
-                      plot=False, overwrite=True, patience=2, log=lambda m: print(m, flush=True))
+                      plot=False, overwrite=True, patience=2, log=lambda m: print(m, flush=True),
+                      classifier_first=a.classifier_first)
     out = Path(a.out)
     np.savez(out / f"params-rank{world.rank}.npz", **model.params)
     (out / f"losses-rank{world.rank}.json").write_text(json.dumps([e["dev_loss"] for e in result.epochs]))

@@ -266,6 +266,18 @@ def test_finetuning_on_three_ranks_equals_one_process(runs):
 
 
 @needs_mpi
+def test_the_classifier_first_on_three_ranks_equals_one_process(runs):
+    """LP-FT's phase 1 runs on every rank over the whole training split (no sharding, nothing to reduce): the
+    ranks start phase 2 from the same classifier as one process, and end where it ends."""
+    one = runs("ft-lp-one", 1, "--task", "finetune", "--batch", "16", "--classifier-first", "3", plain=True)
+    three = runs("ft-lp-n3", 3, "--task", "finetune", "--batch", "16", "--classifier-first", "3")
+    assert rel_error(params(one), params(three)) <= 1e-12
+    assert np.allclose(losses(one), losses(three), rtol=1e-12, atol=0)
+    assert json.loads((three / "results.json").read_text())["classifier_first"]["epochs"] == 3
+    assert rel_error(params(one), params(runs("ft-one", 1, "--task", "finetune", "--batch", "16", plain=True))) > 1e-6
+
+
+@needs_mpi
 def test_finetuning_with_dropout_on_three_ranks_equals_one_process(runs, tmp_path):
     """Dropout 0.1 in the encoder and the classifier head: each rank's shard is cut from the global batch padded
     as one process pads it, and its masks are keyed by the global rows, so 3 ranks still equal 1 process; masks

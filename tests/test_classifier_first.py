@@ -19,7 +19,7 @@ from bert_from_scratch.training import classifier_first as lp
 from bert_from_scratch.training import finetuning as ft
 from bert_from_scratch.training import transfer
 
-from test_finetune import keyword_data, tiny_config, tok  # noqa: F401  (fixtures)
+from test_finetune import keyword_data, pretraining_checkpoint, tiny_config, tok  # noqa: F401  (fixtures)
 
 
 def _model(tok, seed=0, **kw):
@@ -146,3 +146,23 @@ def test_transfer_runs_hand_the_option_to_finetune(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop here"):
         transfer._one_run(transfer.Row("r", "random"), type("D", (), {"num_labels": 2})(), tmp_path, 1e-3, 0, p, print)
     assert calls == [7]
+
+
+def test_the_finetune_command_runs_phase_one(tmp_path, capsys, pretraining_checkpoint):
+    from test_finetune import keyword_examples, parse, write_csv
+    from bert_from_scratch.cli import finetune as cli_ft
+
+    folder, _ = pretraining_checkpoint
+    rows = lambda examples: [f"{e.text},{'pos' if e.label else 'neg'}" for e in examples]   # noqa: E731
+    train = write_csv(tmp_path / "train.csv", "text,label", rows(keyword_examples(48, 1)))
+    dev = write_csv(tmp_path / "dev.csv", "text,label", rows(keyword_examples(24, 2)))
+    common = ["--init", str(folder), "--train", str(train), "--dev", str(dev), "--epochs", "1", "--max-length", "16",
+              "--no-progress"]
+    args = parse(cli_ft.add_finetune_arguments, [*common, "--classifier-first", "2", "--out", str(tmp_path / "a")])
+    assert cli_ft.cli_finetune(args) == 0
+    assert "classifier first, 2 epochs on the frozen encoder's features" in capsys.readouterr().out
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["classifier_first"]["epochs"] == 2
+    args = parse(cli_ft.add_finetune_arguments, [*common, "--classifier-first", "-1", "--out", str(tmp_path / "b")])
+    assert cli_ft.cli_finetune(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "classifier_first must be an integer >= 0; got -1" in err and len(err.splitlines()) == 1

@@ -83,6 +83,19 @@ def test_only_the_classifier_learns_and_the_best_epoch_is_kept(tok, keyword_data
     assert float(cross_entropy_forward(logits, dev.labels)[0]) == pytest.approx(info["dev_loss"], rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")     # lr 1e300 in float32, on purpose
+def test_a_diverging_phase_one_puts_the_classifier_back(tok, keyword_data):
+    """Phase 1 steps run in the one training loop: a learning rate of 1e300 makes the weights non-finite, the loop
+    stops, and phase 2 starts from the classifier as it was (nothing non-finite is left in the model)."""
+    train, dev = (encode_examples(tok, split, 16, 2) for split in (keyword_data.train, keyword_data.dev))
+    model, logs = _model(tok), []
+    before = {name: model.params[name].copy() for name in lp.CLASSIFIER}
+    info = lp.train_classifier_first(model, train, dev, epochs=2, lr=1e300, log=logs.append)
+    assert info["best_epoch"] == 0 and info["dev_accuracy"] is None and info["dev_accuracy_by_epoch"] == []
+    assert all(np.array_equal(model.params[name], before[name]) for name in lp.CLASSIFIER)
+    assert any("training diverged at step" in line and "put back" in line for line in logs), logs
+
+
 def test_phase_one_is_seeded_and_refuses_what_it_cannot_do(tok, keyword_data):
     train, dev = (encode_examples(tok, split, 16, 2) for split in (keyword_data.train, keyword_data.dev))
     runs = []

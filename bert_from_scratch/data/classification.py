@@ -72,6 +72,16 @@ def collate(encoded: EncodedExamples, idx, pad_token_id: int = 0) -> dict:
             "labels": encoded.labels[idx]}
 
 
+def length_ordered_batches(encoded, batch_size: int, pad_token_id: int = 0, collate_fn=collate):
+    """Every example once, in batches of similar lengths (less padding; for evaluation): yields ``(idx, batch)``,
+    ``idx`` the rows' indices in ``encoded`` (to put results back in order), ``batch`` = ``collate_fn(encoded,
+    idx)``."""
+    order = np.argsort(encoded.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, collate_fn(encoded, idx, pad_token_id)
+
+
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
                             bucket_batches: int = BUCKET_BATCHES) -> list[np.ndarray]:
     """One epoch of batches (index arrays) that cover every example exactly once.

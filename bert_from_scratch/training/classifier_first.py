@@ -20,11 +20,15 @@ random stream (batch order), so phase 2 draws the same batches and dropout masks
 """
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
-from ..data.classification import EncodedExamples, FinetuneError, collate
+from ..data.classification import EncodedExamples, FinetuneError, length_ordered_batches
 from ..model.task_heads import resolve_problem_type
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward, linear_backward, linear_forward
+from .loop import LoopState, run_loop
 from .optim import AdamW, linear_warmup_decay
 
 CLASSIFIER = ("classifier.weight", "classifier.bias")
@@ -32,26 +36,40 @@ CLASSIFIER_FIRST_LR = 3e-3          # a linear model on fixed features: larger s
 SEED_STREAM = 1                     # phase 1's batch order: np.random.default_rng([seed, SEED_STREAM])
 
 
+class StepOutput(NamedTuple):
+    loss: float                     # the batch's mean cross-entropy
+    logits: object                  # (B, K)
+
+
 def pooled_features(model, encoded: EncodedExamples, batch_size: int = 64, pad_token_id: int = 0):
     """The pooler's output for every example, (N, H) on the model's device, in the examples' order.
 
     No dropout; batches in length order (less padding), as :func:`.finetuning.evaluate_classifier` runs them."""
     xp = model.xp
-    order = np.argsort(encoded.lengths, kind="stable")
     out = xp.empty((len(encoded), model.config.hidden_size), dtype=model.dtype)      # (N, H)
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate(encoded, idx, pad_token_id)
+    for idx, batch in length_ordered_batches(encoded, batch_size, pad_token_id):
         pooled = model.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).pooler_output
         out[xp.asarray(idx)] = pooled                                                   # (b, H)
     return out
 
 
-def _loss_and_accuracy(features, labels, weight, bias) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of ``features (N, H) @ weight.T + bias`` against ``labels (N,)``."""
-    logits, _ = linear_forward(features, weight, bias)                                # (N, K)
-    loss, _ = cross_entropy_forward(logits, labels)
-    return float(loss), float((logits.argmax(axis=1) == labels).mean())
+class FeatureClassifier:
+    """The classifier on fixed features, as the training loop sees a model: ``params`` (the full model's own
+    ``classifier.*`` arrays, so an update lands in the model), ``forward(rows)`` and ``backward()``."""
+
+    def __init__(self, model, features, labels):
+        self.params = {name: model.params[name] for name in CLASSIFIER}               # W (K, H), b (K,)
+        self.features, self.labels = features, labels                                  # (N, H), (N,)
+
+    def forward(self, rows, training: bool = True) -> StepOutput:
+        """Mean softmax cross-entropy of ``features[rows] W^T + b`` (B, K) against ``labels[rows]``."""
+        logits, self._linear = linear_forward(self.features[rows], *self.params.values())
+        loss, self._loss = cross_entropy_forward(logits, self.labels[rows])
+        return StepOutput(float(loss), logits)
+
+    def backward(self) -> dict:
+        _, dW, db = linear_backward(cross_entropy_backward(1.0, self._loss), self._linear)
+        return dict(zip(CLASSIFIER, (dW, db)))
 
 
 def train_classifier_first(model, train: EncodedExamples, dev: EncodedExamples, epochs: int, batch_size: int = 32,
@@ -61,7 +79,8 @@ def train_classifier_first(model, train: EncodedExamples, dev: EncodedExamples, 
     """Phase 1 (module docstring): train ``classifier.weight`` and ``classifier.bias`` of ``model`` in place, the
     encoder and pooler untouched; on return they hold the epoch with the best dev accuracy (ties: the lower dev
     loss). Returns ``{"epochs", "best_epoch", "dev_accuracy", "dev_loss", "dev_accuracy_by_epoch",
-    "dev_loss_by_epoch"}``; ``log`` gets one line."""
+    "dev_loss_by_epoch"}``; ``log`` gets one line. The steps run in the one training loop (:mod:`.loop`),
+    unclipped; should they diverge, the classifier is put back as it was before phase 1 (``best_epoch`` 0)."""
     if not isinstance(epochs, (int, np.integer)) or isinstance(epochs, bool) or epochs < 1:
         raise FinetuneError(f"classifier_first must be an integer >= 1 (epochs of the classifier alone); "
                             f"got {epochs!r}")
@@ -70,35 +89,42 @@ def train_classifier_first(model, train: EncodedExamples, dev: EncodedExamples, 
         raise FinetuneError(f"classifier_first needs single-label classification (softmax cross-entropy); this "
                             f"model's problem_type is {kind!r}")
     xp = model.xp
-    x_train = pooled_features(model, train, eval_batch_size, pad_token_id)             # (N, H)
-    x_dev = pooled_features(model, dev, eval_batch_size, pad_token_id)                 # (N_dev, H)
-    y_train, y_dev = xp.asarray(train.labels), xp.asarray(dev.labels)                  # (N,), (N_dev,)
-    head = {name: model.params[name] for name in CLASSIFIER}                           # the model's own arrays
-    W, b = head["classifier.weight"], head["classifier.bias"]                          # (K, H), (K,)
-    optimizer = AdamW(head, lr=lr, weight_decay=weight_decay, backend=model.backend)
+    head = FeatureClassifier(model, pooled_features(model, train, eval_batch_size, pad_token_id),
+                             xp.asarray(train.labels))
+    dev_head = FeatureClassifier(model, pooled_features(model, dev, eval_batch_size, pad_token_id),
+                                 xp.asarray(dev.labels))
     rng = np.random.default_rng([seed, SEED_STREAM])
-    steps_per_epoch = -(-len(train) // batch_size)
-    total = epochs * steps_per_epoch
+    total = epochs * -(-len(train) // batch_size)
     warmup = int(round(warmup_ratio * total))
-    best, by_epoch, step = None, {"dev_accuracy_by_epoch": [], "dev_loss_by_epoch": []}, 0
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(len(train))
-        for start in range(0, len(train), batch_size):
-            idx = xp.asarray(order[start:start + batch_size])
-            logits, c_lin = linear_forward(x_train[idx], W, b)                         # (B, K)
-            _, c_loss = cross_entropy_forward(logits, y_train[idx])
-            _, dW, db = linear_backward(cross_entropy_backward(1.0, c_loss), c_lin)
-            optimizer.step({"classifier.weight": dW, "classifier.bias": db},
-                           lr=linear_warmup_decay(step, total, warmup, lr))
-            step += 1
-        dev_loss, dev_accuracy = _loss_and_accuracy(x_dev, y_dev, W, b)
+    by_epoch = {"dev_accuracy_by_epoch": [], "dev_loss_by_epoch": []}
+    best = {"best_epoch": 0, "dev_accuracy": None, "dev_loss": None,
+            "weights": {name: a.copy() for name, a in head.params.items()}}          # before phase 1
+
+    def batches():
+        for epoch in range(1, epochs + 1):
+            order = rng.permutation(len(train))
+            for start in range(0, len(train), batch_size):
+                yield {"rows": xp.asarray(order[start:start + batch_size]), "epoch": epoch,
+                       "epoch_end": start + batch_size >= len(train)}
+
+    def end_of_epoch(state: LoopState):
+        if not state.batch["epoch_end"]:
+            return
+        out = dev_head.forward(xp.arange(len(dev)))
+        dev_loss, dev_accuracy = out.loss, float((out.logits.argmax(axis=1) == dev_head.labels).mean())
         by_epoch["dev_accuracy_by_epoch"].append(dev_accuracy)
         by_epoch["dev_loss_by_epoch"].append(dev_loss)
-        if best is None or (dev_accuracy, -dev_loss) > (best["dev_accuracy"], -best["dev_loss"]):
-            best = {"best_epoch": epoch, "dev_accuracy": dev_accuracy, "dev_loss": dev_loss,
-                    "weights": {name: a.copy() for name, a in head.items()}}
+        if not best["best_epoch"] or (dev_accuracy, -dev_loss) > (best["dev_accuracy"], -best["dev_loss"]):
+            best.update(best_epoch=state.batch["epoch"], dev_accuracy=dev_accuracy, dev_loss=dev_loss,
+                        weights={name: a.copy() for name, a in head.params.items()})
+
+    optimizer = AdamW(head.params, lr=lr, weight_decay=weight_decay, backend=model.backend)
+    run_loop(head, optimizer, batches(), schedule=lambda s: linear_warmup_decay(s, total, warmup, lr),
+             total_steps=total, max_grad_norm=math.inf, inputs=lambda batch: {"rows": batch["rows"]},
+             callbacks=(end_of_epoch,), progress=False, log=log, advice="Phase 2 starts from the classifier "
+             "as it was before phase 1.", kept=lambda state: "the classifier is put back")
     for name, a in best.pop("weights").items():
-        head[name][...] = a                                                            # the best epoch's classifier
+        head.params[name][...] = a                                                     # the best epoch's classifier
     log(f"classifier first, {epochs} epochs on the frozen encoder's features: dev accuracy "
-        f"{best['dev_accuracy']:.4f} (epoch {best['best_epoch']})")
+        f"{float('nan') if best['dev_accuracy'] is None else best['dev_accuracy']:.4f} (epoch {best['best_epoch']})")
     return {"epochs": epochs, **best, **by_epoch}

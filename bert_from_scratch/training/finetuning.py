@@ -72,7 +72,7 @@ import numpy as np
 from ..checkpoint import load_safetensors, load_state_dict
 from ..constants import BEST_DIR, CONFUSION_MATRIX_NAME, RESULTS_NAME, TRAINING_ARGS_NAME, WEIGHTS_NAME
 from ..data.classification import (EncodedExamples, FinetuneError, collate, encode_examples,  # noqa: F401
-                                   length_bucketed_batches)
+                                   length_bucketed_batches, length_ordered_batches)
 from ..files import atomic_dir, atomic_write
 from ..nn.layers import softmax_forward
 from ..nn.xp import to_numpy
@@ -93,12 +93,9 @@ def evaluate_classifier(model, encoded: EncodedExamples, batch_size: int = 64, p
     is the mean over examples, so it does not depend on ``batch_size``.
     """
     K = model.num_labels
-    order = np.argsort(encoded.lengths, kind="stable")
     probs = np.empty((len(encoded), K), dtype=np.float64)               # (N, K)
     loss_sum = 0.0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate(encoded, idx, pad_token_id)
+    for idx, batch in length_ordered_batches(encoded, batch_size, pad_token_id):
         out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                             labels=batch["labels"], training=False)
         probs[idx] = softmax_forward(to_numpy(out.logits).astype(np.float64))[0]

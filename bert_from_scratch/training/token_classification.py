@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..constants import BEST_DIR, RESULTS_NAME, WEIGHTS_NAME
-from ..data.classification import FinetuneError, length_bucketed_batches
+from ..data.classification import FinetuneError, length_bucketed_batches, length_ordered_batches
 from ..data.token_classification import EncodedTagged, collate_tagged, encode_tagged
 from ..files import atomic_write
 from ..nn.xp import to_numpy
@@ -59,12 +59,9 @@ def load_for_token_classification(init, num_labels: int, seed: int = 0, like=MIN
 def predict_tags(model, encoded: EncodedTagged, batch_size: int = 64, pad_token_id: int = 0) -> dict:
     """Per-sentence word predictions (``-1`` for words with no piece), the mean loss over labelled words,
     and the logits' argmax at each word start. No dropout; batches in length order."""
-    order = np.argsort(encoded.lengths, kind="stable")
     words = [None] * len(encoded)
     loss_sum, counted = 0.0, 0
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
-        batch = collate_tagged(encoded, idx, pad_token_id)
+    for idx, batch in length_ordered_batches(encoded, batch_size, pad_token_id, collate_tagged):
         out = model.forward(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
                             labels=batch["labels"], training=False)
         pred = to_numpy(out.logits).argmax(axis=-1)                     # (B, T)

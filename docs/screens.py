@@ -8,6 +8,8 @@ OUT``) reads. They change one piece of a checkpoint at a time, to see which piec
     python docs/screens.py counts-alone SRC OUT        # SRC's random twin (seed 0), word embeddings = count vectors
     python docs/screens.py pretrain-frozen OUT         # pretrain --embeddings-init counts, word embeddings frozen
     python docs/screens.py pretrain-frozen OUT --preset long   # the same for pretrain --preset long
+    python docs/screens.py pretrain-frozen OUT --preset long --steps 10000 --dupe-factor 4   # twice as long
+    python docs/screens.py tapt SRC OUT --steps N --lr L      # SRC pretrained further on rt-train, embeddings frozen
 
 These are experiments, not features: the package's own commands are what the README documents.
 """
@@ -93,36 +95,63 @@ def counts_alone(src, out, corpus: str | None = None, seed: int = 0) -> None:
 
 
 def pretrain_frozen(out, **job) -> dict:
-    """The main job with ``--embeddings-init counts`` whose word embeddings never move: after every AdamW step
-    they are put back (their gradient still counts in the global-norm clipping). ``job``: other
-    ``run_pretraining`` arguments (the tests' tiny corpus); the report is returned."""
-    import bert_from_scratch.training.optim as optim
+    """``pretrain --embeddings-init counts --freeze-word-embeddings`` (this screen came first; the option since
+    2026-12-05 gives the same weights). ``job``: other ``run_pretraining`` arguments; the report is returned."""
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
-    step = optim.AdamW.step
+    return run_pretraining(out=out, embeddings_init="counts", freeze_word_embeddings=True,
+                           **{"progress": False, "log": print, **job})[1]
 
-    def step_keeping_word_embeddings(self, grads, lr=None):
-        kept = self.params[WORD_EMBEDDINGS].copy()
-        step(self, grads, lr)
-        self.params[WORD_EMBEDDINGS][...] = kept
 
-    optim.AdamW.step = step_keeping_word_embeddings
+def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
+    """Task-adaptive pretraining (Gururangan et al. 2020): SRC's weights trained further with MLM + NSP on the
+    task's own unlabeled training text (``rt-train``: never dev or test text) in SRC's vocabulary and shape,
+    its word embeddings frozen, fresh AdamW state, warmup and decay. ``job``: other ``run_pretraining`` arguments
+    (steps, lr, dupe_factor, ...); the report is returned."""
+    import bert_from_scratch.training.pretrain_job as job_module
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.checkpoint import resolve_model_folder
+
+    src = Path(resolve_model_folder(src))
+    cfg = BertConfig.from_json_file(src / "config.json")
+    shape = dict(layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, heads=cfg.num_attention_heads,
+                 intermediate=cfg.intermediate_size, max_seq_length=cfg.max_position_embeddings)
+    cls = job_module.BertForPreTraining
+
+    def from_src(config, seed=0, backend="numpy"):                 # the job's model, SRC's weights
+        model, trained = cls(config, seed=seed, backend=backend), cls.from_pretrained(src)
+        for name, value in model.params.items():
+            if trained.params[name].shape != value.shape:
+                raise ValueError(f"{name}: {src} has shape {trained.params[name].shape}, the job {value.shape}")
+            value[...] = trained.params[name]
+        return model
+
+    job_module.BertForPreTraining = from_src
     try:
-        return run_pretraining(out=out, embeddings_init="counts", **{"progress": False, "log": print, **job})[1]
+        return job_module.run_pretraining(out=out, corpus=corpus, vocab_file=str(src / "vocab.txt"),
+                                          freeze_word_embeddings=True,
+                                          **{"progress": False, "log": print, **shape, **job})[1]
     finally:
-        optim.AdamW.step = step
+        job_module.BertForPreTraining = cls
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, args in (("reinit", ("src", "out", "pattern")), ("scale-embeddings", ("src", "out", "scale")),
-                       ("counts-alone", ("src", "out")), ("pretrain-frozen", ("out",))):
+                       ("counts-alone", ("src", "out")), ("pretrain-frozen", ("out",)), ("tapt", ("src", "out"))):
         s = sub.add_parser(name)
         for a in args:
             s.add_argument(a)
         if name == "pretrain-frozen":
             s.add_argument("--preset", default="default", choices=sorted(PRESETS), help="pretrain's preset")
+            s.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
+            s.add_argument("--dupe-factor", type=int, help="times each document is masked anew (default: 2)")
+        if name == "tapt":
+            s.add_argument("--steps", type=int, default=1000)
+            s.add_argument("--lr", type=float, default=5e-4)
+            s.add_argument("--dupe-factor", type=int, default=10, help="times each document is masked anew")
+            s.add_argument("--corpus", default="rt-train")
     a = p.parse_args(argv)
     try:
         run(a)
@@ -138,8 +167,12 @@ def run(a):
         print(f"word embeddings scaled by {scale_embeddings(a.src, a.out, a.scale):.4f}")
     elif a.command == "counts-alone":
         counts_alone(a.src, a.out)
+    elif a.command == "tapt":
+        report = tapt(a.src, a.out, corpus=a.corpus, steps=a.steps, lr=a.lr, dupe_factor=a.dupe_factor)
+        print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
     else:
         preset = {k: v for k, v in PRESETS[a.preset].items() if k != "out"}    # long: steps and vocab_size
+        preset.update({k: v for k, v in (("steps", a.steps), ("dupe_factor", a.dupe_factor)) if v is not None})
         report = pretrain_frozen(a.out, **preset)
         print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
     print(f"{a.out} ({time.time() - t:.0f} s)")

@@ -48,11 +48,13 @@ def main(argv=None):
     p.add_argument("--task", default="pretrain", choices=["pretrain", "finetune"])
     p.add_argument("--classifier-first", type=int, default=0)          # finetune: LP-FT's phase 1 epochs
     p.add_argument("--backend", default="numpy", choices=["numpy", "numba"])
+    p.add_argument("--freeze-word-embeddings", action="store_true")   # pretrain: the word embeddings never move
     a = p.parse_args(argv)
 
     from bert_from_scratch.config import BertConfig
     from bert_from_scratch.distributed import get_world
     from bert_from_scratch.model import BertForPreTraining
+    from bert_from_scratch.model.heads import WORD_EMBEDDINGS
     from bert_from_scratch.training import loop
     from bert_from_scratch.training.pretraining import pretrain
 
@@ -81,7 +83,8 @@ def main(argv=None):
     train, evals = synthetic_arrays(), synthetic_arrays(n=8, seed=7)
     result = pretrain(model, train, evals, a.out, steps=a.steps, batch_size=a.batch, lr=1e-2, warmup=1, seed=a.seed,
                       resume=a.resume, overwrite=not a.resume, progress=False, plot=False, stop_at=a.stop_at,
-                      save_every=1, eval_every=a.steps, log=lambda m: print(m, flush=True))
+                      save_every=1, eval_every=a.steps, log=lambda m: print(m, flush=True),
+                      frozen=(WORD_EMBEDDINGS,) if a.freeze_word_embeddings else ())
     out = Path(a.out)
     np.savez(out / f"params-rank{world.rank}.npz", **model.params)
     (out / f"losses-rank{world.rank}.json").write_text(json.dumps(result.losses))

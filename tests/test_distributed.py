@@ -348,6 +348,30 @@ def test_zero1_gives_replicated_adamws_parameters_with_half_the_state_per_rank(r
     assert not bit_identical(params(replicated), nudged)
 
 
+@needs_mpi
+def test_frozen_word_embeddings_stay_put_on_every_rank_replicated_and_zero1(runs, tmp_path):
+    """--freeze-word-embeddings under mpiexec: 2 ranks (replicated AdamW, and ZeRO-1, whose shards must pass the
+    frozen name to the rank that owns it) equal one process, and the embeddings keep their start."""
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.model import BertForPreTraining
+    from bert_from_scratch.model.heads import WORD_EMBEDDINGS
+
+    cfg = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                     max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    start = BertForPreTraining(cfg, seed=0, dtype=np.float64).params[WORD_EMBEDDINGS]      # the driver's model
+    args = ("--batch", "6", "--freeze-word-embeddings")
+    one = runs("freeze-one", 1, *args, plain=True)
+    two = run_ok(2, tmp_path / "freeze-n2", *args)
+    zero = run_ok(2, tmp_path / "freeze-zero", *args, env={"BERT_FROM_SCRATCH_DDP_ZERO": "1"})
+    assert equivalence_error(one, two) <= 1e-12
+    assert np.array_equal(params(one)[WORD_EMBEDDINGS], start)
+    for r in range(2):
+        assert bit_identical(params(two, r), params(zero, r))
+        assert np.array_equal(params(zero, r)[WORD_EMBEDDINGS], start)
+    free = runs("n2-b6", 2, "--batch", "6")
+    assert not np.array_equal(params(free)[WORD_EMBEDDINGS], start)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Failures: the job ends on every rank, the rank is named, the checkpoint stays whole
 # ---------------------------------------------------------------------------------------------------------

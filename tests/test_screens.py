@@ -75,8 +75,31 @@ def test_pretrain_frozen_takes_a_presets_steps_and_vocabulary(monkeypatch, tmp_p
                         {"held_out_mlm_accuracy": 0.0, "held_out_nsp_accuracy": 0.0})
     screens.main(["pretrain-frozen", str(tmp_path / "long"), "--preset", "long"])
     screens.main(["pretrain-frozen", str(tmp_path / "default")])
+    screens.main(["pretrain-frozen", str(tmp_path / "10k"), "--preset", "long", "--steps", "10000",
+                  "--dupe-factor", "4"])
     assert calls == [{"out": str(tmp_path / "long"), "steps": 5000, "vocab_size": 16000},   # not the preset's out
-                     {"out": str(tmp_path / "default")}]                        # the main job, as before
+                     {"out": str(tmp_path / "default")},                        # the main job, as before
+                     {"out": str(tmp_path / "10k"), "steps": 10000, "vocab_size": 16000, "dupe_factor": 4}]
     with pytest.raises(SystemExit):
         screens.main(["pretrain-frozen", str(tmp_path / "x"), "--preset", "nope"])
     assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_tapt_starts_from_the_source_weights_and_trains_all_but_the_word_embeddings(tmp_path):
+    from bert_from_scratch.training.pretrain_job import run_pretraining
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
+                                    for d in range(12)))
+    job = dict(steps=3, batch_size=4, warmup=0, log=lambda m: None)
+    run_pretraining(out=tmp_path / "src", corpus=str(corpus), vocab_size=400, hidden=32, heads=2, intermediate=64,
+                    progress=False, **job)
+    src = load_safetensors(tmp_path / "src" / "checkpoint" / "model.safetensors")
+    screens.tapt(tmp_path / "src", tmp_path / "start", corpus=str(corpus), **dict(job, steps=1, warmup=1))  # lr 0
+    screens.tapt(tmp_path / "src", tmp_path / "tapt", corpus=str(corpus), **job)
+    start, tapt = (load_safetensors(tmp_path / run / "checkpoint" / "model.safetensors") for run in ("start", "tapt"))
+    assert _changed(src, start) == set()                                # SRC's weights, its shape and vocabulary
+    changed = _changed(src, tapt)
+    assert screens.WORD_EMBEDDINGS not in changed and len(changed) > 20
+    assert (tmp_path / "tapt" / "checkpoint" / "vocab.txt").read_text() == \
+        (tmp_path / "src" / "checkpoint" / "vocab.txt").read_text()

@@ -158,6 +158,10 @@ def add_pretrain_arguments(p):
     p.add_argument("--embeddings-init", choices=("random", "counts"), default=None,
                    help="random: BERT's normal(0, 0.02) word embeddings; counts: count-based vectors (PPMI-SVD) of "
                         "the training documents, scaled to the same 0.02 (under a minute more of data preparation)" + _defaults("embeddings_init"))
+    p.add_argument("--freeze-word-embeddings", action="store_true", default=None,
+                   help="never update the word embeddings (nor so the tied MLM decoder): MLM + NSP train the rest "
+                        "around them; with --embeddings-init counts, the recipe that transfers best with few labels"
+                        + _defaults("freeze_word_embeddings"))
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -190,9 +194,10 @@ def cli_pretrain(args) -> int:
         corpus=args.corpus, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup=args.warmup, seed=args.seed, size=args.size, max_seq_length=args.seq_len,
         vocab_size=args.vocab_size, vocab_file=args.vocab, dupe_factor=args.dupe_factor, resume=args.resume,
-        backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every, layers=args.layers, hidden=args.hidden, heads=args.heads,
-        intermediate=args.intermediate, progress=not args.no_progress, device=args.device, nsp=not args.no_nsp,
-        compile_ahead=True, embeddings_init=args.embeddings_init)
+        backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every,
+        layers=args.layers, hidden=args.hidden, heads=args.heads, intermediate=args.intermediate,
+        progress=not args.no_progress, device=args.device, nsp=not args.no_nsp, compile_ahead=True,
+        embeddings_init=args.embeddings_init, freeze_word_embeddings=args.freeze_word_embeddings)
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1

@@ -39,12 +39,16 @@ def assign(sizes: list[int], n_ranks: int) -> list[int]:
 class ShardedAdamW:
     """AdamW with its state sharded over ``world`` (same constructor options as :class:`AdamW`)."""
 
-    def __init__(self, params: dict, world: World, **adamw_options):
+    def __init__(self, params: dict, world: World, frozen=(), **adamw_options):
         self.params, self.world = params, world
         names = list(params)
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f"frozen names no parameter: {', '.join(unknown[:5])}")
         self.owner = dict(zip(names, assign([int(params[n].size) for n in names], world.size)))
         self.mine = [n for n in names if self.owner[n] == world.rank]
-        self.inner = AdamW({n: params[n] for n in self.mine}, **adamw_options) if self.mine else None
+        self.inner = AdamW({n: params[n] for n in self.mine}, frozen=[n for n in frozen if n in self.mine],
+                           **adamw_options) if self.mine else None
         dtype = next(iter(params.values())).dtype
         self._flat = {r: np.empty(sum(int(params[n].size) for n in names if self.owner[n] == r), dtype=dtype)
                       for r in range(world.size)}

@@ -152,13 +152,18 @@ class AdamW:
         Which parameters are exempt from weight decay (default: LayerNorm and biases).
     backend : the model's :class:`~bert_from_scratch.nn.backend.Backend` (``model.backend``) or a name;
         "auto" (default) picks it from the arrays, as a model does. Its ``adamw_update`` does the work.
+    frozen : names of parameters :meth:`step` leaves as they are (no update, no decay, moments kept at 0);
+        their gradients are still checked, and still count wherever the caller uses them (global-norm clipping).
     """
 
     def __init__(self, params: dict, lr: float = 1e-4, weight_decay: float = 0.01,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-6,
-                 no_decay: Callable[[str], bool] | None = default_no_decay, backend="auto"):
+                 no_decay: Callable[[str], bool] | None = default_no_decay, backend="auto", frozen=()):
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict name -> array")
+        unknown = sorted(set(frozen) - set(params))
+        if unknown:
+            raise ValueError(f"frozen names no parameter: {', '.join(unknown[:5])}")
         if not lr >= 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not weight_decay >= 0:
@@ -171,6 +176,7 @@ class AdamW:
             if getattr(p, "dtype", None) is None or p.dtype.kind != "f":
                 raise ValueError(f"parameter {name!r} must be a floating-point array, got {type(p).__name__}")
         self.params = params
+        self.frozen = frozenset(frozen)
         self.lr = float(lr)
         self.weight_decay = float(weight_decay)
         self.betas = (float(betas[0]), float(betas[1]))
@@ -210,7 +216,8 @@ class AdamW:
                 raise ValueError(f"gradient {name!r} has shape {g.shape}, parameter has {p.shape}")
 
     def step(self, grads: Mapping[str, object], lr: float | None = None) -> None:
-        """Apply one AdamW update to every parameter, in place (``grads`` has the same keys/shapes)."""
+        """Apply one AdamW update to every parameter but the frozen ones, in place (``grads`` has the same
+        keys/shapes)."""
         self._check_grads(grads)
         lr = self.lr if lr is None else float(lr)
         beta1, beta2 = self.betas
@@ -219,6 +226,8 @@ class AdamW:
         bias_correction1 = 1.0 - beta1 ** t
         bias_correction2 = 1.0 - beta2 ** t
         for name, p in self.params.items():
+            if name in self.frozen:
+                continue
             g, m, v = grads[name], self.exp_avg[name], self.exp_avg_sq[name]
             wd = self.decay[name]
             if g.dtype != p.dtype:

@@ -44,6 +44,7 @@ BASE = {
     "vocab_size": 8000,
     "dupe_factor": 2,
     "embeddings_init": "random",
+    "freeze_word_embeddings": False,
 }
 
 #: preset name -> the options it changes from :data:`BASE`

@@ -158,7 +158,8 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
                     vocab_size=BASE["vocab_size"], vocab_file=None, dupe_factor=BASE["dupe_factor"],
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
-                    save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"]):
+                    save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"],
+                    freeze_word_embeddings=BASE["freeze_word_embeddings"]):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
@@ -168,6 +169,9 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
     nsp: False trains the masked-LM loss alone on the same instances (``--no-nsp``).
     embeddings_init: "random" (BERT's normal(0, 0.02)) or "counts": the word embeddings start from count-based
     vectors of the training documents (``count_vectors.py``), scaled to the same 0.02; everything else as BERT.
+    freeze_word_embeddings: the word embeddings (and so the tied MLM decoder's weights) keep their start: MLM + NSP
+    train everything else around them (with ``embeddings_init="counts"``, the recipe that transfers best with few
+    labels, docs/results.md). Their gradient still counts in the global-norm clipping.
     compile_ahead: compile the Numba kernels in two background processes during the data preparation
     (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
     if device not in ("cpu", "gpu"):
@@ -186,12 +190,12 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
-                    overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init)
+                    overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every, nsp, compile_ahead, embeddings_init):
+         eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings):
     from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
@@ -220,10 +224,13 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     log(f"model: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
         f"FFN {cfg.intermediate_size}, vocab {cfg.vocab_size}: {model.num_parameters() / 1e6:.1f}M parameters, "
         f"on the {device.upper()}")
+    if freeze_word_embeddings:
+        log("word embeddings: frozen (never updated; MLM + NSP train everything else)")
     warmup = max(1, steps // 10) if warmup is None else warmup
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
-                      progress=progress, eval_every=eval_every, save_every=save_every, nsp=nsp)
+                      progress=progress, eval_every=eval_every, save_every=save_every, nsp=nsp,
+                      frozen=(WORD_EMBEDDINGS,) if freeze_word_embeddings else ())
     if not dp.is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
@@ -235,7 +242,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, data.eval["next_sentence_labels"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
-              "diverged": result.diverged, "nsp_trained": nsp}
+              "diverged": result.diverged, "nsp_trained": nsp,
+              "word_embeddings_frozen": bool(freeze_word_embeddings)}
     out_path = Path(out)
     if out_path.is_dir():
         atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")

@@ -184,7 +184,7 @@ def _check_arguments(model, train_arrays, eval_arrays, steps, batch_size, lr, wa
 
 def _restore(folder: Path, model, order: BatchOrder, run: dict, log) -> tuple[int, dict, dict]:
     """Load a training checkpoint into ``model`` (weights, dropout RNG) and ``order``; return
-    (step, history, optimizer state). ``run``: this run's seed, steps, lr, warmup and objective."""
+    (step, history, optimizer state). ``run``: this run's seed, steps, lr, warmup, objective and frozen names."""
     state, optimizer_state = load_checkpoint(folder, model)
     if state.get("seed") != run["seed"]:
         raise CheckpointError(f"checkpoint {folder} used data-order seed {state.get('seed')}; this run asks for "
@@ -192,6 +192,9 @@ def _restore(folder: Path, model, order: BatchOrder, run: dict, log) -> tuple[in
     if state.get("nsp", True) != run["nsp"]:
         raise CheckpointError(f"checkpoint {folder} was trained {'with' if state.get('nsp', True) else 'without'} "
                               f"next-sentence prediction; resume it with the same objective")
+    if state.get("frozen", []) != run["frozen"]:
+        raise CheckpointError(f"checkpoint {folder} froze {state.get('frozen', []) or 'no parameter'}; this run "
+                              f"asks for {run['frozen'] or 'none'}: resume it with the same frozen parameters")
     order.load_state(state["data_order"])
     model.rng.bit_generator.state = state["model_rng_state"]
     step = int(state["step"])
@@ -217,7 +220,8 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
              lr: float = 1e-4, warmup: int = 0, seed: int = 0, resume=False, *, overwrite: bool = False, tokenizer=None,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_every: int | None = None, save_every: int | None = None, eval_batch_size: int | None = None,
-             stop_at: int | None = None, progress: bool = True, plot: bool = True, nsp: bool = True) -> TrainResult:
+             stop_at: int | None = None, progress: bool = True, plot: bool = True, nsp: bool = True,
+             frozen: tuple = ()) -> TrainResult:
     """Pretrain ``model`` (a :class:`~bert_from_scratch.model.BertForPreTraining`) with MLM + NSP.
 
     Parameters
@@ -240,6 +244,8 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     progress, plot : show a tqdm bar; save the loss/accuracy curve as PNG at the end.
     nsp : False trains the masked-LM loss alone (RoBERTa's finding, ``--no-nsp``) on the same instances; the
         NSP head then stays untrained and its accuracy means nothing.
+    frozen : names of parameters that are never updated (``--freeze-word-embeddings``: the word embeddings, which
+        the tied MLM decoder shares); their gradients still count in the global-norm clipping.
 
     Under ``mpiexec -n N`` (``distributed/``) each rank computes a disjoint 1/N of every batch and the gradients
     are averaged: the same run as one process. Rank 0 alone logs, evaluates and writes checkpoints.
@@ -255,7 +261,8 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
     out_dir = Path(out_dir)
     with dp.together(), dp.run_folder(out_dir, log):         # one writer; debris of killed runs removed
         dp.start(batch_size, log, model=model, train=train_arrays, eval=eval_arrays, dtype=str(model.dtype),
-                 resume=resume, options=(steps, batch_size, lr, warmup, seed, weight_decay, max_grad_norm, stop_at))
+                 resume=resume, options=(steps, batch_size, lr, warmup, seed, weight_decay, max_grad_norm, stop_at,
+                                         sorted(frozen)))
         refuse_to_clobber(out_dir, CHECKPOINT_DIR, resume, overwrite)
 
         order = BatchOrder(n_train, batch_size, seed)
@@ -265,18 +272,20 @@ def pretrain(model, train_arrays: dict, eval_arrays: dict | None, out_dir, steps
         if resume:
             step, history, optimizer_state = _restore(find_checkpoint(out_dir if resume is True else Path(resume)),
                                                       model, order, {"seed": seed, "steps": steps, "lr": lr,
-                                                                     "warmup": warmup, "nsp": nsp}, log)
+                                                                     "warmup": warmup, "nsp": nsp,
+                                                                     "frozen": sorted(frozen)}, log)
         elif (out_dir / CHECKPOINT_DIR).exists():
             log(f"note: overwrite: {out_dir / CHECKPOINT_DIR} will be replaced at the first save")
 
-        optimizer = dp.optimizer(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)  # after loading
+        optimizer = dp.optimizer(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend,
+                                 frozen=frozen)                                                # after loading
         if optimizer_state is not None:
             _restore_optimizer(optimizer, optimizer_state, step)
 
         def trainer_state(at: int) -> dict:
             return {"step": at, "steps": steps, "lr": lr, "warmup": warmup, "batch_size": batch_size, "seed": seed,
                     "model_rng_state": model.rng.bit_generator.state, "data_order": order.state(),
-                    "history": history, "nsp": nsp}
+                    "history": history, "nsp": nsp, "frozen": sorted(frozen)}
 
         def run_eval(at: int):
             if eval_arrays is None or not dp.is_root:

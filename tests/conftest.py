@@ -53,3 +53,12 @@ def tiny_review_checkpoint(tmp_path):
     BertForPreTraining(cfg, seed=1).save_pretrained(folder)
     tok.save_vocab(folder / "vocab.txt")
     return folder, tok, cfg
+
+
+@pytest.fixture(scope="session")
+def count_vector_corpus(tmp_path_factory):
+    """A text file of 12 documents over ~600 words: enough pieces (> 128) for 128-dim count vectors."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
+                                for d in range(12)))
+    return path

@@ -31,22 +31,14 @@ def test_adamw_leaves_frozen_parameters_alone_and_updates_the_rest_as_before():
         AdamW(_params(), frozen=["a", "c"])
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
-                                for d in range(12)))                   # > 128 pieces: the count vectors' width
-    return path
-
-
 def _weights(folder):
     return load_safetensors(folder / "checkpoint" / "model.safetensors")
 
 
-def test_the_job_freezes_the_word_embeddings_as_the_measured_runs_did(corpus, tmp_path, monkeypatch):
+def test_the_job_freezes_the_word_embeddings_as_the_measured_runs_did(count_vector_corpus, tmp_path, monkeypatch):
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
-    job = dict(corpus=str(corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None,
+    job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None,
                progress=False, embeddings_init="counts")
     run_pretraining(out=tmp_path / "start", **dict(job, steps=1, warmup=1))          # lr 0: the start itself
     report = run_pretraining(out=tmp_path / "option", freeze_word_embeddings=True, **job)[1]

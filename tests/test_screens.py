@@ -52,13 +52,10 @@ def test_scale_embeddings_scales_the_word_embeddings_alone(tiny_review_checkpoin
     np.testing.assert_allclose(np.median(np.linalg.norm(E, axis=1)), 0.02 * np.sqrt(E.shape[1]), rtol=1e-5)
 
 
-def test_pretrain_frozen_trains_everything_but_the_word_embeddings(tmp_path):
+def test_pretrain_frozen_trains_everything_but_the_word_embeddings(count_vector_corpus, tmp_path):
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
-                                    for d in range(12)))                    # > 128 pieces: the count vectors' width
-    job = dict(corpus=str(corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None)
+    job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None)
     start_job = dict(job, steps=1, warmup=1)                     # one update at learning rate 0: the start itself
     run_pretraining(out=tmp_path / "start", embeddings_init="counts", progress=False, **start_job)
     screens.pretrain_frozen(tmp_path / "frozen", **job)
@@ -85,12 +82,10 @@ def test_pretrain_frozen_takes_a_presets_steps_and_vocabulary(monkeypatch, tmp_p
     assert "invalid choice: 'nope'" in capsys.readouterr().err
 
 
-def test_tapt_starts_from_the_source_weights_and_trains_all_but_the_word_embeddings(tmp_path):
+def test_tapt_starts_from_the_source_weights_and_trains_all_but_the_word_embeddings(count_vector_corpus, tmp_path):
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n\n".join(" ".join(f"w{(d * 37 + i) % 300} and x{(d + i * 11) % 300} here." for i in range(30))
-                                    for d in range(12)))
+    corpus = count_vector_corpus
     job = dict(steps=3, batch_size=4, warmup=0, log=lambda m: None)
     run_pretraining(out=tmp_path / "src", corpus=str(corpus), vocab_size=400, hidden=32, heads=2, intermediate=64,
                     progress=False, **job)

@@ -69,14 +69,17 @@ def test_the_job_freezes_the_word_embeddings_as_the_measured_runs_did(count_vect
     assert np.array_equal(_weights(tmp_path / "option")[WORD_EMBEDDINGS], start[WORD_EMBEDDINGS])
 
 
-def test_the_command_line_passes_the_option_and_presets_leave_it_off(monkeypatch):
+def test_the_command_line_passes_the_option_and_the_long_frozen_preset_sets_it():
     from bert_from_scratch.cli import build_parser
     from bert_from_scratch.training.presets import resolve_preset
 
     def resolved(*argv):
         args = build_parser().parse_args(["pretrain", *argv])
-        return resolve_preset(args, args.preset).freeze_word_embeddings
+        return vars(resolve_preset(args, args.preset))
 
-    assert resolved() is False and resolved("--preset", "long") is False
-    assert resolved("--freeze-word-embeddings") is True
-    assert resolved("--preset", "long", "--freeze-word-embeddings", "--embeddings-init", "counts") is True
+    assert resolved()["freeze_word_embeddings"] is False
+    assert resolved("--preset", "long")["freeze_word_embeddings"] is False
+    assert resolved("--freeze-word-embeddings")["freeze_word_embeddings"] is True
+    by_hand = resolved("--preset", "long", "--freeze-word-embeddings", "--embeddings-init", "counts",
+                       "--out", "runs/pretrain-long-frozen")
+    assert resolved("--preset", "long-frozen") == dict(by_hand, preset="long-frozen")   # the long run, frozen counts

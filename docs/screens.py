@@ -29,7 +29,8 @@ from bert_from_scratch.training.presets import PRESETS
 
 def _copy(src, out) -> Path:
     """Copy SRC's model folder to OUT (not its optimizer state) and return OUT's weights file."""
-    from bert_from_scratch.checkpoint import resolve_model_folder
+    from bert_from_scratch.checkpoint import load_safetensors, load_state_dict, resolve_model_folder
+    from bert_from_scratch.constants import WEIGHTS_NAME
 
     out = Path(out)
     if out.exists():
@@ -110,7 +111,8 @@ def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
     (steps, lr, dupe_factor, ...); the report is returned."""
     import bert_from_scratch.training.pretrain_job as job_module
     from bert_from_scratch.config import BertConfig
-    from bert_from_scratch.checkpoint import resolve_model_folder
+    from bert_from_scratch.checkpoint import load_safetensors, load_state_dict, resolve_model_folder
+    from bert_from_scratch.constants import WEIGHTS_NAME
 
     src = Path(resolve_model_folder(src))
     cfg = BertConfig.from_json_file(src / "config.json")
@@ -119,11 +121,8 @@ def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
     cls = job_module.BertForPreTraining
 
     def from_src(config, seed=0, backend="numpy"):                 # the job's model, SRC's weights
-        model, trained = cls(config, seed=seed, backend=backend), cls.from_pretrained(src)
-        for name, value in model.params.items():
-            if trained.params[name].shape != value.shape:
-                raise ValueError(f"{name}: {src} has shape {trained.params[name].shape}, the job {value.shape}")
-            value[...] = trained.params[name]
+        model = cls(config, seed=seed, backend=backend)
+        load_state_dict(model, load_safetensors(src / WEIGHTS_NAME), source=str(src))
         return model
 
     job_module.BertForPreTraining = from_src

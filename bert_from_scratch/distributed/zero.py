@@ -21,7 +21,7 @@ from typing import Mapping
 import numpy as np
 
 from ..nn.xp import to_numpy
-from ..training.optim import AdamW
+from ..training.optim import AdamW, check_frozen
 from .world import World
 
 
@@ -42,9 +42,7 @@ class ShardedAdamW:
     def __init__(self, params: dict, world: World, frozen=(), **adamw_options):
         self.params, self.world = params, world
         names = list(params)
-        unknown = sorted(set(frozen) - set(params))
-        if unknown:
-            raise ValueError(f"frozen names no parameter: {', '.join(unknown[:5])}")
+        check_frozen(params, frozen)                  # here: a shard's AdamW sees only its own names
         self.owner = dict(zip(names, assign([int(params[n].size) for n in names], world.size)))
         self.mine = [n for n in names if self.owner[n] == world.rank]
         self.inner = AdamW({n: params[n] for n in self.mine}, frozen=[n for n in frozen if n in self.mine],

@@ -135,6 +135,13 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay,
 # --------------------------------------------------------------------------------------
 # The optimiser
 # --------------------------------------------------------------------------------------
+def check_frozen(params: Mapping, frozen) -> None:
+    """Refuse, in one line, frozen names that are not parameters (a typo would otherwise freeze nothing)."""
+    unknown = sorted(set(frozen) - set(params))
+    if unknown:
+        raise ValueError(f"frozen names no parameter: {', '.join(unknown[:5])}")
+
+
 class AdamW:
     """AdamW over a dict of named arrays, updated in place.
 
@@ -161,9 +168,7 @@ class AdamW:
                  no_decay: Callable[[str], bool] | None = default_no_decay, backend="auto", frozen=()):
         if not isinstance(params, Mapping) or not params:
             raise ValueError("params must be a non-empty dict name -> array")
-        unknown = sorted(set(frozen) - set(params))
-        if unknown:
-            raise ValueError(f"frozen names no parameter: {', '.join(unknown[:5])}")
+        check_frozen(params, frozen)
         if not lr >= 0:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not weight_decay >= 0:

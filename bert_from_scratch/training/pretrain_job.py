@@ -60,9 +60,11 @@ EMBEDDINGS_INITS = ("random", "counts")
 def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max_seq_length=128,
                              max_predictions_per_seq=20, dupe_factor=2, eval_fraction=0.05, seed=0,
                              log=print, max_eval_sequences=MAX_EVAL_SEQUENCES, count_vectors_dim=None,
-                             init_std=0.02) -> PretrainingData:
+                             init_std=0.02, sentiment_masking=False) -> PretrainingData:
     """count_vectors_dim: also compute the training documents' PPMI-SVD vectors of that width, scaled to
-    ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document)."""
+    ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document).
+    sentiment_masking: the words of a sentiment lexicon (AFINN-165, ``sentiment_words.py``) are masked first, up
+    to 10% of a sequence's tokens, in the training and the held-out sequences alike (SKEP, Tian et al. 2020)."""
     docs = load_documents(corpus)
     docs = [d for d in docs if d.sentences]
     order = list(range(len(docs)))
@@ -80,7 +82,12 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     else:
         tokenizer = Tokenizer.train([d.text for d in train_docs], vocab_size=vocab_size)
         log(f"vocabulary: trained {len(tokenizer)} WordPiece pieces on {len(train_docs)} documents")
-    arrays, word_vectors = {}, None
+    arrays, word_vectors, preferred = {}, None, None
+    if sentiment_masking:
+        from ..data.sentiment_words import sentiment_words
+
+        preferred = sentiment_words()
+        log(f"masking: the {len(preferred)} single words of AFINN-165 first, up to 10% of a sequence's tokens")
     for name, part, dupe, s in (("train", train_docs, dupe_factor, seed), ("eval", eval_docs, 1, seed + 1)):
         tokenized = tokenize_documents(part, tokenizer)
         if name == "train" and count_vectors_dim:
@@ -93,7 +100,7 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
             tokenized = tokenize_documents(eval_docs + train_docs[:1], tokenizer)   # NSP needs 2 documents
         instances = create_pretraining_instances(tokenized, tokenizer, max_seq_length=max_seq_length,
                                                  max_predictions_per_seq=max_predictions_per_seq,
-                                                 dupe_factor=dupe, seed=12345 + s)
+                                                 dupe_factor=dupe, seed=12345 + s, preferred_words=preferred)
         arrays[name] = instances_to_arrays(instances, tokenizer, max_seq_length, max_predictions_per_seq)
     n_held_out = len(arrays["eval"]["input_ids"])
     if max_eval_sequences and n_held_out > max_eval_sequences:    # a seeded subset, kept in document order
@@ -159,7 +166,8 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
                     resume=False, backend="auto", layers=None, hidden=None, heads=None,
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
                     save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"],
-                    freeze_word_embeddings=BASE["freeze_word_embeddings"]):
+                    freeze_word_embeddings=BASE["freeze_word_embeddings"],
+                    sentiment_masking=BASE["sentiment_masking"]):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
@@ -172,6 +180,7 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
     freeze_word_embeddings: the word embeddings (and so the tied MLM decoder's weights) keep their start: MLM + NSP
     train everything else around them (with ``embeddings_init="counts"``, the recipe that transfers best with few
     labels, docs/results.md). Their gradient still counts in the global-norm clipping.
+    sentiment_masking: mask the words of a sentiment lexicon first (``prepare_pretraining_data``).
     compile_ahead: compile the Numba kernels in two background processes during the data preparation
     (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
     if device not in ("cpu", "gpu"):
@@ -190,12 +199,13 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         refuse_to_clobber(out, CHECKPOINT_DIR, resume, overwrite)
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
-                    overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings)
+                    overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings,
+                    sentiment_masking)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings):
+         eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings, sentiment_masking):
     from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
@@ -204,14 +214,15 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     with compiling or contextlib.nullcontext():
         # under mpiexec rank 0 alone prepares the data (the others check they were asked for the same, then wait)
         dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed,
-                                         embeddings_init)))
+                                         embeddings_init, sentiment_masking)))
         shape = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=intermediate)
         counts = embeddings_init == "counts" and not resume       # a resumed run's embeddings are its checkpoint's
         init = model_config(size, 1, max_seq_length, **shape)    # the width and init std, before the vocabulary
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                         seed=seed, log=log, count_vectors_dim=init.hidden_size if counts else None,
-                                        init_std=init.initializer_range) if dp.is_root else None
+                                        init_std=init.initializer_range,
+                                        sentiment_masking=sentiment_masking) if dp.is_root else None
         data = share_from_root(data, dp.world)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, **shape)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
@@ -243,7 +254,7 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged, "nsp_trained": nsp,
-              "word_embeddings_frozen": bool(freeze_word_embeddings)}
+              "word_embeddings_frozen": bool(freeze_word_embeddings), "sentiment_masking": bool(sentiment_masking)}
     out_path = Path(out)
     if out_path.is_dir():
         atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")

@@ -10,6 +10,7 @@ OUT``) reads. They change one piece of a checkpoint at a time, to see which piec
     python docs/screens.py pretrain-frozen OUT --preset long   # the same for pretrain --preset long
     python docs/screens.py pretrain-frozen OUT --preset long --steps 10000 --dupe-factor 4   # twice as long
     python docs/screens.py tapt SRC OUT --steps N --lr L      # SRC pretrained further on rt-train, embeddings frozen
+    python docs/screens.py tapt SRC OUT --corpus C --dupe-factor 1 --sentiment-masking   # ... on C, AFINN words first
 
 These are experiments, not features: the package's own commands are what the README documents.
 """
@@ -151,6 +152,7 @@ def main(argv=None):
             s.add_argument("--lr", type=float, default=5e-4)
             s.add_argument("--dupe-factor", type=int, default=10, help="times each document is masked anew")
             s.add_argument("--corpus", default="rt-train")
+            s.add_argument("--sentiment-masking", action="store_true", help="mask AFINN-165's words first (SKEP)")
     a = p.parse_args(argv)
     try:
         run(a)
@@ -167,7 +169,8 @@ def run(a):
     elif a.command == "counts-alone":
         counts_alone(a.src, a.out)
     elif a.command == "tapt":
-        report = tapt(a.src, a.out, corpus=a.corpus, steps=a.steps, lr=a.lr, dupe_factor=a.dupe_factor)
+        report = tapt(a.src, a.out, corpus=a.corpus, steps=a.steps, lr=a.lr, dupe_factor=a.dupe_factor,
+                      sentiment_masking=a.sentiment_masking)
         print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
     else:
         preset = {k: v for k, v in PRESETS[a.preset].items() if k != "out"}    # long: steps and vocab_size

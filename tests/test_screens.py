@@ -98,3 +98,14 @@ def test_tapt_starts_from_the_source_weights_and_trains_all_but_the_word_embeddi
     assert screens.WORD_EMBEDDINGS not in changed and len(changed) > 20
     assert (tmp_path / "tapt" / "checkpoint" / "vocab.txt").read_text() == \
         (tmp_path / "src" / "checkpoint" / "vocab.txt").read_text()
+
+
+def test_tapt_passes_sentiment_masking_on(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(screens, "tapt", lambda src, out, **job: seen.append(job) or
+                        {"held_out_mlm_accuracy": 0.1, "held_out_nsp_accuracy": 0.6})
+    screens.main(["tapt", "src", "out", "--corpus", "bbc", "--dupe-factor", "1", "--sentiment-masking"])
+    screens.main(["tapt", "src", "out"])
+    assert [job["sentiment_masking"] for job in seen] == [True, False]
+    assert seen[0]["corpus"] == "bbc" and seen[0]["dupe_factor"] == 1
+    assert "held-out MLM 0.1000" in capsys.readouterr().out

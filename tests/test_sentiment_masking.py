@@ -105,6 +105,7 @@ def test_the_afinn_lexicon_parses_and_a_wrong_file_is_refused():
 
 
 def test_the_job_masks_sentiment_words_first_in_training_and_held_out_sequences(tmp_path, monkeypatch):
+    from bert_from_scratch.training import pretrain_job
     from bert_from_scratch.training.pretrain_job import prepare_pretraining_data, run_pretraining
 
     text = "\n\n".join("\n".join(f"the w{(d * 7 + i) % 50} film was {('good', 'bad', 'dull')[i % 3]} and "
@@ -127,6 +128,16 @@ def test_the_job_masks_sentiment_words_first_in_training_and_held_out_sequences(
     report = run_pretraining(out=tmp_path / "r", steps=1, batch_size=4, warmup=1, progress=False,
                              sentiment_masking=True, **job)[1]
     assert report["sentiment_masking"] is True
+
+    def unreachable():
+        raise CorpusError("no lexicon here")
+
+    monkeypatch.setattr(sentiment_words, "sentiment_words", unreachable)
+    read = []
+    monkeypatch.setattr(pretrain_job, "load_documents", lambda corpus: read.append(corpus))
+    with pytest.raises(CorpusError, match="no lexicon here"):
+        prepare_pretraining_data(**job, sentiment_masking=True)
+    assert read == []                                             # refused before the corpus is read
 
 
 def test_the_command_line_passes_the_option():

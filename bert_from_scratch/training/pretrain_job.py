@@ -65,6 +65,11 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document).
     sentiment_masking: the words of a sentiment lexicon (AFINN-165, ``sentiment_words.py``) are masked first, up
     to 10% of a sequence's tokens, in the training and the held-out sequences alike (SKEP, Tian et al. 2020)."""
+    preferred = None
+    if sentiment_masking:                   # fetched (or refused) before minutes go into the corpus and vocabulary
+        from ..data.sentiment_words import sentiment_words
+
+        preferred = sentiment_words()
     docs = load_documents(corpus)
     docs = [d for d in docs if d.sentences]
     order = list(range(len(docs)))
@@ -82,11 +87,8 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
     else:
         tokenizer = Tokenizer.train([d.text for d in train_docs], vocab_size=vocab_size)
         log(f"vocabulary: trained {len(tokenizer)} WordPiece pieces on {len(train_docs)} documents")
-    arrays, word_vectors, preferred = {}, None, None
-    if sentiment_masking:
-        from ..data.sentiment_words import sentiment_words
-
-        preferred = sentiment_words()
+    arrays, word_vectors = {}, None
+    if preferred:
         log(f"masking: the {len(preferred)} single words of AFINN-165 first, up to 10% of a sequence's tokens")
     for name, part, dupe, s in (("train", train_docs, dupe_factor, seed), ("eval", eval_docs, 1, seed + 1)):
         tokenized = tokenize_documents(part, tokenizer)

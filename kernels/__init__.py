@@ -5,6 +5,7 @@ these up as a whole when a model runs with ``backend="numba"`` or ``"cupy"``.
 
 - ``kernel_args``: what the reference and every kernel share (mask value, the dropout hash, input checks).
 - ``numba_math``: fast-math flags, the hash jitted, a vectorisable exp.
+- ``numba_cache``: drops Numba's cached kernels when any source here changed (a kernel inlines others).
 - ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
 - ``numba_elementwise``: fused GELU, LayerNorm, dropout and embedding scatter-add kernels.
 - ``numba_layers``: those kernels behind the signatures of the reference layers (``nn/layers.py``).

@@ -10,10 +10,17 @@ import numpy as np
 from numba import njit
 
 from .kernel_args import mix32_int
+from .numba_cache import drop_stale_caches
+
+drop_stale_caches()      # before any kernel loads: a cached kernel may inline an older version of this file
 
 #: fast-math flags: no NaN/inf in the kernels (they never make one), reassociation so the
 #: row sums and maxima vectorise. Agreement with the reference is checked in tests/test_kernels.py.
 FASTMATH = {"nnan", "ninf", "nsz", "contract", "arcp", "reassoc"}
+
+#: below these, :func:`_exp_inplace` returns exactly 0 (float32 / float64)
+EXP_CUT_F32 = -80.0
+EXP_CUT_F64 = -700.0
 
 #: lowbias32 on an int64 holding a uint32 (Numba promotes to 64 bits, so the products are masked)
 mix32 = njit(inline="always", cache=True)(mix32_int)
@@ -26,14 +33,19 @@ def _exp_inplace(x, pow2):
     exp(x) = 2^k * exp(r) with k = round(x / ln 2), r = x - k ln 2 in [-ln2/2, ln2/2];
     exp(r) by its Taylor polynomial (degree 7 for float32, 13 for float64: error < 1 ulp-ish);
     2^k built from its exponent bits in ``pow2`` (a float scratch, at least ``len(x)`` long,
-    viewed as integers). Inputs below -87 (float32) / -708 (float64) are clamped: exp there
-    is < 1e-37 / 1e-307, which every caller multiplies by something finite or adds to >= 1.
+    viewed as integers). Below ``EXP_CUT`` (-80 for float32, -700 for float64) the result is exactly 0,
+    as ``np.exp`` underflows to 0 further down: exp there is < 2e-35 (float32), which no caller can tell
+    from 0 beside the terms >= 1 it is added to. Not a clamp to the smallest normal number: divided by a
+    softmax's row sum that would be *subnormal*, and subnormal operands run BLAS and SIMD code on Intel
+    CPUs several times slower (a padded key's probability made the default step's backward matmuls
+    3-5x slower there; docs/performance.md, "Subnormal numbers").
     """
     n = x.shape[0]
     if x.itemsize == 4:
         bits = pow2.view(np.int32)
         for j in range(n):
-            y = max(x[j], np.float32(-87.0))
+            keep = x[j] >= np.float32(EXP_CUT_F32)
+            y = max(x[j], np.float32(EXP_CUT_F32))
             kf = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
             r = y - kf * np.float32(0.693145751953125) - kf * np.float32(1.428606765330187e-06)
             p = np.float32(1.0 / 5040.0)
@@ -45,11 +57,12 @@ def _exp_inplace(x, pow2):
             p = p * r + np.float32(1.0)
             p = p * r + np.float32(1.0)
             x[j] = p
-            bits[j] = (np.int32(kf) + np.int32(127)) << np.int32(23)
+            bits[j] = (np.int32(kf) + np.int32(127)) << np.int32(23) if keep else np.int32(0)    # 0.0
     else:
         bits64 = pow2.view(np.int64)
         for j in range(n):
-            y = max(x[j], -708.0)
+            keep = x[j] >= EXP_CUT_F64
+            y = max(x[j], EXP_CUT_F64)
             kf = np.floor(y * 1.4426950408889634 + 0.5)
             r = y - kf * 0.6931471803691238 - kf * 1.9082149292705877e-10
             p = 1.0 / 6227020800.0
@@ -67,6 +80,6 @@ def _exp_inplace(x, pow2):
             p = p * r + 1.0
             p = p * r + 1.0
             x[j] = p
-            bits64[j] = (np.int64(kf) + np.int64(1023)) << np.int64(52)
+            bits64[j] = (np.int64(kf) + np.int64(1023)) << np.int64(52) if keep else np.int64(0)
     for j in range(n):
         x[j] *= pow2[j]

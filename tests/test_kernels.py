@@ -188,21 +188,42 @@ def test_comparison_rejects_a_different_dropout_seed():
 # --------------------------------------------------------------------------------------
 # building blocks of the fast kernel
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype, lowest, tol", [(np.float32, -87.0, 5e-7), (np.float64, -708.0, 1e-13)])
-def test_hand_written_exp_is_accurate_and_clamps_below_its_range(dtype, lowest, tol):
+@pytest.mark.parametrize("dtype, lowest, tol", [(np.float32, -80.0, 5e-7), (np.float64, -700.0, 1e-13)])
+def test_hand_written_exp_is_accurate_and_exactly_zero_below_its_range(dtype, lowest, tol):
     """The vectorised exp (range reduction + polynomial) against np.exp in float64: relative
-    error a few ulp down to the clamp; below it, a tiny positive number instead of 0 or garbage."""
+    error a few ulp down to the cut; below it exactly 0 (a padded key's -10000, and the band just
+    under the cut), never a subnormal number, which slows every later product on Intel CPUs."""
     from numba import njit
 
     exp_inplace = njit(fastmath=na.FASTMATH)(lambda x, scratch: na._exp_inplace(x, scratch))
-    x = np.concatenate([np.linspace(lowest, 0.0, 100_001), [-1e4, -1e4 - 0.5]]).astype(dtype)
+    below = [lowest - 0.01, lowest - 5.0, 1.1 * lowest - 10.0, -1e4, -1e4 - 0.5]
+    x = np.concatenate([np.linspace(lowest, 0.0, 100_001), below]).astype(dtype)
     got = x.copy()
     exp_inplace(got, np.empty_like(got))
-    want = np.exp(x[:-2].astype(np.float64))
-    rel = np.abs(got[:-2] - want) / want
+    n = len(below)
+    want = np.exp(x[:-n].astype(np.float64))
+    rel = np.abs(got[:-n] - want) / want
     assert rel.max() < tol, f"exp relative error {rel.max():.2e} >= {tol:.0e}"
-    tiny = np.finfo(dtype).tiny
-    assert np.all((got[-2:] > 0) & (got[-2:] < 2 * tiny)), got[-2:]       # fully padded keys
+    assert np.all(got[:-n] >= np.finfo(dtype).tiny), "a subnormal (or zero) exp above the cut"
+    assert np.all(got[-n:] == 0.0), got[-n:]
+
+
+def test_padded_keys_leave_no_subnormal_numbers():
+    """A padded key's probability, exp(s - 10000 - max) / rowsum, is exactly 0, so neither the outputs nor
+    the gradients hold subnormal float32 numbers (with the exp clamped to the smallest normal number
+    instead, dV at padded keys was ~1e-40: subnormal, and the matmuls that read such gradients ran
+    3-5x slower on an Intel Xeon; docs/performance.md, "Subnormal numbers")."""
+    rng = np.random.default_rng(21)
+    q, k, v, dout, mask = random_inputs(rng, 4, 2, 64, 64, np.float32, pad_fraction=0.3)
+    tiny = np.finfo(np.float32).tiny
+    for p in (0.0, 0.1):
+        got = numba_forward_backward(q, k, v, dout, mask, p, seed=3)
+        for name, a in zip(("out", "dq", "dk", "dv"), got):
+            subnormal = int(np.count_nonzero((a != 0) & (np.abs(a) < tiny)))
+            assert subnormal == 0, f"{name} (dropout {p}) holds {subnormal} subnormal numbers"
+        dv = got[3]
+        padded = np.broadcast_to((mask == 0)[:, None, :], dv.shape[:3])
+        assert np.all(dv[padded] == 0.0)                 # no query attends a padded key
 
 
 def test_kernel_calls_restore_numbas_parallel_chunksize():

@@ -17,6 +17,7 @@ import pytest
 
 from bert_from_scratch.nn import attention as ref
 from bert_from_scratch.kernels import numba_attention as na
+from bert_from_scratch.kernels import numba_math
 
 from attention_checks import TOLERANCE, assert_attention_close, random_inputs, reference_float64
 
@@ -206,6 +207,23 @@ def test_hand_written_exp_is_accurate_and_exactly_zero_below_its_range(dtype, lo
     assert rel.max() < tol, f"exp relative error {rel.max():.2e} >= {tol:.0e}"
     assert np.all(got[:-n] >= np.finfo(dtype).tiny), "a subnormal (or zero) exp above the cut"
     assert np.all(got[-n:] == 0.0), got[-n:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lane_maximum_is_the_maximum(dtype):
+    """The vectorised row maximum of the fused cross-entropy equals np.max, wherever the maximum sits: the first
+    element, inside the lanes, in the tail past the last full group of lanes, or alone in a short row."""
+    from numba import njit
+
+    max_lanes = njit(fastmath=na.FASTMATH)(lambda x: numba_math._max_lanes(x))
+    rng = np.random.default_rng(8)
+    for n in (1, 5, 15, 16, 17, 31, 32, 100, 8000, 8003):
+        for where in {0, n // 2, n - 1}:
+            x = rng.standard_normal(n).astype(dtype) - 10.0
+            x[where] = 3.0
+            assert max_lanes(x) == 3.0, (n, where)
+        x = -np.abs(rng.standard_normal(n)).astype(dtype) - 1.0          # all negative
+        assert max_lanes(x) == x.max()
 
 
 def test_padded_keys_leave_no_subnormal_numbers():

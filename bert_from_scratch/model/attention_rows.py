@@ -28,6 +28,18 @@ from ..nn.xp import get_array_module
 from .params import Scope
 
 
+def stack_head_grads(grads):
+    """The gradients of a fused projection's parts, each (B, nh, T, d), in the projection's output layout
+    (B, T, len(grads) * H): [dq | dk | dv] (or [dk | dv]), each part's heads side by side. One strided copy
+    per part into one buffer (``xp.stack`` then a reshape of its transpose copied everything twice)."""
+    xp = get_array_module(grads[0])
+    B, nh, T, d = grads[0].shape
+    out = xp.empty((B, T, len(grads), nh, d), dtype=grads[0].dtype)
+    for j, g in enumerate(grads):
+        out[:, :, j] = g.transpose(0, 2, 1, 3)
+    return out.reshape(B, T, len(grads) * nh * d)
+
+
 class QueryRowsCache(NamedTuple):
     query: tuple            # linear cache of Wq on the M rows
     key_value: tuple        # linear cache of the fused [Wk; Wv] on every row
@@ -92,7 +104,7 @@ def attention_at_query_rows_backward(dctx, dx_rows, cache: QueryRowsCache, G: Sc
     dx_q, dw_q, db_q = linear_backward(dq_rows, cache.query)                              # (M, H)
     G.add("self.query.weight", dw_q)
     G.add("self.query.bias", db_q)
-    dkv = xp.stack([dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 2 * H)                # (B, T, 2H)
+    dkv = stack_head_grads((dk, dv))                                                      # (B, T, 2H)
     dx, dw_kv, db_kv = linear_backward(dkv, cache.key_value)                              # (B, T, H)
     for j, n in enumerate(("key", "value")):
         G.add(f"self.{n}.weight", dw_kv[j * H:(j + 1) * H])

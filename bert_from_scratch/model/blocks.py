@@ -25,7 +25,7 @@ from ..config import BertConfig
 from ..nn.attention import attention_probabilities, attention_probabilities_backward
 from ..nn.layers import embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn.xp import get_array_module
-from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward
+from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward, stack_head_grads
 from .params import Scope
 
 
@@ -208,7 +208,7 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     if dprobs is not None:
         dq_p, dk_p = attention_probabilities_backward(dprobs, *cache.probs)
         dq, dk = dq + dq_p, dk + dk_p
-    dqkv = xp.stack([dq, dk, dv]).transpose(1, 3, 0, 2, 4).reshape(B, T, 3 * H)            # (B, T, 3H)
+    dqkv = stack_head_grads((dq, dk, dv))                                                   # (B, T, 3H)
     dx_in, dw_qkv, db_qkv = linear_backward(dqkv, cache.qkv)
     for j, n in enumerate(QKV):
         G.add(f"self.{n}.weight", dw_qkv[j * H:(j + 1) * H])

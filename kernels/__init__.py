@@ -4,7 +4,7 @@ A leaf: nothing here imports from ``bert_from_scratch``. ``bert_from_scratch/nn/
 these up as a whole when a model runs with ``backend="numba"`` or ``"cupy"``.
 
 - ``kernel_args``: what the reference and every kernel share (mask value, the dropout hash, input checks).
-- ``numba_math``: fast-math flags, the hash jitted, a vectorisable exp.
+- ``numba_math``: fast-math flags, the hash jitted, a vectorisable exp and row maximum.
 - ``numba_cache``: drops Numba's cached kernels when any source here changed (a kernel inlines others).
 - ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
 - ``numba_elementwise``: fused GELU, LayerNorm, dropout and embedding scatter-add kernels.

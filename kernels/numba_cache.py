@@ -14,6 +14,7 @@ files before any kernel loads, so that each kernel compiles afresh once. ``numba
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +53,14 @@ def drop_stale_caches(folder: Path = HERE, dirs: list[Path] | None = None) -> li
     fingerprint = sources_fingerprint(folder)
     modules = {p.stem for p in folder.glob("*.py")}
     deleted = []
-    for cache_dir in cache_dirs(folder) if dirs is None else dirs:
+    if dirs is None:
+        try:
+            dirs = cache_dirs(folder)
+        except (AttributeError, ImportError, TypeError) as exc:     # Numba's internals moved: warn, don't fail
+            warnings.warn(f"could not find Numba's cache folder ({exc}); if a kernel seems to run old code, "
+                          f"delete the *.nbi and *.nbc files of {folder} by hand", RuntimeWarning, stacklevel=2)
+            return deleted
+    for cache_dir in dirs:
         stamp = cache_dir / STAMP
         try:
             if stamp.read_text() == fingerprint:
@@ -64,10 +72,7 @@ def drop_stale_caches(folder: Path = HERE, dirs: list[Path] | None = None) -> li
                 if path.suffix in (".nbi", ".nbc") and path.name.split(".", 1)[0] in modules:
                     path.unlink(missing_ok=True)
                     deleted.append(path)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache_dir / f"{STAMP}.tmp"
-            tmp.write_text(fingerprint)
-            tmp.replace(stamp)
+            stamp.write_text(fingerprint)      # a torn stamp only means one more recompilation
         except OSError:
             continue                           # not there yet, or not ours to write
     return deleted

@@ -1,4 +1,4 @@
-"""The math the Numba kernels share: fast-math flags, the dropout hash jitted, a vectorisable exp.
+"""The math the Numba kernels share: fast-math flags, the dropout hash jitted, a vectorisable exp, a vectorised max.
 
 Numba has no vectorised ``exp`` without Intel's SVML (``math.exp`` is a libm call per element), so
 the attention and elementwise kernels use :func:`_exp_inplace`, a range reduction plus a polynomial
@@ -110,4 +110,3 @@ def _max_lanes(x):
     for k in range(body, n):                    # the tail
         m = max(m, x[k])
     return m
-

@@ -110,3 +110,15 @@ def test_the_kernels_cache_folder_is_numbas():
     assert len(dirs) == 1
     cache = FunctionCache(numba_math._exp_inplace.py_func)
     assert Path(cache._cache_path).resolve() == dirs[0].resolve()
+
+
+def test_numbas_internals_moving_warns_instead_of_breaking_the_import(tmp_path, monkeypatch):
+    """``numba_math`` runs the guard on import: if Numba's cache locators move, a warning, not a crash."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+
+    def moved(folder):
+        raise AttributeError("module 'numba.core.caching' has no attribute 'CacheImpl'")
+
+    monkeypatch.setattr(numba_cache, "cache_dirs", moved)
+    with pytest.warns(RuntimeWarning, match="could not find Numba's cache folder"):
+        assert numba_cache.drop_stale_caches(tmp_path) == []

@@ -6,9 +6,10 @@ costs about as much as a small matmul. The reference runs each tail as four to f
 one core, plus a temporary per pass; here each is one parallel pass over the rows:
 
 - ``bias_gelu``: ``g = gelu(h + b)`` (the FFN's first dense layer without its bias add, then GELU).
-  The forward keeps only ``h + b`` (the pre-activation); the backward recomputes ``Phi`` and ``phi``
-  from it (a few flops, cheaper than storing and re-reading ``Phi``) and returns ``dh`` together
-  with the bias gradient ``db = sum_rows dh``.
+  The forward writes ``g`` alone and keeps ``h`` (the matmul's output, which exists anyway) and ``b``;
+  the backward recomputes ``h + b``, ``Phi`` and ``phi`` (a few flops, cheaper than writing a
+  (B*T, 4H) array in the forward and reading it back) and returns ``dh`` together with the bias
+  gradient ``db = sum_rows dh``.
 - ``bias_dropout_add_layernorm``: ``y = LayerNorm(x + dropout(o + b))`` (the end of the attention
   and FFN blocks: output dense without its bias add, dropout, residual, LayerNorm). The dropout mask
   is the reference's counter hash of (seed, flat index + row offset), regenerated in the backward,
@@ -48,29 +49,27 @@ BUG_DROPOUT_GRAD_UNMASKED = 2   # residual-LayerNorm backward passes d(o) withou
 # bias + GELU:  hb = h + b,  g = hb Phi(hb);  dh = dg (Phi(hb) + hb phi(hb)),  db = sum_rows dh
 # ---------------------------------------------------------------------------------------
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def bias_gelu_forward_kernel(h, bias, g, hb):
-    """h, g, hb: (N, C); bias: (C,). hb = h + bias (kept for the backward), g = gelu(hb)."""
+def bias_gelu_forward_kernel(h, bias, g):
+    """h, g: (N, C); bias: (C,). g = gelu(h + bias)."""
     N, C = h.shape
     dt = h.dtype
     half = dt.type(0.5)
     inv_sqrt2 = dt.type(_INV_SQRT2)
     for r in prange(N):
-        hr, gr, hbr = h[r], g[r], hb[r]
+        hr, gr = h[r], g[r]
         if h.itemsize == 4:
             for c in range(C):
                 v = hr[c] + bias[c]
-                hbr[c] = v
                 gr[c] = v * (half + half * erf_f32(v * inv_sqrt2))
         else:
             for c in range(C):
                 v = hr[c] + bias[c]
-                hbr[c] = v
                 gr[c] = v * (half + half * math.erf(v * inv_sqrt2))
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=True)
-def bias_gelu_backward_kernel(dg, hb, dh, dbias_parts, planted_bug):
-    """dg, hb, dh: (N, C); dbias_parts: (n_tasks, C), each task's sum of dh over its block of rows."""
+def bias_gelu_backward_kernel(dg, h, bias, dh, dbias_parts, planted_bug):
+    """dg, h, dh: (N, C); bias: (C,); dbias_parts: (n_tasks, C), each task's sum of dh over its block of rows."""
     N, C = dg.shape
     dt = dg.dtype
     half = dt.type(0.5)
@@ -83,11 +82,13 @@ def bias_gelu_backward_kernel(dg, hb, dh, dbias_parts, planted_bug):
         part = dbias_parts[t]
         for c in range(C):
             part[c] = 0.0
+        xs = np.empty(C, dt)                    # h + b of one row
         pdf = np.empty(C, dt)                   # exp(-x^2/2) of one row, vectorised
         pow2 = np.empty(C, dt)                  # scratch for _exp_inplace
         for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
-            xs, dgs, dhs = hb[r], dg[r], dh[r]
+            hs, dgs, dhs = h[r], dg[r], dh[r]
             for c in range(C):
+                xs[c] = hs[c] + bias[c]
                 pdf[c] = dt.type(-0.5) * xs[c] * xs[c]
             _exp_inplace(pdf, pow2)
             if dg.itemsize == 4:                # Phi(x) recomputed: float32 rational erf, vectorised
@@ -105,7 +106,8 @@ def bias_gelu_backward_kernel(dg, hb, dh, dbias_parts, planted_bug):
 
 
 class BiasGeluCache(NamedTuple):
-    pre_activation: np.ndarray      # (N..., C): h + b
+    h: np.ndarray                   # (N..., C): the input, without the bias
+    bias: np.ndarray                # (C,)
 
 
 def _rows(a, dtype):
@@ -116,20 +118,20 @@ def _rows(a, dtype):
 def bias_gelu_forward(h, bias):
     """g = gelu(h + bias), exact (erf) GELU; h: (N..., C), bias: (C,) -> (g, cache)."""
     h, h2 = _rows(h, h.dtype)
-    hb, g = np.empty_like(h), np.empty_like(h)
-    bias_gelu_forward_kernel(h2, np.ascontiguousarray(bias, dtype=h.dtype), g.reshape(h2.shape),
-                             hb.reshape(h2.shape))
-    return g, BiasGeluCache(hb)
+    bias = np.ascontiguousarray(bias, dtype=h.dtype)
+    g = np.empty_like(h)
+    bias_gelu_forward_kernel(h2, bias, g.reshape(h2.shape))
+    return g, BiasGeluCache(h, bias)
 
 
 def bias_gelu_backward(dg, cache: BiasGeluCache, planted_bug=BUG_NONE):
     """-> dh (N..., C), dbias (C,)."""
-    hb = cache.pre_activation
-    C = hb.shape[-1]
-    dg, dg2 = _rows(dg, hb.dtype)
-    dh = np.empty_like(hb)
-    parts = np.empty((layernorm_backward_tasks(dg2.shape[0]), C), hb.dtype)
-    bias_gelu_backward_kernel(dg2, hb.reshape(-1, C), dh.reshape(-1, C), parts, planted_bug)
+    h = cache.h
+    C = h.shape[-1]
+    dg, dg2 = _rows(dg, h.dtype)
+    dh = np.empty_like(h)
+    parts = np.empty((layernorm_backward_tasks(dg2.shape[0]), C), h.dtype)
+    bias_gelu_backward_kernel(dg2, h.reshape(-1, C), cache.bias, dh.reshape(-1, C), parts, planted_bug)
     return dh, parts.sum(axis=0)
 
 

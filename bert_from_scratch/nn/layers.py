@@ -44,7 +44,10 @@ def linear_backward(dy, cache, bias=True):
     dy2 = dy.reshape(-1, dy.shape[-1])              # (N, out)
     dx = (dy2 @ weight).reshape(x_shape)            # (N..., in)
     dweight = dy2.T @ x2                            # (out, in)
-    dbias = dy2.sum(axis=0) if bias else None       # (out,)
+    dbias = None
+    if bias:                                        # (out,) = dy2.sum(axis=0), as one BLAS matrix-vector product:
+        xp = get_array_module(dy2)                  # on all cores and 2-3x faster than NumPy's one-core sum
+        dbias = xp.ones(dy2.shape[0], dtype=dy2.dtype) @ dy2
     return dx, dweight, dbias
 
 

@@ -60,6 +60,7 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
     assert len(ours["ms_per_round"]) == 2 and len(ours["times_ms"]) == 2 and "2 rounds" in table
     assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
     assert 0 < ours["fraction_of_matmul"] <= 1 and ours["matmul_peak_gflops"] > 0
+    assert len(ours["cpu_steal_per_round"]) == 2 and all(x is None or 0 <= x <= 1 for x in ours["cpu_steal_per_round"])
     n_pred = json.loads(out.read_text())["n_predicted"]
     cfg = default_step.job_config(500, 16)
     assert ours["gflop"] == pytest.approx(bench_train.model_flops(cfg, 3, 16, n_pred, n_pred + 3) / 1e9)
@@ -109,3 +110,10 @@ def test_heads_rows_bench_prints_both_settings(capsys):
     with pytest.raises(SystemExit):
         heads_rows.main(["--rounds", "0"])
     assert "rounds >= 1" in capsys.readouterr().err
+
+
+def test_the_bench_names_the_rounds_a_vm_host_slowed():
+    """No line while steal stays under 5% (or is unknown); every side's share per round once one round has more."""
+    assert default_step.steal_per_round({"ours": [0.0, 0.04], "torch_same": [None, 0.01]}) == ""
+    line = default_step.steal_per_round({"ours": [0.0, 0.38], "torch_same": [None, 0.02]})
+    assert "per round: ours 0%, 38%; torch_same -, 2%: rounds with steal ran slower" in line

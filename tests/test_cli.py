@@ -34,6 +34,7 @@ def test_pretrain_end_to_end_writes_a_checkpoint_and_report(tiny_run, capsys):
         lo, hi = report[f"held_out_{name}_accuracy_95ci"]
         assert 0 <= lo <= report[f"held_out_{name}_accuracy"] <= hi <= 1 and hi - lo > 0.01
     assert report["n_eval_sequences"] > 0 and report["n_eval_masked_tokens"] > report["n_eval_sequences"]
+    assert report["cpu_steal_share"] is None or 0 <= report["cpu_steal_share"] <= 1
 
 
 def test_wilson_interval_known_values():

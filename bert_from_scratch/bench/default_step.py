@@ -18,7 +18,9 @@ spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc
 
 Prints the median ms per step of ``--repeats`` timed steps (after warm-up steps: numba compile, heap
 growth), the ratio to torch's same-work step, and each side's matmul GFLOP/s (see :func:`model_flops`)
-as a share of the ``np.matmul`` float32 rate measured in the same run (in ours' process).
+as a share of the ``np.matmul`` float32 rate measured in the same run (in ours' process), and, when the VM's
+host took a noticeable share of the CPU time during a round (CPU steal, ``cpu_steal.py``), each side's steal per
+round: such rounds say more about the host than about the code.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
 from ..training.presets import BASE
+from .cpu_steal import NOTEWORTHY, StealMeter
 from .train_step import WARMUP, model_flops, matmul_gflops
 
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
@@ -150,11 +153,23 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
     cfg = BertConfig(**cfg_dict)
     step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
                   else _torch_steps(cfg, batch, side))
+    steal = StealMeter()
     times = _time_steps(step, repeats, warmup)
-    info.update(times_s=times, keep_freed_memory=kept)
+    info.update(times_s=times, keep_freed_memory=kept, cpu_steal_share=steal.share())
     if measure_matmul:
         info["matmul_gflops"] = matmul_gflops()
     return info
+
+
+def steal_per_round(steals: dict) -> str:
+    """``{side: [CPU steal share per round, or None]}`` -> a line naming every side's steal per round, or "" when no
+    round had a noteworthy share (bench/cpu_steal.py)."""
+    if not any(x is not None and x >= NOTEWORTHY for v in steals.values() for x in v):
+        return ""
+    return ("CPU steal (the VM's host's share of the CPU time) during each side's steps, per round: "
+            + "; ".join(f"{side} " + ", ".join("-" if x is None else f"{x:.0%}" for x in v)
+                        for side, v in steals.items())
+            + ": rounds with steal ran slower than this machine can, and their ratios are unreliable")
 
 
 def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
@@ -207,7 +222,9 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
                      "vs_torch_same_per_round": ratios,
                      "gflop": flops / 1e9, "gflops": flops / med / 1e9, "matmul_peak_gflops": peak,
                      "fraction_of_matmul": flops / med / 1e9 / peak,
-                     **{k: v for k, v in runs[side][0].items() if k not in ("times_s", "matmul_gflops")}})
+                     "cpu_steal_per_round": [r["cpu_steal_share"] for r in runs[side]],
+                     **{k: v for k, v in runs[side][0].items()
+                        if k not in ("times_s", "matmul_gflops", "cpu_steal_share")}})
     kept = runs["ours"][0]["keep_freed_memory"]
     torch_info = runs["torch_same"][0] if "torch_same" in runs else {}
     print(f"One optimizer step of the default pretraining job: tiny config (L={cfg.num_hidden_layers}, "
@@ -234,6 +251,9 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
             print(f"{r['side']} / torch same work, per round: "
                   + ", ".join(f"{x:.2f}x" for x in r["vs_torch_same_per_round"])
                   + f" ({r['side']} {', '.join(f'{m:.0f}' for m in r['ms_per_round'])} ms)")
+    stolen = steal_per_round({side: [r["cpu_steal_share"] for r in runs[side]] for side in sides})
+    if stolen:
+        print(stolen)
     if skipped:
         print(f"({skipped})")
     if out_json:

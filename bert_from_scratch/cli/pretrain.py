@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from ..training.presets import BASE, PRESETS, resolve_preset
+from ..bench.cpu_steal import StealMeter, steal_note
 from .common import command, error
 from .process import keep_freed_memory
 
@@ -49,7 +50,9 @@ def estimate(args, processes: int = 1) -> str:
     from ..bench.train_step import matmul_gflops, model_flops
     from ..training.pretrain_job import model_config
 
+    steal = StealMeter()
     rate = matmul_gflops(repeats=3)                                       # GFLOP/s, float32, this process
+    stolen = steal_note(steal.share(), "that measurement")
     if args.vocab:
         with open(args.vocab, encoding="utf-8") as f:
             vocab_size = sum(1 for line in f if line.strip())
@@ -65,7 +68,7 @@ def estimate(args, processes: int = 1) -> str:
     where = "" if processes == 1 else f" per process x {processes} processes"
     return (f"machine: np.matmul at {rate:.0f} GFLOP/s (float32){where}; {args.steps:,} steps of {step_gflop:.1f} "
             f"GFLOP: about {fast:.0f}-{slow:.0f} min of training, plus data preparation (the default job has run at "
-            f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate)")
+            f"{SHARE_OF_MATMUL[0]:.0%}-{SHARE_OF_MATMUL[1]:.0%} of the matmul rate){stolen}")
 
 
 def bounds_problem(args, bounds) -> str | None:
@@ -211,7 +214,8 @@ def cli_pretrain(args) -> int:
         return 0
     r = report
     print()
-    print(f"Held-out results after {r['steps']} steps ({r['tokens_per_second']:.0f} tokens/s):")
+    print(f"Held-out results after {r['steps']} steps ({r['tokens_per_second']:.0f} tokens/s"
+          f"{steal_note(r.get('cpu_steal_share'), 'training')}):")
     mlm_lo, mlm_hi = r["held_out_mlm_accuracy_95ci"]
     nsp_lo, nsp_hi = r["held_out_nsp_accuracy_95ci"]
     print(f"  {'':<14} {'model':>7} {'95% interval':>15} {'baseline':>9}")

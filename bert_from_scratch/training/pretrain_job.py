@@ -26,6 +26,7 @@ import numpy as np
 
 from ..config import BertConfig
 from ..constants import CHECKPOINT_DIR, RESULTS_NAME
+from ..bench.cpu_steal import StealMeter
 from ..files import atomic_write
 from .metrics import auc_interval, wilson_interval
 from .presets import BASE
@@ -240,10 +241,12 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     if freeze_word_embeddings:
         log("word embeddings: frozen (never updated; MLM + NSP train everything else)")
     warmup = max(1, steps // 10) if warmup is None else warmup
+    steal = StealMeter()                          # the VM host's share of the CPU time while training, if any
     result = pretrain(model, data.train, data.eval, out, steps, batch_size=batch_size, lr=lr, warmup=warmup,
                       seed=seed, resume=resume, overwrite=overwrite, tokenizer=data.tokenizer, log=log,
                       progress=progress, eval_every=eval_every, save_every=save_every, nsp=nsp,
                       frozen=(WORD_EMBEDDINGS,) if freeze_word_embeddings else ())
+    steal_share = steal.share()
     if not dp.is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
@@ -254,7 +257,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "held_out_nsp_auc": result.nsp_auc,
               "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, data.eval["next_sentence_labels"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
-              "tokens_per_second": result.tokens_per_second, "checkpoint": str(result.checkpoint_dir),
+              "tokens_per_second": result.tokens_per_second, "cpu_steal_share": steal_share,
+              "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged, "nsp_trained": nsp,
               "word_embeddings_frozen": bool(freeze_word_embeddings), "sentiment_masking": bool(sentiment_masking)}
     out_path = Path(out)

@@ -18,8 +18,8 @@ from bert_from_scratch.training import compile_ahead
 PROBE = r"""
 import json
 import numba
-from bert_from_scratch.kernels import (numba_attention, numba_elementwise, numba_fused, numba_loss, numba_math,
-                                       numba_optim)
+from bert_from_scratch.kernels import (numba_attention, numba_elementwise, numba_fused, numba_heads, numba_loss,
+                                       numba_math, numba_optim)
 from bert_from_scratch.bench.default_step import job_config, make_job_batch
 from bert_from_scratch.model import BertForPreTraining
 from bert_from_scratch.training.loop import train_step
@@ -30,7 +30,7 @@ model = BertForPreTraining(cfg, seed=0, backend="numba")
 train_step(model, make_job_batch(cfg, 8, 64), AdamW(model.params, lr=1e-3, weight_decay=0.01, backend=model.backend),
            1e-3, 1.0)
 report = {}
-for module in (numba_attention, numba_elementwise, numba_fused, numba_loss, numba_math, numba_optim):
+for module in (numba_attention, numba_elementwise, numba_fused, numba_heads, numba_loss, numba_math, numba_optim):
     for name, f in vars(module).items():
         if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures:
             report[name] = [sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values())]
@@ -40,7 +40,8 @@ print(json.dumps(report))
 #: kernels the default step must use (a probe that used none of them would prove nothing)
 EXPECTED = {"forward_kernel", "backward_kernel", "residual_layernorm_forward_kernel",
             "residual_layernorm_backward_kernel", "bias_gelu_forward_kernel", "bias_gelu_backward_kernel",
-            "cross_entropy_kernel", "scatter_add_rows_kernel", "_adamw_parallel", "_adamw_serial"}
+            "cross_entropy_kernel", "scatter_add_rows_kernel", "_adamw_parallel", "_adamw_serial",
+            "split_part_kernel", "stack_part_kernel"}
 
 
 def probe(cache_dir) -> dict:

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
     from bert_from_scratch.training.loop import train_step
     from bert_from_scratch.training.optim import AdamW
     from bert_from_scratch.kernels import (kernel_args, numba_attention, numba_elementwise, numba_fused,
-                                           numba_loss, numba_optim)
+                                           numba_heads, numba_loss, numba_optim)
 
     cfg = BertConfig(vocab_size=8192, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=16, max_position_embeddings=16)
@@ -47,7 +47,8 @@ SCRIPT = textwrap.dedent("""
                     clf.forward(ids, np.zeros_like(ids), mask, labels=np.zeros(B, np.int64), training=True)
                     clf.backward()
     report = {}
-    for module in (kernel_args, numba_attention, numba_elementwise, numba_fused, numba_loss, numba_optim):
+    for module in (kernel_args, numba_attention, numba_elementwise, numba_fused, numba_heads, numba_loss,
+                   numba_optim):
         for name, obj in vars(module).items():
             if isinstance(obj, CPUDispatcher) and obj.signatures:
                 report[f"{module.__name__.rsplit('.', 1)[1]}.{name}"] = [str(s) for s in obj.signatures]
@@ -78,7 +79,7 @@ def test_every_numba_kernel_has_one_signature_per_dtype():
     assert {"numba_attention.forward_kernel", "numba_attention.backward_kernel", "numba_loss.cross_entropy_kernel",
             "numba_fused.residual_layernorm_forward_kernel", "numba_fused.residual_layernorm_backward_kernel",
             "numba_elementwise.dropout_kernel", "numba_optim._adamw_parallel",
-            "numba_optim._adamw_serial"} <= set(report)
+            "numba_optim._adamw_serial", "numba_heads.split_part_kernel", "numba_heads.stack_part_kernel"} <= set(report)
     assert all(1 <= len(s) <= 2 for s in report.values()), report
     assert extra_signatures(report) == {}
 

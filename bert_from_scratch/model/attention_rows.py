@@ -28,18 +28,6 @@ from ..nn.xp import get_array_module
 from .params import Scope
 
 
-def stack_head_grads(grads):
-    """The gradients of a fused projection's parts, each (B, nh, T, d), in the projection's output layout
-    (B, T, len(grads) * H): [dq | dk | dv] (or [dk | dv]), each part's heads side by side. One strided copy
-    per part into one buffer (``xp.stack`` then a reshape of its transpose copied everything twice)."""
-    xp = get_array_module(grads[0])
-    B, nh, T, d = grads[0].shape
-    out = xp.empty((B, T, len(grads), nh, d), dtype=grads[0].dtype)
-    for j, g in enumerate(grads):
-        out[:, :, j] = g.transpose(0, 2, 1, 3)
-    return out.reshape(B, T, len(grads) * nh * d)
-
-
 class QueryRowsCache(NamedTuple):
     query: tuple            # linear cache of Wq on the M rows
     key_value: tuple        # linear cache of the fused [Wk; Wv] on every row
@@ -76,9 +64,8 @@ def attention_at_query_rows_forward(x, mask, P: Scope, ops, cfg: BertConfig, att
     q_rows, c_q = linear_forward(x_rows, P["self.query.weight"], P["self.query.bias"])    # (M, H)
     w_kv = xp.concatenate([P["self.key.weight"], P["self.value.weight"]], axis=0)         # (2H, H)
     b_kv = xp.concatenate([P["self.key.bias"], P["self.value.bias"]], axis=0)
-    kv, c_kv = linear_forward(x, w_kv, b_kv)                                              # (B, T, 2H)
-    kv = kv.reshape(B, T, 2, nh, d).transpose(2, 0, 3, 1, 4)                              # 2 x (B, nh, T, d)
-    k, v = (xp.ascontiguousarray(kv[j]) for j in range(2))
+    kv, c_kv = linear_forward(x, w_kv, None)                                              # (B, T, 2H), no bias yet
+    k, v = ops.split_heads_forward(kv, b_kv, 2, nh)                                       # 2 x (B, nh, T, d), + bias
     seq, slot, q_pos = query_slots(rows, B, T)
     Tq = q_pos.shape[1]
     q = xp.zeros((B, Tq, nh, d), dtype=x.dtype)
@@ -104,8 +91,8 @@ def attention_at_query_rows_backward(dctx, dx_rows, cache: QueryRowsCache, G: Sc
     dx_q, dw_q, db_q = linear_backward(dq_rows, cache.query)                              # (M, H)
     G.add("self.query.weight", dw_q)
     G.add("self.query.bias", db_q)
-    dkv = stack_head_grads((dk, dv))                                                      # (B, T, 2H)
-    dx, dw_kv, db_kv = linear_backward(dkv, cache.key_value)                              # (B, T, H)
+    dkv, db_kv = ops.split_heads_backward((dk, dv))                                       # (B, T, 2H), (2H,)
+    dx, dw_kv, _ = linear_backward(dkv, cache.key_value, bias=False)                      # (B, T, H)
     for j, n in enumerate(("key", "value")):
         G.add(f"self.{n}.weight", dw_kv[j * H:(j + 1) * H])
         G.add(f"self.{n}.bias", db_kv[j * H:(j + 1) * H])

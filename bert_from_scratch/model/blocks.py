@@ -25,7 +25,7 @@ from ..config import BertConfig
 from ..nn.attention import attention_probabilities, attention_probabilities_backward
 from ..nn.layers import embedding_forward, linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn.xp import get_array_module
-from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward, stack_head_grads
+from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward
 from .params import Scope
 
 
@@ -166,9 +166,8 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
     # the three projections as one matmul: [Wq; Wk; Wv] is (3H, H)
     w_qkv = xp.concatenate([P[f"self.{n}.weight"] for n in QKV], axis=0)
     b_qkv = xp.concatenate([P[f"self.{n}.bias"] for n in QKV], axis=0)
-    qkv, c_qkv = linear_forward(x, w_qkv, b_qkv)                                          # (B, T, 3H)
-    qkv = qkv.reshape(B, T, 3, nh, d).transpose(2, 0, 3, 1, 4)                            # 3 x (B, nh, T, d)
-    q, k, v = (xp.ascontiguousarray(qkv[j]) for j in range(3))
+    qkv, c_qkv = linear_forward(x, w_qkv, None)                                           # (B, T, 3H), no bias yet
+    q, k, v = ops.split_heads_forward(qkv, b_qkv, 3, nh)                                  # 3 x (B, nh, T, d), + bias
     seed = int(rng.integers(0, 2**32)) if att_p > 0 else 0
     ctx, c_core = ops.attention_forward(q, k, v, mask, att_p, seed, row_offset=row_offset)  # (B, nh, T, d)
     probs = kept = None
@@ -208,8 +207,8 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     if dprobs is not None:
         dq_p, dk_p = attention_probabilities_backward(dprobs, *cache.probs)
         dq, dk = dq + dq_p, dk + dk_p
-    dqkv = stack_head_grads((dq, dk, dv))                                                   # (B, T, 3H)
-    dx_in, dw_qkv, db_qkv = linear_backward(dqkv, cache.qkv)
+    dqkv, db_qkv = ops.split_heads_backward((dq, dk, dv))                                   # (B, T, 3H), (3H,)
+    dx_in, dw_qkv, _ = linear_backward(dqkv, cache.qkv, bias=False)
     for j, n in enumerate(QKV):
         G.add(f"self.{n}.weight", dw_qkv[j * H:(j + 1) * H])
         G.add(f"self.{n}.bias", db_qkv[j * H:(j + 1) * H])

@@ -3,14 +3,15 @@
 A :class:`Backend` is a table of the operations whose implementation differs between array
 libraries and kernels: the elementwise layers (GELU, LayerNorm, dropout, the embedding's
 scatter-add), the fused tails of the encoder blocks (bias + GELU; bias + dropout + residual +
-LayerNorm), the attention core, the cross-entropy of the masked-LM head and the AdamW update.
+LayerNorm), the attention core, the moves between the Q/K/V projection's layout and the heads' (with the
+projection's bias), the cross-entropy of the masked-LM head and the AdamW update.
 Everything else (the matmuls of linear layers, softmax, tanh, the small heads' cross-entropies) is the
 same array code everywhere and is called directly.
 
 A model picks its backend once, when it is built or moved (``BertModel(cfg, backend="numba")``,
 ``model.to("cupy")``); its blocks call ``backend.gelu_forward(...)`` and never test which one it is.
 The optimizer takes the model's backend too. Every function of a backend has the signature of its
-reference twin in ``nn/layers.py``, ``nn/attention.py`` and ``training/optim.py``.
+reference twin in ``nn/layers.py``, ``nn/heads.py``, ``nn/attention.py`` and ``training/optim.py``.
 
 ==========  ==========================================================  ===========================
 name        elementwise layers and AdamW                                attention
@@ -18,7 +19,7 @@ name        elementwise layers and AdamW                                attentio
 ``numpy``   the reference (``nn/layers.py``), NumPy arrays               reference (stores T x T)
 ``numba``   fused Numba kernels (``kernels/numba_layers.py``,            FlashAttention-2 style
             ``kernels/numba_fused.py``, ``kernels/numba_loss.py``,       (``kernels/numba_attention.py``)
-            ``kernels/numba_optim.py``)
+            ``kernels/numba_heads.py``, ``kernels/numba_optim.py``)
 ``cupy``    the reference code on CuPy arrays                            CUDA kernel (``kernels/attention.cu``)
 ``auto``    ``cupy`` for CuPy arrays, else ``numba`` if Numba imports, else ``numpy``
 ==========  ==========================================================  ===========================
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import attention as reference_attention
+from . import heads
 from . import layers as reference
 from .xp import is_cupy_array
 
@@ -57,6 +59,8 @@ class Backend:
     bias_dropout_add_layernorm_forward: Callable   # (o, bias, x, gamma, beta, p, rng, training, eps, row_offset, row_ids)
     #                                                -> (y, cache); cache[0] is a layernorm_backward cache
     bias_dropout_add_layernorm_backward: Callable  # (dy, cache) -> (d_o, d_x, dbias, dgamma, dbeta)
+    split_heads_forward: Callable        # (y, bias, n_parts, n_heads) -> P x (B, nh, T, d): nn/heads.py
+    split_heads_backward: Callable       # (P x (B, nh, T, d)) -> (dy (B, T, P*H), dbias)
 
     @property
     def stores_attention_probabilities(self) -> bool:
@@ -81,7 +85,8 @@ def _reference_ops(name: str, attention_forward, attention_backward) -> Backend:
                    reference.scatter_add_rows, attention_forward, attention_backward, adamw_update,
                    reference.cross_entropy_forward, reference.cross_entropy_backward,
                    reference.bias_gelu_forward, reference.bias_gelu_backward,
-                   reference.bias_dropout_add_layernorm_forward, reference.bias_dropout_add_layernorm_backward)
+                   reference.bias_dropout_add_layernorm_forward, reference.bias_dropout_add_layernorm_backward,
+                   heads.split_heads_forward, heads.split_heads_backward)
 
 
 def _numpy() -> Backend:
@@ -96,7 +101,7 @@ def _cupy() -> Backend:
 
 
 def _numba() -> Backend:
-    from ..kernels import numba_attention, numba_fused, numba_layers, numba_loss, numba_optim
+    from ..kernels import numba_attention, numba_fused, numba_heads, numba_layers, numba_loss, numba_optim
 
     return Backend("numba", numba_layers.gelu_forward, numba_layers.gelu_backward, numba_layers.layernorm_forward,
                    numba_layers.layernorm_backward, numba_layers.dropout_forward, numba_layers.dropout_backward,
@@ -104,7 +109,8 @@ def _numba() -> Backend:
                    numba_attention.attention_backward, numba_optim.adamw_update,
                    numba_loss.cross_entropy_forward, numba_loss.cross_entropy_backward,
                    numba_fused.bias_gelu_forward, numba_fused.bias_gelu_backward,
-                   numba_fused.bias_dropout_add_layernorm_forward, numba_fused.bias_dropout_add_layernorm_backward)
+                   numba_fused.bias_dropout_add_layernorm_forward, numba_fused.bias_dropout_add_layernorm_backward,
+                   numba_heads.split_heads_forward, numba_heads.split_heads_backward)
 
 
 _BUILDERS = {"numpy": _numpy, "numba": _numba, "cupy": _cupy}

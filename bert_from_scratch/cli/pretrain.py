@@ -38,9 +38,11 @@ BOUNDS = (
 #: evaluations took 502 s on a VM whose float32 np.matmul ran at 73 GFLOP/s (2026-12-03 15:25 UTC): 0.65 of the
 #: rate. With the output dense and FFN alone at those rows (22.9 GFLOP), two runs on that VM at 68 GFLOP/s gave
 #: 0.60 and 0.66. The earlier full step (28.6 GFLOP) ran at 0.60-0.68 of 170-180 GFLOP/s VMs' rates (26,590-32,514
-#: tokens/s), and the elementwise work, which the matmul rate does not bound, weighs more on faster machines:
-#: hence 0.45 for the slow end of the estimate
-SHARE_OF_MATMUL = (0.45, 0.66)
+#: tokens/s), and the elementwise work, which the matmul rate does not bound, weighs more on faster machines.
+#: 2026-12-05, an Intel Xeon VM (0bb9586): at 254 GFLOP/s as printed the 1,100 steps with their evaluations took
+#: 248 s, 0.38 of the rate; the same VM capped at 1.4 of its 2 CPUs printed 108 GFLOP/s and took 344 s, 0.64:
+#: hence 0.35-0.70
+SHARE_OF_MATMUL = (0.35, 0.70)
 
 
 def estimate(args, processes: int = 1) -> str:

@@ -15,6 +15,7 @@ part, and another pass for the bias's gradient. This is the readable reference (
 """
 from __future__ import annotations
 
+from .layers import row_sum
 from .xp import get_array_module
 
 
@@ -36,4 +37,4 @@ def split_heads_backward(grads):
     for j, g in enumerate(grads):
         dy[:, :, j] = g.transpose(0, 2, 1, 3)                                              # (B, T, nh, d)
     dy = dy.reshape(B, T, len(grads) * nh * d)
-    return dy, dy.reshape(B * T, -1).sum(axis=0)
+    return dy, row_sum(dy.reshape(B * T, -1))

@@ -81,7 +81,7 @@ NEG_BIG = -1.0e30
 # planted bugs (tests only) and the host side of the dropout hash, shared with the CUDA kernel
 from .kernel_args import BUG_NONE, BUG_SKIP_CORRECTION, BUG_SKIP_DROPOUT_RESCALE  # noqa: E402,F401
 from .kernel_args import dropout_args as _dropout_args, mix32_int, seed_hash  # noqa: E402,F401
-from .numba_math import FASTMATH, _exp_inplace, mix32  # noqa: E402,F401
+from .numba_math import FASTMATH, fast_exp, mix32  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------
@@ -149,7 +149,6 @@ def forward_kernel(q, k, v, key_bias, q_pos, n_heads, scale, seed_h, drop_thresh
         l = np.zeros(nq, dt)                            # running row sum
         new_max = np.empty(nq, dt)
         correction = np.empty(nq, dt)
-        pow2 = np.empty(BLOCK_K * nq, dt)               # exponent scratch for _exp_inplace
         row_hash = np.empty(nq, np.int64)               # dropout hash of (b*H+h, query row)
         if drop_threshold > 0:
             h_bh = mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF))     # global (batch*head) of a shard
@@ -169,21 +168,18 @@ def forward_kernel(q, k, v, key_bias, q_pos, n_heads, scale, seed_h, drop_thresh
                     st[jj, i] = x
                     new_max[i] = max(new_max[i], x)
             for i in range(nq):                         # exp(m - m') <= 1
-                correction[i] = m[i] - new_max[i]
-            _exp_inplace(correction, pow2)
+                correction[i] = fast_exp(m[i] - new_max[i])
             if planted_bug == BUG_SKIP_CORRECTION:
                 correction[:] = 1.0
             for i in range(nq):
                 l[i] *= correction[i]
                 m[i] = new_max[i]
-            for jj in range(nk):                        # S - m'
-                for i in range(nq):
-                    st[jj, i] -= new_max[i]
-            _exp_inplace(st_buffer[:nk * nq], pow2)     # P = exp(S - m'), the whole tile at once
             for jj in range(nk):
                 p_row = st[jj]
-                for i in range(nq):
-                    l[i] += p_row[i]
+                for i in range(nq):                     # P = exp(S - m')
+                    p = fast_exp(p_row[i] - new_max[i])
+                    p_row[i] = p
+                    l[i] += p
                 if drop_threshold > 0:                  # P~ = P * Z / (1 - p)
                     for i in range(nq):
                         keep = (mix32(row_hash[i] ^ (j0 + jj)) >> 8) >= drop_threshold
@@ -237,7 +233,6 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
         dp_buffer = np.empty(BLOCK_Q * BLOCK_K, dt)    # dP~ -> dS: (nq, nk)
         kd_buffer = np.empty(BLOCK_K * d, dt)          # a (nk, d) product, before accumulation
         qd_buffer = np.empty(BLOCK_Q * d, dt)          # a (nq, d) product, before accumulation
-        pow2 = np.empty(BLOCK_Q * BLOCK_K, dt)         # exponent scratch for _exp_inplace
         for j0 in range(0, T, BLOCK_K):
             nk = min(BLOCK_K, T - j0)
             k_tile = k[bh, j0:j0 + nk]                 # (nk, d)
@@ -262,28 +257,23 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
                 qd = _tile(qd_buffer, nq, d)
                 np.dot(q_blk, kt, s)                   # S = Q K_j^T
                 np.dot(do_blk, vt, dp)                 # dP~ = dO V_j^T
-                for i in range(nq):                    # S - m, with S = Q K^T / sqrt(d) + mask
-                    row = s[i]
-                    shift = row_max[bh, i0 + i]
-                    for jj in range(nk):
-                        row[jj] = row[jj] * scale + bias[jj] - shift
-                _exp_inplace(s_buffer[:nq * nk], pow2)  # forward: P = exp(S - m) / l
-                for i in range(nq):
-                    row = s[i]
+                for i in range(nq):                    # the forward's P = exp(S - m) / l, recomputed,
+                    row = s[i]                         # with S = Q K^T / sqrt(d) + mask
                     drow = dp[i]
+                    shift = row_max[bh, i0 + i]
                     inv = row_inv_sum[bh, i0 + i]
                     d_i = delta[i0 + i]
                     if drop_threshold > 0:
                         h_row = mix32(mix32(seed_h ^ ((bh + bh_offset) & 0xFFFFFFFF)) ^ positions[i0 + i])
                         for jj in range(nk):
-                            p = row[jj] * inv
+                            p = fast_exp(row[jj] * scale + bias[jj] - shift) * inv
                             keep = (mix32(h_row ^ (j0 + jj)) >> 8) >= drop_threshold
                             zs = keep_scale if keep else dt.type(0.0)   # Z / (1 - p)
                             drow[jj] = p * (drow[jj] * zs - d_i)        # dS = P (dP - D)
                             row[jj] = p * zs                            # P~
                     else:
                         for jj in range(nk):
-                            p = row[jj] * inv
+                            p = fast_exp(row[jj] * scale + bias[jj] - shift) * inv
                             drow[jj] = p * (drow[jj] - d_i)
                             row[jj] = p
                 np.dot(s.T, do_blk, kd)                # dV_j += P~^T dO

@@ -3,7 +3,7 @@
 Every kernel is compiled with ``cache=True``: the machine code is saved next to the module (or under
 ``NUMBA_CACHE_DIR``) and reused by later processes. Numba checks a cached kernel against the timestamp
 and size of the file that defines it, not against the files it calls into: the attention, loss and GELU
-kernels inline ``numba_math._exp_inplace``, so an edit to ``numba_math.py`` alone (a ``git pull``, a
+kernels inline ``numba_math.fast_exp``, so an edit to ``numba_math.py`` alone (a ``git pull``, a
 checkout of another commit) would leave them running the old exp from the cache, silently.
 
 :func:`drop_stale_caches` closes that gap: it fingerprints the sources of every module in this folder and,

@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from .kernel_args import dropout_threshold
 from .numba_elementwise import erf_f32, layernorm_backward_tasks, layernorm_row_backward, normalize_row
-from .numba_math import FASTMATH, _exp_inplace, mix32
+from .numba_math import FASTMATH, fast_exp, mix32
 from . import numba_elementwise as ew
 from .numba_layers import HashDropoutCache
 
@@ -82,25 +82,22 @@ def bias_gelu_backward_kernel(dg, h, bias, dh, dbias_parts, planted_bug):
         part = dbias_parts[t]
         for c in range(C):
             part[c] = 0.0
-        xs = np.empty(C, dt)                    # h + b of one row
-        pdf = np.empty(C, dt)                   # exp(-x^2/2) of one row, vectorised
-        pow2 = np.empty(C, dt)                  # scratch for _exp_inplace
         for r in range(t * rows_per_task, min(N, (t + 1) * rows_per_task)):
             hs, dgs, dhs = h[r], dg[r], dh[r]
-            for c in range(C):
-                xs[c] = hs[c] + bias[c]
-                pdf[c] = dt.type(-0.5) * xs[c] * xs[c]
-            _exp_inplace(pdf, pow2)
             if dg.itemsize == 4:                # Phi(x) recomputed: float32 rational erf, vectorised
                 for c in range(C):
-                    cdf = half + half * erf_f32(xs[c] * inv_sqrt2)
-                    d = dgs[c] * (cdf + pdf_weight * xs[c] * pdf[c] * inv_sqrt_2pi)
+                    x = hs[c] + bias[c]
+                    cdf = half + half * erf_f32(x * inv_sqrt2)
+                    pdf = fast_exp(dt.type(-0.5) * x * x) * inv_sqrt_2pi
+                    d = dgs[c] * (cdf + pdf_weight * x * pdf)
                     dhs[c] = d
                     part[c] += d
             else:
                 for c in range(C):
-                    cdf = half + half * math.erf(xs[c] * inv_sqrt2)
-                    d = dgs[c] * (cdf + pdf_weight * xs[c] * pdf[c] * inv_sqrt_2pi)
+                    x = hs[c] + bias[c]
+                    cdf = half + half * math.erf(x * inv_sqrt2)
+                    pdf = fast_exp(dt.type(-0.5) * x * x) * inv_sqrt_2pi
+                    d = dgs[c] * (cdf + pdf_weight * x * pdf)
                     dhs[c] = d
                     part[c] += d
 

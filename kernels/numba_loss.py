@@ -7,8 +7,8 @@ logits are the masked rows times the vocabulary, (~1,230, 8,000) float32 = 39 MB
 on one core cost ~40 ms of a ~340 ms step.
 
 Here each row is read once to find its maximum (sixteen running maxima, vectorised) and once to exponentiate, with the
-(vectorised, ``_exp_inplace``) exponentials written straight into the gradient buffer, which is
-then scaled in place:
+(vectorised, ``fast_exp``) exponentials written straight into the gradient buffer and summed in the same loop; the
+buffer is then scaled in place:
 
 .. math::
     \\ell_i = \\log \\sum_k e^{z_{ik}} - z_{i y_i}, \\qquad
@@ -26,7 +26,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .numba_math import FASTMATH, _exp_inplace, _max_lanes
+from .numba_math import FASTMATH, _max_lanes, fast_exp
 
 BUG_NONE = 0
 BUG_NO_ONEHOT = 1          # planted: the gradient forgets the "- 1" at the label (softmax only)
@@ -49,13 +49,12 @@ def cross_entropy_kernel(logits, labels, ignore_index, inv_n, dlogits, row_loss,
                 g[k] = 0.0
             continue
         m = _max_lanes(z)                       # the row's maximum
+        total = dt.type(0.0)                    # the row's sum of exponentials, in the logits' dtype: a float64
+        #                                         sum of float32 terms does not vectorise (2.4x slower)
         for k in range(n_cls):
-            g[k] = z[k] - m                     # <= 0: the range _exp_inplace is made for
-        pow2 = np.empty(n_cls, dt)              # scratch for _exp_inplace
-        _exp_inplace(g, pow2)                   # g = exp(z - m)
-        total = 0.0                             # float64 sum of the row's exponentials
-        for k in range(n_cls):
-            total += g[k]
+            e = fast_exp(z[k] - m)              # z - m <= 0: the range fast_exp is made for
+            g[k] = e
+            total += e
         row_loss[i] = np.log(total) + m - z[label]
         scale = dt.type(inv_n / total)
         for k in range(n_cls):

@@ -189,24 +189,76 @@ def test_comparison_rejects_a_different_dropout_seed():
 # --------------------------------------------------------------------------------------
 # building blocks of the fast kernel
 # --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype, lowest, tol", [(np.float32, -80.0, 5e-7), (np.float64, -700.0, 1e-13)])
-def test_hand_written_exp_is_accurate_and_exactly_zero_below_its_range(dtype, lowest, tol):
-    """The vectorised exp (range reduction + polynomial) against np.exp in float64: relative
-    error a few ulp down to the cut; below it exactly 0 (a padded key's -10000, and the band just
-    under the cut), never a subnormal number, which slows every later product on Intel CPUs."""
+def _elementwise(scalar_exp):
+    """A jitted loop applying a jitted scalar exp to each element of a 1-D array, as the kernels call it."""
     from numba import njit
 
-    exp_inplace = njit(fastmath=na.FASTMATH)(lambda x, scratch: na._exp_inplace(x, scratch))
+    @njit(fastmath=numba_math.FASTMATH)
+    def run(x):
+        out = np.empty_like(x)
+        for j in range(x.shape[0]):
+            out[j] = scalar_exp(x[j])
+        return out
+    return run
+
+
+def check_exp(run, dtype, lowest, tol):
+    """Raise AssertionError unless ``run`` (array -> exp of it) is within ``tol`` relative error of np.exp
+    (float64) on [lowest, 0], never subnormal or 0 there, and exactly 0 below ``lowest``."""
     below = [lowest - 0.01, lowest - 5.0, 1.1 * lowest - 10.0, -1e4, -1e4 - 0.5]
     x = np.concatenate([np.linspace(lowest, 0.0, 100_001), below]).astype(dtype)
-    got = x.copy()
-    exp_inplace(got, np.empty_like(got))
+    got = run(x)
     n = len(below)
     want = np.exp(x[:-n].astype(np.float64))
     rel = np.abs(got[:-n] - want) / want
     assert rel.max() < tol, f"exp relative error {rel.max():.2e} >= {tol:.0e}"
     assert np.all(got[:-n] >= np.finfo(dtype).tiny), "a subnormal (or zero) exp above the cut"
-    assert np.all(got[-n:] == 0.0), got[-n:]
+    assert np.all(got[-n:] == 0.0), f"exp below the cut is not 0: {got[-n:]}"
+
+
+@pytest.mark.parametrize("dtype, lowest, tol", [(np.float32, -80.0, 5e-7), (np.float64, -700.0, 1e-13)])
+def test_hand_written_exp_is_accurate_and_exactly_zero_below_its_range(dtype, lowest, tol):
+    """The vectorised exp (range reduction + polynomial) against np.exp in float64: relative
+    error a few ulp down to the cut; below it exactly 0 (a padded key's -10000, and the band just
+    under the cut), never a subnormal number, which slows every later product on Intel CPUs."""
+    check_exp(_elementwise(numba_math.fast_exp), dtype, lowest, tol)
+
+
+def test_the_exp_check_rejects_wrong_exps():
+    """Three plausible ways to get the hand-written exp wrong, each rejected by the check above: the old clamp
+    to the smallest normal number (exp(-10000) = 1.2e-38, not 0), a Taylor polynomial two terms short (degree 5:
+    ~2e-6 relative error at |r| = ln2/2), and 2^k built with the wrong exponent bias."""
+    from numba import njit
+
+    from_bits, cut = numba_math._float_from_bits, np.float32(-80.0)
+
+    @njit(fastmath=numba_math.FASTMATH)
+    def clamped(x):
+        return max(np.exp(x), np.float32(1.1754944e-38))
+
+    @njit(fastmath=numba_math.FASTMATH)
+    def degree_5(x):
+        y = max(x, cut)
+        kf = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = y - kf * np.float32(0.693145751953125) - kf * np.float32(1.428606765330187e-06)
+        p = np.float32(1.0 / 120.0)
+        for coefficient in (1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0):
+            p = p * r + np.float32(coefficient)
+        two_k = from_bits(np.int32((np.int32(kf) + 127) << 23))
+        return p * two_k if x >= cut else np.float32(0.0)
+
+    @njit(fastmath=numba_math.FASTMATH)
+    def exponent_bias_128(x):
+        y = max(x, cut)
+        kf = np.floor(y * np.float32(1.4426950408889634) + np.float32(0.5))
+        r = y - kf * np.float32(0.693145751953125) - kf * np.float32(1.428606765330187e-06)
+        two_k = from_bits(np.int32((np.int32(kf) + 128) << 23))
+        return numba_math.fast_exp(r) * two_k if x >= cut else np.float32(0.0)
+
+    for wrong, message in ((clamped, "below the cut is not 0"), (degree_5, "relative error"),
+                           (exponent_bias_128, "relative error")):
+        with pytest.raises(AssertionError, match=message):
+            check_exp(_elementwise(wrong), np.float32, -80.0, 5e-7)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -108,7 +108,7 @@ def test_the_kernels_cache_folder_is_numbas():
 
     dirs = numba_cache.cache_dirs()
     assert len(dirs) == 1
-    cache = FunctionCache(numba_math._exp_inplace.py_func)
+    cache = FunctionCache(numba_math._max_lanes.py_func)
     assert Path(cache._cache_path).resolve() == dirs[0].resolve()
 
 

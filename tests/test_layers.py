@@ -48,6 +48,24 @@ def test_linear(rng):
     check_layer(layers.linear_forward, layers.linear_backward, inputs, ["x", "weight", "bias"]).assert_ok()
 
 
+def test_linear_with_the_bias_in_the_product(rng):
+    """The decoder's form of the linear layer ([x | 1] [W | b]^T): the same output as the plain one, its backward
+    against central differences, and a planted bug (the bias's gradient read from the wrong column) rejected."""
+    inputs = {"x": rng.normal(size=(2, 3, 5)), "weight": rng.normal(size=(4, 5)), "bias": rng.normal(size=4)}
+    y, _ = layers.linear_bias_in_product_forward(**inputs)
+    np.testing.assert_allclose(y, layers.linear_forward(**inputs)[0], rtol=1e-13, atol=1e-13)
+    check_layer(layers.linear_bias_in_product_forward, layers.linear_bias_in_product_backward, inputs,
+                ["x", "weight", "bias"]).assert_ok()
+
+    def bias_grad_from_the_first_column(dy, cache):
+        dx, dweight, _ = layers.linear_bias_in_product_backward(dy, cache)
+        x1 = cache[0]
+        return dx, dweight, (dy.reshape(-1, dy.shape[-1]).T @ x1)[:, 0]
+    rep = check_layer(layers.linear_bias_in_product_forward, bias_grad_from_the_first_column, inputs,
+                      ["x", "weight", "bias"])
+    assert not rep.ok and [c.name for c in rep.failures()] == ["bias"]
+
+
 def test_gelu_is_exact_erf_and_backward(rng):
     x = rng.normal(size=(4, 7)) * 3
     y, _ = layers.gelu_forward(x)

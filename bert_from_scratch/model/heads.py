@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..config import BertConfig
-from ..nn.layers import linear_backward, linear_forward
+from ..nn.layers import linear_bias_in_product_backward, linear_bias_in_product_forward
 from .blocks import dense_backward, dense_forward, norm_backward, norm_forward
 from .params import Scope
 
@@ -35,13 +35,13 @@ def mlm_head_forward(rows, P: Scope, ops, cfg: BertConfig):
     g, c_gelu = ops.gelu_forward(h)
     t, c_ln = norm_forward(g, P / "transform.LayerNorm", ops, cfg)
     decoder = P.tensors[WORD_EMBEDDINGS]                                                   # (V, H), tied
-    logits, c_dec = linear_forward(t, decoder, P["bias"])                                  # (N..., V)
+    logits, c_dec = linear_bias_in_product_forward(t, decoder, P["bias"])                  # (N..., V)
     return logits, MLMHeadCache(c_dense, c_gelu, c_ln, c_dec)
 
 
 def mlm_head_backward(dlogits, cache: MLMHeadCache, G: Scope, ops):
     """dlogits: (N..., V) -> drows (N..., H); ``G``: scope ``cls.predictions.`` over the gradient dict."""
-    dt, dw_dec, db = linear_backward(dlogits, cache.decoder)
+    dt, dw_dec, db = linear_bias_in_product_backward(dlogits, cache.decoder)
     Scope(G.tensors).add(WORD_EMBEDDINGS, dw_dec)            # tied: summed with the input lookup's gradient
     G.add("bias", db)
     dg = norm_backward(dt, cache.layernorm, G / "transform.LayerNorm", ops)

@@ -48,6 +48,36 @@ def linear_backward(dy, cache, bias=True):
     return dx, dweight, dbias
 
 
+def linear_bias_in_product_forward(x, weight, bias):
+    """The same ``y = x W^T + b`` as :func:`linear_forward`, with the bias folded into the product:
+    ``[x | 1] (N, in+1)`` times ``[W | b]^T (in+1, out)``. One matmul writes ``y`` once, where ``y += b`` would read
+    and write it again: for the MLM decoder's (1,229 x 8,000) logits that pass cost ~4 ms of a ~15 ms matmul
+    (docs/performance.md). The copies of ``x`` and ``W`` it makes are small beside ``y`` when ``out`` is large, as
+    for a vocabulary; for the encoder's layers (``out`` = 128-512) the plain form is the better one."""
+    xp = get_array_module(x)
+    n_in, n_out = weight.shape[1], weight.shape[0]
+    x2 = x.reshape(-1, n_in)
+    x1 = xp.empty((x2.shape[0], n_in + 1), dtype=x.dtype)      # (N, in+1): [x | 1]
+    x1[:, :n_in] = x2
+    x1[:, n_in] = 1.0
+    wb = xp.empty((n_out, n_in + 1), dtype=weight.dtype)       # (out, in+1): [W | b]
+    wb[:, :n_in] = weight
+    wb[:, n_in] = bias
+    y = x1 @ wb.T                                              # (N, out), the bias included
+    return y.reshape(*x.shape[:-1], n_out), (x1, wb, x.shape)
+
+
+def linear_bias_in_product_backward(dy, cache):
+    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,). ``d[W | b] = dy^T [x | 1]``: the bias's
+    gradient (the row sum of dy) is the last column of the weight's product, no pass of its own."""
+    x1, wb, x_shape = cache
+    n_in = x1.shape[1] - 1
+    dy2 = dy.reshape(-1, dy.shape[-1])                         # (N, out)
+    dx = (dy2 @ wb[:, :n_in]).reshape(x_shape)                 # (N..., in)
+    dwb = dy2.T @ x1                                           # (out, in+1): [dW | db]
+    return dx, dwb[:, :n_in], dwb[:, n_in]
+
+
 def row_sum(a):
     """a: (N, C) -> (C,), the sum over rows (a bias's gradient), as one BLAS matrix-vector product ``ones @ a``:
     on every core and 2-3x faster than NumPy's one-core ``a.sum(axis=0)`` on the decoder's (1,229 x 8,000)

@@ -85,6 +85,45 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
     assert len(json.loads(out.read_text())["rows"]) == 4
 
 
+def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(capsys, monkeypatch):
+    """--interleave: every side alive at once, one timed step each per cycle; a ratio per cycle, the median of the
+    cycles' ratios reported, the steps' median as the side's time; the host's steal over all cycles named when
+    noteworthy (a fake host taking 30% here); a side that fails names itself."""
+    import importlib.util
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+
+    class HostTook30Percent:
+        def share(self):
+            return 0.3
+    monkeypatch.setattr(default_step, "StealMeter", HostTook30Percent)
+    rows = default_step.run_default_step(B=3, T=16, repeats=3, warmup=1, vocab_size=500, keep_memory=False,
+                                        torch_too=True, interleave=True, gap_s=0.0)
+    table = capsys.readouterr().out
+    assert "all alive at once, one step each in turn (3 cycles" in table
+    assert "CPU steal (the VM's host's share of the CPU time) during the cycles: 30%" in table
+    for r in rows:
+        assert len(r["times_ms"]) == len(r["ms_per_round"]) == 3 and r["times_ms"] == r["ms_per_round"]
+        assert r["ms_per_step"] == pytest.approx(sorted(r["times_ms"])[1])                # the median of three
+        assert r["cpu_steal_per_round"] == [0.3] * 3
+    assert rows[0]["matmul_peak_gflops"] > 0
+    if has_torch:
+        same = rows[2]
+        assert same["side"] == "torch_same"
+        for r in rows[:2]:
+            per_cycle = [m / t for m, t in zip(r["times_ms"], same["times_ms"])]
+            assert r["vs_torch_same_per_round"] == pytest.approx(per_cycle)
+            assert r["vs_torch_same"] == pytest.approx(sorted(per_cycle)[1])
+            assert f"{r['side']} / torch same work, cycle by cycle: quartiles" in table
+    with pytest.raises(RuntimeError, match="the benchmark's side failed: ours: ValueError: .*backend"):
+        default_step.run_default_step(B=3, T=16, repeats=1, warmup=0, vocab_size=500, keep_memory=False,
+                                      torch_too=False, interleave=True, gap_s=0.0, backend="no-such-backend")
+    import multiprocessing
+    parent, child = multiprocessing.Pipe()
+    child.close()                                       # a side's process that died: EOF, named, no hang
+    with pytest.raises(RuntimeError, match="side torch_hf ended without a word"):
+        default_step._expect(parent, "time", "torch_hf")
+
+
 def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--device", "gpu"])
@@ -95,9 +134,16 @@ def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--no-torch", "--rounds", "0"])
     assert "rounds >= 1" in capsys.readouterr().err
+    for flags in (["--rounds", "3"], ["--interleave"], ["--gap", "0.1"]):
+        with pytest.raises(SystemExit):
+            bench_train.main(flags)
+        assert "--rounds, --interleave and --gap apply to --case default-step" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        bench_train.main(["--rounds", "3"])
-    assert "--rounds applies to --case default-step" in capsys.readouterr().err
+        bench_train.main(["--case", "default-step", "--no-torch", "--interleave", "--rounds", "2"])
+    assert "--interleave and --rounds exclude each other" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--no-torch", "--gap", "0.1"])
+    assert "--gap applies to --interleave" in capsys.readouterr().err
 
 
 def test_heads_rows_bench_prints_both_settings(capsys):

@@ -43,6 +43,7 @@ from .train_step import WARMUP, model_flops, matmul_gflops
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
 JOB_WEIGHT_DECAY = 0.01
 JOB_MAX_GRAD_NORM = 1.0
+INTERLEAVE_GAP_S = 0.2  # rest before each interleaved step: OpenBLAS's idle threads spin ~0.1 s before they sleep
 SIDES = {"ours": "ours: train_step + AdamW (last layer at heads' rows)",
          "ours_full": "ours, same work (last layer at every position)",
          "torch_same": "torch eager, same work (MLM on masked rows)",
@@ -161,6 +162,83 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
     return info
 
 
+def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, backend: str, keep_memory: bool,
+                 measure_matmul: bool) -> None:
+    """Runs in a fresh process for ``--interleave``: build one side, warm it up, say "ready", then time one step
+    per "step" message until "stop"; then (``ours`` only) measure the matmul rate and send the side's facts."""
+    try:
+        kept = keep_freed_memory() if keep_memory else False
+        cfg = BertConfig(**cfg_dict)
+        step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
+                      else _torch_steps(cfg, batch, side))
+        _time_steps(step, 0, warmup)
+        conn.send(("ready", None))
+        while conn.recv() == "step":
+            t = time.perf_counter()
+            step()
+            conn.send(("time", time.perf_counter() - t))
+        info.update(keep_freed_memory=kept, matmul_gflops=matmul_gflops() if measure_matmul else None)
+        conn.send(("info", info))
+    except (EOFError, BrokenPipeError):                      # the parent stopped (another side failed): quietly
+        return
+    except Exception as e:                                   # noqa: BLE001 (reported by the parent, then raised)
+        conn.send(("error", f"{side}: {type(e).__name__}: {e}"))
+
+
+def _interleaved_runs(sides, cfg_dict, batch, repeats, warmup, backend, keep_memory, gap_s) -> dict:
+    """``--interleave``: every side alive at once, each in its own process; one timed step of each in turn
+    (the order reversed every other cycle, ``gap_s`` of rest before each step so that no side's idle threads
+    still spin), so that each cycle's steps meet the same machine. Returns ``side -> [one result per step]``,
+    the shape of ``run_default_step``'s rounds: each step is its own round, each cycle's ratio its own."""
+    spawn = multiprocessing.get_context("spawn")
+    conns, procs = {}, []
+    try:
+        for side in sides:
+            parent, child = spawn.Pipe()
+            proc = spawn.Process(target=_side_server, args=(child, side, cfg_dict, batch, warmup, backend,
+                                                            keep_memory, side == "ours"), daemon=True)
+            proc.start()
+            child.close()                           # ours closed: the side's end is then the only one, and
+            conns[side] = parent                    # a side that dies is an EOF here, not a wait forever
+            procs.append(proc)
+            _expect(parent, "ready", side)          # one warm-up at a time: no side compiles while another runs
+        times = {side: [] for side in sides}
+        steal = StealMeter()                        # over all cycles: a 0.2 s step is only ~40 ticks of 10 ms
+        for cycle in range(repeats):
+            for side in (sides if cycle % 2 == 0 else sides[::-1]):
+                time.sleep(gap_s)
+                conns[side].send("step")
+                times[side].append(_expect(conns[side], "time", side))
+        stolen = steal.share()
+        infos = {}
+        for side in sides:
+            conns[side].send("stop")
+            infos[side] = _expect(conns[side], "info", side)
+    finally:
+        for conn in conns.values():               # a side still waiting for a message gets EOF and ends
+            conn.close()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+    peak = infos["ours"]["matmul_gflops"]
+    return {side: [{**infos[side], "times_s": [t], "cpu_steal_share": stolen, "matmul_gflops": peak}
+                   for t in times[side]] for side in sides}
+
+
+def _expect(conn, kind: str, side: str):
+    """The payload of the next message from a side's process, which must be ``kind`` (its error raised here)."""
+    try:
+        got, payload = conn.recv()
+    except EOFError:
+        raise RuntimeError(f"the benchmark's side {side} ended without a word (killed, or out of memory?)") from None
+    if got == "error":
+        raise RuntimeError(f"the benchmark's side failed: {payload}")
+    if got != kind:
+        raise RuntimeError(f"the benchmark's side sent {got!r}, expected {kind!r}")
+    return payload
+
+
 def steal_per_round(steals: dict) -> str:
     """``{side: [CPU steal share per round, or None]}`` -> a line naming every side's steal per round, or "" when no
     round had a noteworthy share (bench/cpu_steal.py)."""
@@ -173,7 +251,8 @@ def steal_per_round(steals: dict) -> str:
 
 
 def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
-                     keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0, rounds=1):
+                     keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0, rounds=1,
+                     interleave=False, gap_s=INTERLEAVE_GAP_S):
     """One optimizer step of the default job: ours, torch same work, torch BertForPreTraining; prints a table.
 
     Each side runs in its own spawned process, one after the other; ``rounds`` > 1 repeats that sequence
@@ -181,11 +260,19 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     machine's drift between processes moves single ratios by +-10% here. A side's time is the median over
     rounds of its per-round medians, its ratio the median of its per-round ratios. Returns the rows
     (dicts); the torch rows are left out when torch or transformers is not installed (or ``torch_too``
-    is False)."""
-    if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1 or rounds < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8, masked >= 1 and rounds >= 1; got "
+    is False).
+
+    ``interleave``: instead, every side's process is alive at once and they take one timed step each in turn,
+    ``repeats`` cycles (:func:`_interleaved_runs`); a side's time is the median of its steps, its ratio the median
+    of the cycles' ratios. Noise that lasts seconds (a busy neighbour on the VM's host) then falls on both sides of
+    a ratio alike: on a noisy 2-vCPU VM, ratios per round of 0.63x-1.16x, per cycle 0.69x-0.82x (quartiles)."""
+    if interleave and rounds != 1:
+        raise ValueError("--interleave and --rounds exclude each other: an interleaved run's cycles are its rounds")
+    if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1 or rounds < 1 or gap_s < 0:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8, masked >= 1, rounds >= 1 and a gap "
+                         f">= 0; got "
                          f"repeats {repeats}, warmup {warmup}, batch {B}, seq {T}, masked {max_predictions}, "
-                         f"rounds {rounds}")
+                         f"rounds {rounds}, gap {gap_s}")
     cfg = job_config(vocab_size, T)
     batch = make_job_batch(cfg, B, T, max_predictions, seed=seed)
     n_pred = int((batch["labels"] != -100).sum())
@@ -201,7 +288,9 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
             sides += ["torch_same", "torch_hf"]
     runs = {side: [] for side in sides}          # side -> one worker result per round
     spawn = multiprocessing.get_context("spawn")
-    for _ in range(rounds):
+    if interleave:
+        runs = _interleaved_runs(sides, cfg.to_dict(), batch, repeats, warmup, backend, keep_memory, gap_s)
+    for _ in range(0 if interleave else rounds):
         for side in sides:                        # a fresh process each: no thread pool, heap or JIT shared
             with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 runs[side].append(pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
@@ -231,14 +320,21 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
           f"H={cfg.hidden_size}, heads={cfg.num_attention_heads}, FFN={cfg.intermediate_size}, V={cfg.vocab_size}), "
           f"B={B}, T={T}, {n_tokens} non-pad tokens, {n_pred} MLM rows (<= {max_predictions}/seq), MLM + NSP, "
           f"AdamW (wd {JOB_WEIGHT_DECAY}), clip {JOB_MAX_GRAD_NORM}, float32, CPU")
-    print("each side in its own process (multiprocessing spawn), one after the other"
-          + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else "") + "; glibc keeping freed memory: "
+    if interleave:
+        how = (f"each side in its own process (multiprocessing spawn), all alive at once, one step each in turn "
+               f"({repeats} cycles, the order reversed every other cycle, {gap_s:g} s of rest before each step; "
+               f"medians over cycles)")
+    else:
+        how = ("each side in its own process (multiprocessing spawn), one after the other"
+               + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else ""))
+    print(how + "; glibc keeping freed memory: "
           f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
           f"ours backend={runs['ours'][0]['backend']}"
           + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}"
              if torch_info else ""))
     print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s"
-          + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")" if rounds > 1 else ""))
+          + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")"
+             if rounds > 1 and not interleave else ""))
     head = (f"{'side':<50} {'ms/step':>8} {'vs torch same':>13} {'GFLOP':>6} {'GFLOP/s':>8} {'% np.matmul':>11}")
     print(head)
     print("-" * len(head))
@@ -246,18 +342,29 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         ratio = "-" if r["vs_torch_same"] is None else f"{r['vs_torch_same']:.2f}x"
         print(f"{r['label']:<50} {r['ms_per_step']:>8.1f} {ratio:>13} {r['gflop']:>6.2f} {r['gflops']:>8.1f} "
               f"{100 * r['fraction_of_matmul']:>10.1f}%")
-    if rounds > 1 and rows[0]["vs_torch_same_per_round"] is not None:
+    if interleave and rows[0]["vs_torch_same_per_round"] is not None and repeats > 1:
+        for r in rows[:2]:
+            quartiles = statistics.quantiles(r["vs_torch_same_per_round"], n=4, method="inclusive")
+            print(f"{r['side']} / torch same work, cycle by cycle: quartiles "
+                  + ", ".join(f"{x:.2f}x" for x in quartiles)
+                  + f", range {min(r['vs_torch_same_per_round']):.2f}x-{max(r['vs_torch_same_per_round']):.2f}x")
+    elif rounds > 1 and rows[0]["vs_torch_same_per_round"] is not None:
         for r in rows[:2]:
             print(f"{r['side']} / torch same work, per round: "
                   + ", ".join(f"{x:.2f}x" for x in r["vs_torch_same_per_round"])
                   + f" ({r['side']} {', '.join(f'{m:.0f}' for m in r['ms_per_round'])} ms)")
-    stolen = steal_per_round({side: [r["cpu_steal_share"] for r in runs[side]] for side in sides})
+    if interleave:
+        share = runs["ours"][0]["cpu_steal_share"]
+        stolen = (f"CPU steal (the VM's host's share of the CPU time) during the cycles: {share:.0%}: every side ran "
+                  f"slower than this machine can" if share is not None and share >= NOTEWORTHY else "")
+    else:
+        stolen = steal_per_round({side: [r["cpu_steal_share"] for r in runs[side]] for side in sides})
     if stolen:
         print(stolen)
     if skipped:
         print(f"({skipped})")
     if out_json:
         with open(out_json, "w") as f:
-            json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rounds": rounds, "rows": rows,
-                       "skipped": skipped}, f, indent=2)
+            json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rounds": rounds,
+                       "interleave": interleave, "rows": rows, "skipped": skipped}, f, indent=2)
     return rows

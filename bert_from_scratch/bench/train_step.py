@@ -233,7 +233,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="default: 32 (forward-backward), 128 (default-step)")
     p.add_argument("--seq", type=int, default=None, help="default: 128 (forward-backward), 64 (default-step)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps; default: 3 (forward-backward), "
-                                                             "5 (default-step)")
+                                                             "5 (default-step), 20 (default-step --interleave)")
     p.add_argument("--masked", type=int, default=20,
                    help="masked positions per sequence in the default case; in default-step the most per "
                         "sequence (the job's max_predictions_per_seq; ~15%% of the tokens are masked)")
@@ -241,6 +241,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=WARMUP, help="default-step: untimed steps first (numba compile, heap growth)")
     p.add_argument("--rounds", type=int, default=1, help="default-step: run the sides in turn this many times; "
                                                          "a ratio per round, the median reported")
+    p.add_argument("--interleave", action="store_true",
+                   help="default-step: all sides alive at once, one step each in turn (--repeats cycles, default 20): "
+                        "a ratio per cycle, the median reported; steadier than --rounds on a noisy machine")
+    p.add_argument("--gap", type=float, default=None, help="default-step --interleave: seconds of rest before each "
+                                                           "step (default 0.2)")
     p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
                    choices=["auto", "numpy", "numba", "cupy"], help="the model's backend (nn/backend.py)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
@@ -255,7 +260,7 @@ def main(argv=None):
     def given(value, default):
         return default if value is None else value
     if a.case == "default-step":
-        from .default_step import run_default_step
+        from .default_step import INTERLEAVE_GAP_S, run_default_step
 
         if a.device != "cpu":
             p.error("--case default-step runs on the CPU only")
@@ -264,13 +269,16 @@ def main(argv=None):
         if a.backend == "cupy":
             p.error("--backend cupy needs the GPU; --case default-step runs on the CPU")
         try:
-            run_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 5), a.masked, a.backend, not a.no_torch,
-                             not a.default_malloc, a.out, a.vocab_size, a.warmup, rounds=a.rounds)
+            if a.gap is not None and not a.interleave:
+                p.error("--gap applies to --interleave")
+            run_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 20 if a.interleave else 5),
+                             a.masked, a.backend, not a.no_torch, not a.default_malloc, a.out, a.vocab_size, a.warmup,
+                             rounds=a.rounds, interleave=a.interleave, gap_s=given(a.gap, INTERLEAVE_GAP_S))
         except ValueError as e:
             p.error(str(e))
         return 0
-    if a.rounds != 1:
-        p.error("--rounds applies to --case default-step")
+    if a.rounds != 1 or a.interleave or a.gap is not None:
+        p.error("--rounds, --interleave and --gap apply to --case default-step")
     try:
         run(given(a.batch, 32), given(a.seq, 128), given(a.repeats, 3), a.masked, a.backend, not a.no_torch, a.profile,
             not a.default_malloc, a.out, a.device)

@@ -212,7 +212,8 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
     for j, n in enumerate(QKV):
         G.add(f"self.{n}.weight", dw_qkv[j * H:(j + 1) * H])
         G.add(f"self.{n}.bias", db_qkv[j * H:(j + 1) * H])
-    return dx + dx_in
+    dx_in += dx                                                 # a fresh array: summed in place
+    return dx_in
 
 
 # =======================================================================================

@@ -86,7 +86,7 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
 
 
 def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(capsys, monkeypatch):
-    """--interleave: every side alive at once, one timed step each per cycle; a ratio per cycle, the median of the
+    """--interleave: every side alive at once, one turn each per cycle (two steps, the second timed); a ratio per cycle, the median of the
     cycles' ratios reported, the steps' median as the side's time; the host's steal over all cycles named when
     noteworthy (a fake host taking 30% here); a side that fails names itself."""
     import importlib.util
@@ -99,7 +99,7 @@ def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(caps
     rows = default_step.run_default_step(B=3, T=16, repeats=3, warmup=1, vocab_size=500, keep_memory=False,
                                         torch_too=True, interleave=True, gap_s=0.0)
     table = capsys.readouterr().out
-    assert "all alive at once, one step each in turn (3 cycles" in table
+    assert "all alive at once, one turn each in turn (an untimed step, then the timed one; 3 cycles" in table
     assert "CPU steal (the VM's host's share of the CPU time) during the cycles: 30%" in table
     for r in rows:
         assert len(r["times_ms"]) == len(r["ms_per_round"]) == 3 and r["times_ms"] == r["ms_per_round"]

@@ -43,7 +43,7 @@ from .train_step import WARMUP, model_flops, matmul_gflops
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
 JOB_WEIGHT_DECAY = 0.01
 JOB_MAX_GRAD_NORM = 1.0
-INTERLEAVE_GAP_S = 0.2  # rest before each interleaved step: OpenBLAS's idle threads spin ~0.1 s before they sleep
+INTERLEAVE_GAP_S = 0.2  # rest before each interleaved turn: OpenBLAS's idle threads spin ~0.1 s before they sleep
 SIDES = {"ours": "ours: train_step + AdamW (last layer at heads' rows)",
          "ours_full": "ours, same work (last layer at every position)",
          "torch_same": "torch eager, same work (MLM on masked rows)",
@@ -164,8 +164,9 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
 
 def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, backend: str, keep_memory: bool,
                  measure_matmul: bool) -> None:
-    """Runs in a fresh process for ``--interleave``: build one side, warm it up, say "ready", then time one step
-    per "step" message until "stop"; then (``ours`` only) measure the matmul rate and send the side's facts."""
+    """Runs in a fresh process for ``--interleave``: build one side, warm it up, say "ready", then per "step" message
+    run two steps and time the second, until "stop"; then (``ours`` only) measure the matmul rate and send the
+    side's facts."""
     try:
         kept = keep_freed_memory() if keep_memory else False
         cfg = BertConfig(**cfg_dict)
@@ -174,7 +175,8 @@ def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, back
         _time_steps(step, 0, warmup)
         conn.send(("ready", None))
         while conn.recv() == "step":
-            t = time.perf_counter()
+            step()                                  # untimed: the side's thread pools wake and its caches fill,
+            t = time.perf_counter()                 # so the timed step follows a step, as in training
             step()
             conn.send(("time", time.perf_counter() - t))
         info.update(keep_freed_memory=kept, matmul_gflops=matmul_gflops() if measure_matmul else None)
@@ -186,10 +188,12 @@ def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, back
 
 
 def _interleaved_runs(sides, cfg_dict, batch, repeats, warmup, backend, keep_memory, gap_s) -> dict:
-    """``--interleave``: every side alive at once, each in its own process; one timed step of each in turn
-    (the order reversed every other cycle, ``gap_s`` of rest before each step so that no side's idle threads
-    still spin), so that each cycle's steps meet the same machine. Returns ``side -> [one result per step]``,
-    the shape of ``run_default_step``'s rounds: each step is its own round, each cycle's ratio its own."""
+    """``--interleave``: every side alive at once, each in its own process; one turn of each in turn (the order
+    reversed every other cycle, ``gap_s`` of rest before each turn so that no side's idle threads still spin), so
+    that each cycle's steps meet the same machine. A turn is two steps, the second timed: a step timed straight
+    after a rest ran ~5% slower for ours here (OpenBLAS's and Numba's threads asleep, caches cold), and training
+    runs its steps back to back. Returns ``side -> [one result per timed step]``, the shape of
+    ``run_default_step``'s rounds: each step is its own round, each cycle's ratio its own."""
     spawn = multiprocessing.get_context("spawn")
     conns, procs = {}, []
     try:
@@ -207,7 +211,7 @@ def _interleaved_runs(sides, cfg_dict, batch, repeats, warmup, backend, keep_mem
         for cycle in range(repeats):
             for side in (sides if cycle % 2 == 0 else sides[::-1]):
                 time.sleep(gap_s)
-                conns[side].send("step")
+                conns[side].send("step")            # two steps, the second timed
                 times[side].append(_expect(conns[side], "time", side))
         stolen = steal.share()
         infos = {}
@@ -265,7 +269,8 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     ``interleave``: instead, every side's process is alive at once and they take one timed step each in turn,
     ``repeats`` cycles (:func:`_interleaved_runs`); a side's time is the median of its steps, its ratio the median
     of the cycles' ratios. Noise that lasts seconds (a busy neighbour on the VM's host) then falls on both sides of
-    a ratio alike: on a noisy 2-vCPU VM, ratios per round of 0.63x-1.16x, per cycle 0.69x-0.82x (quartiles)."""
+    a ratio alike: on a noisy 2-vCPU Intel VM (2026-12-05) two runs with rounds gave 0.87x and 0.69x at equal work,
+    six interleaved runs 0.71x-0.80x (docs/performance.md)."""
     if interleave and rounds != 1:
         raise ValueError("--interleave and --rounds exclude each other: an interleaved run's cycles are its rounds")
     if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1 or rounds < 1 or gap_s < 0:
@@ -321,9 +326,9 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
           f"B={B}, T={T}, {n_tokens} non-pad tokens, {n_pred} MLM rows (<= {max_predictions}/seq), MLM + NSP, "
           f"AdamW (wd {JOB_WEIGHT_DECAY}), clip {JOB_MAX_GRAD_NORM}, float32, CPU")
     if interleave:
-        how = (f"each side in its own process (multiprocessing spawn), all alive at once, one step each in turn "
-               f"({repeats} cycles, the order reversed every other cycle, {gap_s:g} s of rest before each step; "
-               f"medians over cycles)")
+        how = (f"each side in its own process (multiprocessing spawn), all alive at once, one turn each in turn "
+               f"(an untimed step, then the timed one; {repeats} cycles, the order reversed every other cycle, "
+               f"{gap_s:g} s of rest before each turn; medians over cycles)")
     else:
         how = ("each side in its own process (multiprocessing spawn), one after the other"
                + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else ""))

@@ -242,10 +242,11 @@ def main(argv=None):
     p.add_argument("--rounds", type=int, default=1, help="default-step: run the sides in turn this many times; "
                                                          "a ratio per round, the median reported")
     p.add_argument("--interleave", action="store_true",
-                   help="default-step: all sides alive at once, one step each in turn (--repeats cycles, default 20): "
-                        "a ratio per cycle, the median reported; steadier than --rounds on a noisy machine")
+                   help="default-step: all sides alive at once, one turn each in turn (two steps, the second timed; "
+                        "--repeats cycles, default 20): a ratio per cycle, the median reported; steadier than "
+                        "--rounds on a noisy machine")
     p.add_argument("--gap", type=float, default=None, help="default-step --interleave: seconds of rest before each "
-                                                           "step (default 0.2)")
+                                                           "turn (default 0.2)")
     p.add_argument("--backend", "--attention-backend", dest="backend", default="auto",
                    choices=["auto", "numpy", "numba", "cupy"], help="the model's backend (nn/backend.py)")
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],

@@ -87,8 +87,8 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
 
 def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(capsys, monkeypatch):
     """--interleave: every side alive at once, one turn each per cycle (two steps, the second timed); a ratio per
-    cycle, the median of the cycles' ratios reported, the steps' median as the side's time; the host's steal over all cycles named when
-    noteworthy (a fake host taking 30% here); a side that fails names itself."""
+    cycle, the median of the cycles' ratios reported, the steps' median as the side's time; the host's steal over
+    all cycles named when noteworthy (a fake host taking 30% here); a side that fails names itself."""
     import importlib.util
     has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
 

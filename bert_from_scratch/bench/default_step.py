@@ -266,11 +266,12 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     (dicts); the torch rows are left out when torch or transformers is not installed (or ``torch_too``
     is False).
 
-    ``interleave``: instead, every side's process is alive at once and they take one timed step each in turn,
-    ``repeats`` cycles (:func:`_interleaved_runs`); a side's time is the median of its steps, its ratio the median
-    of the cycles' ratios. Noise that lasts seconds (a busy neighbour on the VM's host) then falls on both sides of
-    a ratio alike: on a noisy 2-vCPU Intel VM (2026-12-05) two runs with rounds gave 0.87x and 0.69x at equal work,
-    six interleaved runs 0.71x-0.80x (docs/performance.md)."""
+    ``interleave``: instead, every side's process is alive at once and they take one turn each in turn (two steps,
+    the second timed), ``repeats`` cycles (:func:`_interleaved_runs`); a side's time is the median of its timed
+    steps, its ratio the median of the cycles' ratios. Noise that lasts seconds (a busy neighbour on the VM's host)
+    then falls on both sides of a ratio alike: on a noisy 2-vCPU Intel VM (2026-12-05) two runs with rounds gave
+    0.87x and 0.69x at equal work, six interleaved runs 0.71x-0.80x (four of them with one-step turns;
+    docs/performance.md)."""
     if interleave and rounds != 1:
         raise ValueError("--interleave and --rounds exclude each other: an interleaved run's cycles are its rounds")
     if repeats < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1 or rounds < 1 or gap_s < 0:

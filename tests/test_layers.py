@@ -56,6 +56,8 @@ def test_linear_with_the_bias_in_the_product(rng):
     np.testing.assert_allclose(y, layers.linear_forward(**inputs)[0], rtol=1e-13, atol=1e-13)
     check_layer(layers.linear_bias_in_product_forward, layers.linear_bias_in_product_backward, inputs,
                 ["x", "weight", "bias"]).assert_ok()
+    _, dweight, dbias = layers.linear_bias_in_product_backward(y, layers.linear_bias_in_product_forward(**inputs)[1])
+    assert dweight.flags.c_contiguous and dbias.flags.c_contiguous      # kernels that add into them: one signature
 
     def bias_grad_from_the_first_column(dy, cache):
         dx, dweight, _ = layers.linear_bias_in_product_backward(dy, cache)

@@ -75,7 +75,10 @@ def linear_bias_in_product_backward(dy, cache):
     dy2 = dy.reshape(-1, dy.shape[-1])                         # (N, out)
     dx = (dy2 @ wb[:, :n_in]).reshape(x_shape)                 # (N..., in)
     dwb = dy2.T @ x1                                           # (out, in+1): [dW | db]
-    return dx, dwb[:, :n_in], dwb[:, n_in]
+    xp = get_array_module(dy)
+    # contiguous copies: the gradient dict keeps what it is given first, and kernels that later add into it
+    # (the tied word embedding's scatter-add) compile one signature for C-contiguous arrays
+    return dx, xp.ascontiguousarray(dwb[:, :n_in]), xp.ascontiguousarray(dwb[:, n_in])
 
 
 def row_sum(a):

@@ -144,6 +144,9 @@ def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--no-torch", "--gap", "0.1"])
     assert "--gap applies to --interleave" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--no-torch", "--interleave", "--gap", "-1"])
+    assert "a gap >= 0; got" in capsys.readouterr().err
 
 
 def test_heads_rows_bench_prints_both_settings(capsys):

@@ -61,7 +61,7 @@ def test_linear_with_the_bias_in_the_product(rng):
 
     def bias_grad_from_the_first_column(dy, cache):
         dx, dweight, _ = layers.linear_bias_in_product_backward(dy, cache)
-        x1 = cache[0]
+        x1 = cache[0]                                   # (N, in+1), [x | 1]
         return dx, dweight, (dy.reshape(-1, dy.shape[-1]).T @ x1)[:, 0]
     rep = check_layer(layers.linear_bias_in_product_forward, bias_grad_from_the_first_column, inputs,
                       ["x", "weight", "bias"])

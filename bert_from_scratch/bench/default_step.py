@@ -147,16 +147,24 @@ def _torch_steps(cfg: BertConfig, batch: dict, side: str):
                   "attn_implementation": getattr(model.config, "_attn_implementation", None)}
 
 
-def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: int, backend: str,
-                 keep_memory: bool, measure_matmul: bool) -> dict:
-    """Runs in a fresh process: build one side, warm it up, time ``repeats`` steps."""
+def _build_side(side: str, cfg_dict: dict, batch: dict, backend: str, keep_memory: bool):
+    """In a side's own process: glibc told to keep freed memory (or not), then the side's ``(step, info)``, with
+    ``info["keep_freed_memory"]``."""
     kept = keep_freed_memory() if keep_memory else False
     cfg = BertConfig(**cfg_dict)
     step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
                   else _torch_steps(cfg, batch, side))
+    info["keep_freed_memory"] = kept
+    return step, info
+
+
+def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: int, backend: str,
+                 keep_memory: bool, measure_matmul: bool) -> dict:
+    """Runs in a fresh process: build one side, warm it up, time ``repeats`` steps."""
+    step, info = _build_side(side, cfg_dict, batch, backend, keep_memory)
     steal = StealMeter()
     times = _time_steps(step, repeats, warmup)
-    info.update(times_s=times, keep_freed_memory=kept, cpu_steal_share=steal.share())
+    info.update(times_s=times, cpu_steal_share=steal.share())
     if measure_matmul:
         info["matmul_gflops"] = matmul_gflops()
     return info
@@ -168,10 +176,7 @@ def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, back
     run two steps and time the second, until "stop"; then (``ours`` only) measure the matmul rate and send the
     side's facts."""
     try:
-        kept = keep_freed_memory() if keep_memory else False
-        cfg = BertConfig(**cfg_dict)
-        step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
-                      else _torch_steps(cfg, batch, side))
+        step, info = _build_side(side, cfg_dict, batch, backend, keep_memory)
         _time_steps(step, 0, warmup)
         conn.send(("ready", None))
         while conn.recv() == "step":
@@ -179,7 +184,7 @@ def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, back
             t = time.perf_counter()                 # so the timed step follows a step, as in training
             step()
             conn.send(("time", time.perf_counter() - t))
-        info.update(keep_freed_memory=kept, matmul_gflops=matmul_gflops() if measure_matmul else None)
+        info["matmul_gflops"] = matmul_gflops() if measure_matmul else None
         conn.send(("info", info))
     except (EOFError, BrokenPipeError):                      # the parent stopped (another side failed): quietly
         return

@@ -50,35 +50,33 @@ def linear_backward(dy, cache, bias=True):
 
 def linear_bias_in_product_forward(x, weight, bias):
     """The same ``y = x W^T + b`` as :func:`linear_forward`, with the bias folded into the product:
-    ``[x | 1] (N, in+1)`` times ``[W | b]^T (in+1, out)``. One matmul writes ``y`` once, where ``y += b`` would read
-    and write it again: for the MLM decoder's (1,229 x 8,000) logits that pass cost ~4 ms of a ~15 ms matmul
-    (docs/performance.md). The copies of ``x`` and ``W`` it makes are small beside ``y`` when ``out`` is large, as
-    for a vocabulary; for the encoder's layers (``out`` = 128-512) the plain form is the better one."""
+    ``[x | 1] (N, in+1)`` times ``[W | b]^T (in+1, out)``, one :func:`linear_forward` without a bias. One matmul
+    writes ``y`` once, where ``y += b`` would read and write it again: for the MLM decoder's (1,229 x 8,000) logits
+    that pass cost ~4 ms of a ~15 ms matmul (docs/performance.md). The copies of ``x`` and ``W`` it makes are small
+    beside ``y`` when ``out`` is large, as for a vocabulary; for the encoder's layers (``out`` = 128-512) the plain
+    form is the better one."""
     xp = get_array_module(x)
-    n_in, n_out = weight.shape[1], weight.shape[0]
-    x2 = x.reshape(-1, n_in)
-    x1 = xp.empty((x2.shape[0], n_in + 1), dtype=x.dtype)      # (N, in+1): [x | 1]
-    x1[:, :n_in] = x2
-    x1[:, n_in] = 1.0
-    wb = xp.empty((n_out, n_in + 1), dtype=weight.dtype)       # (out, in+1): [W | b]
+    n_in = weight.shape[1]
+    x1 = xp.empty(x.shape[:-1] + (n_in + 1,), dtype=x.dtype)    # (N..., in+1): [x | 1]
+    x1[..., :n_in] = x
+    x1[..., n_in] = 1.0
+    wb = xp.empty((weight.shape[0], n_in + 1), dtype=weight.dtype)  # (out, in+1): [W | b]
     wb[:, :n_in] = weight
     wb[:, n_in] = bias
-    y = x1 @ wb.T                                              # (N, out), the bias included
-    return y.reshape(*x.shape[:-1], n_out), (x1, wb, x.shape)
+    return linear_forward(x1, wb, None)                          # (N..., out), the bias included
 
 
 def linear_bias_in_product_backward(dy, cache):
-    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,). ``d[W | b] = dy^T [x | 1]``: the bias's
-    gradient (the row sum of dy) is the last column of the weight's product, no pass of its own."""
-    x1, wb, x_shape = cache
-    n_in = x1.shape[1] - 1
-    dy2 = dy.reshape(-1, dy.shape[-1])                         # (N, out)
-    dx = (dy2 @ wb[:, :n_in]).reshape(x_shape)                 # (N..., in)
-    dwb = dy2.T @ x1                                           # (out, in+1): [dW | db]
+    """dy: (N..., out) -> dx (N..., in), dweight (out, in), dbias (out,), from :func:`linear_backward` of the
+    product: ``d[W | b] = dy^T [x | 1]``, so the bias's gradient (the row sum of dy) is the last column of the
+    weight's product, no pass of its own; the ones column's own gradient is dropped."""
+    dx1, dwb, _ = linear_backward(dy, cache, bias=False)         # (N..., in+1), (out, in+1): [dW | db]
+    n_in = dwb.shape[1] - 1
     xp = get_array_module(dy)
     # contiguous copies: the gradient dict keeps what it is given first, and kernels that later add into it
     # (the tied word embedding's scatter-add) compile one signature for C-contiguous arrays
-    return dx, xp.ascontiguousarray(dwb[:, :n_in]), xp.ascontiguousarray(dwb[:, n_in])
+    return (xp.ascontiguousarray(dx1[..., :n_in]), xp.ascontiguousarray(dwb[:, :n_in]),
+            xp.ascontiguousarray(dwb[:, n_in]))
 
 
 def row_sum(a):

@@ -123,6 +123,25 @@ def test_early_stopping_stops_after_patience_and_keeps_the_first_best(tmp_path, 
     assert json.loads((tmp_path / "best" / "training_args.json").read_text())["best_epoch"] == 1
 
 
+def test_freeze_word_embeddings_leaves_them_and_only_them_as_they_were(tmp_path, tok, keyword_data):
+    """--freeze-word-embeddings: the word embeddings end bit for bit where they began, every other tensor moved;
+    without the option the same run moves them (so the check would catch an option that freezes nothing)."""
+    word = "bert.embeddings.word_embeddings.weight"
+    moved = {}
+    for frozen in (True, False):
+        model = BertForSequenceClassification(tiny_config(len(tok)), num_labels=2, seed=0)
+        start = {k: v.copy() for k, v in model.params.items()}
+        result = ft.finetune(model, tok, keyword_data, tmp_path / str(frozen), epochs=3, batch_size=16, lr=1e-2,
+                             max_length=16, patience=3, progress=False, log=lambda s: None, plot=False,
+                             freeze_word_embeddings=frozen)
+        moved[frozen] = {k for k in start if not np.array_equal(start[k], model.params[k])}
+        args = json.loads((tmp_path / str(frozen) / "best" / "training_args.json").read_text())
+        assert args["freeze_word_embeddings"] is frozen
+        assert result.steps == 3 * 20
+    assert word in moved[False] and word not in moved[True]
+    assert moved[True] == moved[False] - {word}
+
+
 def test_finetune_rejects_bad_arguments(tmp_path, tok, keyword_data):
     model = BertForSequenceClassification(tiny_config(len(tok)), num_labels=3, seed=0)
     with pytest.raises(ft.FinetuneError, match="2 labels .* 3 outputs"):

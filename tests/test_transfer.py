@@ -99,7 +99,7 @@ def test_the_learning_rate_is_chosen_on_dev_never_on_test(monkeypatch, tmp_path)
     test_acc = {3e-4: 0.60, 1e-3: 0.65, 3e-3: 0.90}
     calls = []
 
-    def fake_run(row, data, out, lr, seed, p, log):
+    def fake_run(row, data, out, lr, seed, p, log, frozen=False):
         calls.append((lr, seed))
         return dev_acc[lr], test_acc[lr], np.full(4, test_acc[lr])
     monkeypatch.setattr(transfer, "_one_run", fake_run)
@@ -117,7 +117,7 @@ def test_tuning_on_all_seeds_chooses_on_the_mean_dev(monkeypatch, tmp_path):
     dev = {(1e-4, 0): .768, (1e-4, 1): .777, (1e-4, 2): .766, (1e-3, 0): .772, (1e-3, 1): .760, (1e-3, 2): .758}
     calls = []
 
-    def fake_run(row, data, out, lr, seed, p, log):
+    def fake_run(row, data, out, lr, seed, p, log, frozen=False):
         calls.append((lr, seed))
         return dev[(lr, seed)], 0.5, np.full(4, 0.5)
     monkeypatch.setattr(transfer, "_one_run", fake_run)
@@ -138,6 +138,51 @@ def test_tuning_on_all_seeds_chooses_on_the_mean_dev(monkeypatch, tmp_path):
     assert "all-MiniLM-L6-v2: " not in transfer.format_table(report)
     report["rows"][0]["name"] = transfer.MINILM_ROW              # MiniLM's row says the grid it was tuned on
     assert "over [0.0001, 0.001; all-MiniLM-L6-v2: 3e-05, 0.0001, 0.0003]" in transfer.format_table(report)
+
+
+def test_freezing_the_word_embeddings_is_tuned_on_dev_like_the_rate(monkeypatch, tmp_path):
+    """--freeze-word-embeddings tune: every rate runs with the word embeddings trained and frozen, and dev alone
+    chooses the pair (test prefers the other); a tie keeps them trained; the table names the choice."""
+    dev = {(1e-4, False): .70, (1e-3, False): .72, (1e-4, True): .74, (1e-3, True): .71}
+    test = {(1e-4, False): .90, (1e-3, False): .90, (1e-4, True): .60, (1e-3, True): .90}
+    calls = []
+
+    def fake_run(row, data, out, lr, seed, p, log, frozen=False):
+        calls.append((lr, frozen, seed))
+        return dev[(lr, frozen)], test[(lr, frozen)], np.full(4, test[(lr, frozen)])
+    monkeypatch.setattr(transfer, "_one_run", fake_run)
+    grid = transfer.Protocol(lrs=(1e-4, 1e-3), seeds=(0, 1), freeze_word_embeddings=(False, True))
+    row = transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None)
+    assert (row.lr, row.frozen) == (1e-4, True) and row.mean == pytest.approx(.60)
+    assert calls == [(1e-4, False, 0), (1e-3, False, 0), (1e-4, True, 0), (1e-3, True, 0), (1e-4, True, 1)]
+    assert row.dev_by_lr == {"0.0001": .70, "0.001": .72, "0.0001 frozen": .74, "0.001 frozen": .71}
+    report = {"dataset": "d", "n_test": 4, "majority_test_accuracy": .5, "protocol": asdict(grid),
+              "rows": [{k: v for k, v in asdict(row).items() if k != "correct"}]}
+    table = transfer.format_table(report)
+    assert "over [0.0001, 0.001] (each with the word embeddings trained and frozen)" in table
+    assert "| r | 0.0001 frozen | 60.0 / 60.0 |" in table
+    dev[(1e-3, False)] = .74                                  # a tie at another rate: the smaller rate first
+    assert (transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None).lr,) == (1e-4,)
+    dev[(1e-4, False)] = .74                                  # a tie at the same rate: the embeddings trained
+    row = transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None)
+    assert (row.lr, row.frozen) == (1e-4, False)
+    grid.freeze_word_embeddings = (False,)                     # the default: the embeddings trained, never frozen
+    calls.clear()
+    transfer.run_row(transfer.Row("r", "random"), None, tmp_path, grid, log=lambda m: None)
+    assert not any(frozen for _, frozen, _ in calls)
+
+
+def test_the_freeze_flag_reaches_the_protocol(tiny_review_checkpoint, monkeypatch, tmp_path, capsys):
+    folder, _, _ = tiny_review_checkpoint
+    seen = []
+    monkeypatch.setattr(transfer, "run_transfer",
+                        lambda checkpoints, out, p, **kw: seen.append(p.freeze_word_embeddings))
+    for flags in (["--freeze-word-embeddings", "tune"], ["--freeze-word-embeddings", "yes"], []):
+        assert main(["transfer", *flags, "--no-minilm", "--checkpoint", str(folder), "--out", str(tmp_path)]) == 0
+    assert seen == [(False, True), (True,), (False,)]
+    with pytest.raises(SystemExit):
+        main(["transfer", "--freeze-word-embeddings", "maybe", "--checkpoint", str(folder)])
+    assert "invalid choice: 'maybe'" in capsys.readouterr().err
 
 
 def test_the_default_grid_reaches_down_to_the_rate_random_init_prefers():

@@ -63,6 +63,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--classifier-first", type=int, default=0, metavar="EPOCHS",
                         help="first train the classifier alone on the frozen encoder's features for EPOCHS epochs, "
                              "then fine-tune everything (LP-FT; default 0: plain fine-tuning)")
+    parser.add_argument("--freeze-word-embeddings", action="store_true",
+                        help="never update the word embeddings (for a checkpoint pretrained over frozen word "
+                             "vectors: pretrain --freeze-word-embeddings, --preset long-frozen)")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the best/ model an earlier run left in --out (refused otherwise)")
@@ -118,7 +121,8 @@ def cli_finetune(args) -> int:
                       lr=args.lr,
                       warmup_ratio=args.warmup_ratio, max_length=args.max_length, patience=args.patience,
                       seed=args.seed, max_train_examples=max_train, progress=not args.no_progress,
-                      log=print, run_info=run_info, overwrite=args.overwrite, classifier_first=args.classifier_first)
+                      log=print, run_info=run_info, overwrite=args.overwrite, classifier_first=args.classifier_first,
+                      freeze_word_embeddings=args.freeze_word_embeddings)
     print(f"best epoch {result.best_epoch}: dev accuracy {result.best_dev_accuracy}, dev macro-F1 "
           f"{result.best_dev_macro_f1}" if result.best_epoch else "no epoch finished")
     if result.test_accuracy is not None:

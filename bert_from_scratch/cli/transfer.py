@@ -17,6 +17,9 @@ def _floats(text: str) -> tuple:
     return values
 
 
+FREEZE_CHOICES = {"no": (False,), "yes": (True,), "tune": (False, True)}
+
+
 def _ints(text: str) -> tuple:
     try:
         return tuple(int(x) for x in text.split(","))
@@ -48,6 +51,10 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--classifier-first", type=int, default=None, metavar="EPOCHS",
                    help="every run first trains the classifier alone on the frozen encoder's features for EPOCHS "
                         "epochs, then fine-tunes everything (LP-FT; default 0: plain fine-tuning)")
+    p.add_argument("--freeze-word-embeddings", choices=tuple(FREEZE_CHOICES), default=None,
+                   help="whether fine-tuning updates the word embeddings: 'no' (default), 'yes', or 'tune': each "
+                        "row runs its grid both ways and keeps the better on dev (for checkpoints pretrained over "
+                        "frozen word vectors, --preset long-frozen)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
     return p
@@ -67,6 +74,8 @@ def cli_transfer(args) -> int:
         if value is not None:
             setattr(p, name, value)
     p.tune_on_all_seeds = args.tune_on_all_seeds
+    if args.freeze_word_embeddings is not None:
+        p.freeze_word_embeddings = FREEZE_CHOICES[args.freeze_word_embeddings]
     for flag, value, low in (("--epochs", p.epochs, 1), ("--patience", p.patience, 1),
                              ("--classifier-first", p.classifier_first, 0)):
         if value < low:

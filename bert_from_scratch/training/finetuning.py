@@ -74,6 +74,7 @@ from ..constants import BEST_DIR, CONFUSION_MATRIX_NAME, RESULTS_NAME, TRAINING_
 from ..data.classification import (EncodedExamples, FinetuneError, collate, encode_examples,  # noqa: F401
                                    length_bucketed_batches, length_ordered_batches)
 from ..files import atomic_dir, atomic_write
+from ..model.heads import WORD_EMBEDDINGS
 from ..nn.layers import softmax_forward
 from ..nn.xp import to_numpy
 from .loop import LoopState, run_loop
@@ -220,7 +221,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
              max_train_examples: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_batch_size: int = 64, plot: bool = True, run_info: dict | None = None,
-             overwrite: bool = False, classifier_first: int = 0) -> FinetuneResult:
+             overwrite: bool = False, classifier_first: int = 0,
+             freeze_word_embeddings: bool = False) -> FinetuneResult:
     """Fine-tune ``model`` (a ``BertForSequenceClassification``) on ``data``; see the module docstring.
 
     Parameters
@@ -240,6 +242,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     overwrite : a run over a folder that holds a ``best/`` model is refused unless this is True.
     classifier_first : first train the classifier alone on the frozen encoder's features for this many epochs,
         then fine-tune everything (LP-FT, :mod:`.classifier_first`); 0: plain fine-tuning.
+    freeze_word_embeddings : AdamW leaves the word embeddings as they start (a checkpoint pretrained over frozen
+        word vectors, ``pretrain --freeze-word-embeddings``, keeps the vectors its encoder learned to read).
     """
     from tqdm.auto import tqdm
 
@@ -254,7 +258,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     with dp.together(), dp.run_folder(out_dir, log):         # one writer; debris of killed runs removed
         dp.check_same(model=model, data=repr((data.train, data.dev, data.label_names)), log=log, options=(
             epochs, batch_size, lr, warmup_ratio, max_length, patience, seed, max_train_examples, weight_decay,
-            classifier_first))
+            classifier_first, freeze_word_embeddings))
         refuse_to_clobber(out_dir, BEST_DIR, False, overwrite, resume_flag="")
         model.label_names = [str(n) for n in data.label_names]      # -> id2label in config.json
         started = time.perf_counter()
@@ -274,12 +278,14 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
         total_steps = epochs * steps_per_epoch
         warmup_steps = int(round(warmup_ratio * total_steps))
         model.rng = np.random.default_rng(seed)                     # dropout masks: reproducible per run
-        optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend)
+        optimizer = AdamW(model.params, lr=lr, weight_decay=weight_decay, backend=model.backend,
+                          frozen=(WORD_EMBEDDINGS,) if freeze_word_embeddings else ())
         training_args = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
                          "max_length": max_length, "patience": patience, "seed": seed,
                          "max_train_examples": max_train_examples, "train_examples": len(train),
                          "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
-                         "classifier_first": classifier_first, **(run_info or {})}
+                         "classifier_first": classifier_first, "freeze_word_embeddings": freeze_word_embeddings,
+                         **(run_info or {})}
         result = FinetuneResult(label_names=list(model.label_names), train_examples=len(train))
         if classifier_first:                                        # LP-FT's phase 1: the classifier alone
             result.classifier_first = train_classifier_first(model, train, dev, classifier_first, batch_size, seed=seed,

@@ -43,6 +43,11 @@ The protocol, the same for every row, so that no row is favoured:
 the classifier alone trained for E epochs on the frozen encoder's features, then the usual fine-tuning
 (:mod:`.classifier_first`; docs/results.md, "The classifier first").
 
+**Frozen word embeddings.** ``--freeze-word-embeddings tune`` makes freezing the word embeddings during fine-tuning
+part of each row's grid: every rate runs with them trained and with them frozen, and each row keeps the better on
+dev (ties: trained). A checkpoint pretrained over frozen count vectors (``--preset long-frozen``) was trained to
+read those vectors; its random-init twin may prefer them trained. ``yes`` freezes them in every run.
+
 ``--quick`` shrinks everything (200 training examples, one epoch, one learning rate, two seeds) for a
 smoke test; its numbers mean nothing.
 """
@@ -85,6 +90,8 @@ class Protocol:
     minilm_lrs: tuple = (3e-5, 1e-4, 3e-4)       # MiniLM (a 22M-parameter model) on its own, usual grid
     tune_on_all_seeds: bool = False              # choose the rate on the mean dev of every seed, not seed 0's
     classifier_first: int = 0                    # > 0: LP-FT, the classifier alone for this many epochs first
+    # whether fine-tuning updates the word embeddings: (False,), (True,), or (False, True) to tune it on dev per row
+    freeze_word_embeddings: tuple = (False,)
 
     @classmethod
     def quick(cls) -> "Protocol":
@@ -98,6 +105,7 @@ class Row:
     like: str | None = None                    # with init "random": the folder to copy the architecture from
     dev_by_lr: dict = field(default_factory=dict)
     lr: float | None = None
+    frozen: bool = False                       # the tuned choice: word embeddings frozen in fine-tuning
     test_by_seed: dict = field(default_factory=dict)
     dev_by_seed: dict = field(default_factory=dict)
     correct: list | None = None                # (seeds, n_test) 0/1, for the paired bootstrap
@@ -131,23 +139,32 @@ def seeds_and_examples_interval(diff: np.ndarray, samples: int = BOOTSTRAP_SAMPL
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log) -> tuple[float, float, np.ndarray]:
-    """Fine-tune ``row`` at ``lr`` with ``seed`` -> (dev accuracy, test accuracy, test correctness (n,))."""
-    folder = out / _slug(row.name) / f"lr{lr:g}-seed{seed}"
+def setting_name(lr: float, frozen: bool) -> str:
+    """A point of the grid as the table and ``dev_by_lr`` name it: ``3e-4``, or ``3e-4 frozen``."""
+    return f"{lr:g}" + (" frozen" if frozen else "")
+
+
+def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log,
+             frozen: bool = False) -> tuple[float, float, np.ndarray]:
+    """Fine-tune ``row`` at ``lr`` with ``seed`` (the word embeddings ``frozen`` or not) -> (dev accuracy, test
+    accuracy, test correctness (n,))."""
+    folder = out / _slug(row.name) / (f"lr{lr:g}-seed{seed}" + ("-frozen" if frozen else ""))
     model, tokenizer = load_for_classification(row.init, num_labels=data.num_labels, seed=seed,
                                                like=row.like or "minilm", log=lambda m: None)
     result = finetune(model, tokenizer, data, folder, epochs=p.epochs, batch_size=p.batch_size, lr=lr,
                       max_length=p.max_length, patience=p.patience, seed=seed,
                       max_train_examples=p.max_train_examples, progress=False, log=lambda m: None, plot=False,
-                      overwrite=True, run_info={"transfer_row": row.name}, classifier_first=p.classifier_first)
+                      overwrite=True, run_info={"transfer_row": row.name}, classifier_first=p.classifier_first,
+                      freeze_word_embeddings=frozen)
     if result.diverged or result.best_epoch == 0:
-        log(f"  {row.name} lr {lr:g} seed {seed}: diverged ({result.message})")
+        log(f"  {row.name} lr {setting_name(lr, frozen)} seed {seed}: diverged ({result.message})")
         return -math.inf, float("nan"), np.zeros(len(data.test))
     test = encode_examples(tokenizer, data.test, p.max_length, data.num_labels, "test")
     ev = evaluate_classifier(model, test)                # the model holds the best epoch's weights
     shutil.rmtree(folder / BEST_DIR, ignore_errors=True)  # the table needs the numbers, not 20 copies of weights
     correct = (ev["predictions"] == test.labels).astype(np.float64)
-    log(f"  {row.name} lr {lr:g} seed {seed}: dev {result.best_dev_accuracy:.4f}  test {ev['accuracy']:.4f}  "
+    log(f"  {row.name} lr {setting_name(lr, frozen)} seed {seed}: dev {result.best_dev_accuracy:.4f}  "
+        f"test {ev['accuracy']:.4f}  "
         f"(best epoch {result.best_epoch}, {result.seconds:.0f} s)")
     return float(result.best_dev_accuracy), float(ev["accuracy"]), correct
 
@@ -157,20 +174,24 @@ def _slug(name: str) -> str:
 
 
 def run_row(row: Row, data, out: Path, p: Protocol, log) -> Row:
-    """Tune ``row``'s learning rate on dev (seed 0's, or every seed's mean), then run every seed at it."""
+    """Tune ``row``'s learning rate (and, when the protocol asks, whether its word embeddings stay frozen) on dev
+    (seed 0's, or every seed's mean), then run every seed at the chosen setting."""
     runs = {}
-    grid = p.minilm_lrs if row.init == "minilm" else p.lrs
+    grid = [(lr, frozen) for frozen in p.freeze_word_embeddings
+            for lr in (p.minilm_lrs if row.init == "minilm" else p.lrs)]
     tuning_seeds = p.seeds if p.tune_on_all_seeds else p.seeds[:1]
-    for lr in grid:
+    for lr, frozen in grid:
         for seed in tuning_seeds:
-            runs[(lr, seed)] = _one_run(row, data, out, lr, seed, p, log)
-        row.dev_by_lr[f"{lr:g}"] = float(np.mean([runs[(lr, seed)][0] for seed in tuning_seeds]))
-    row.lr = max(grid, key=lambda lr: (row.dev_by_lr[f"{lr:g}"], -lr))
+            runs[(lr, frozen, seed)] = _one_run(row, data, out, lr, seed, p, log, frozen)
+        row.dev_by_lr[setting_name(lr, frozen)] = float(np.mean([runs[(lr, frozen, s)][0] for s in tuning_seeds]))
+    # ties: the smaller rate, then the embeddings trained (the plainer setting)
+    row.lr, row.frozen = max(grid, key=lambda g: (row.dev_by_lr[setting_name(*g)], -g[0], not g[1]))
+    chosen = (row.lr, row.frozen)
     for seed in p.seeds:
-        dev, test, correct = runs.get((row.lr, seed)) or _one_run(row, data, out, row.lr, seed, p, log)
+        dev, test, correct = runs.get((*chosen, seed)) or _one_run(row, data, out, row.lr, seed, p, log, row.frozen)
         row.dev_by_seed[seed], row.test_by_seed[seed] = dev, test
-        runs[(row.lr, seed)] = (dev, test, correct)
-    correct = np.stack([runs[(row.lr, s)][2] for s in p.seeds])            # (seeds, n_test)
+        runs[(*chosen, seed)] = (dev, test, correct)
+    correct = np.stack([runs[(*chosen, s)][2] for s in p.seeds])            # (seeds, n_test)
     row.correct = correct.tolist()
     row.mean = float(correct.mean())
     row.interval = bootstrap_interval(correct.mean(axis=0))
@@ -265,8 +286,12 @@ def format_table(report: dict) -> str:
     trained = "the whole training split" if n is None else f"{n:,} training examples (a subset drawn with each seed)"
     if p.get("classifier_first"):
         trained += f", the classifier first trained alone for {p['classifier_first']} epochs (LP-FT)"
+    frozen_choices = tuple(p.get("freeze_word_embeddings", (False,)))
+    if frozen_choices == (True,):
+        trained += ", the word embeddings frozen"
+    both_ways = " (each with the word embeddings trained and frozen)" if len(frozen_choices) > 1 else ""
     lines = [f"{report['dataset']} test ({report['n_test']} examples); fine-tuned on {trained}; "
-             f"learning rate tuned on {tuned} over [{grid}]; "
+             f"learning rate tuned on {tuned} over [{grid}]{both_ways}; "
              f"seeds {', '.join(map(str, p['seeds']))}; up to {p['epochs']} epochs (patience {p['patience']}); "
              f"95% paired-bootstrap intervals",
              "| row | lr (dev-tuned) | test per seed | mean test | 95% interval | gain vs its random init "
@@ -278,7 +303,8 @@ def format_table(report: dict) -> str:
             f"{100 * r['gain']:+.1f} [{100 * r['gain_interval'][0]:+.1f}, {100 * r['gain_interval'][1]:+.1f}]"
         seeded = "" if r.get("gain_interval_seeds") is None else \
             f"[{100 * r['gain_interval_seeds'][0]:+.1f}, {100 * r['gain_interval_seeds'][1]:+.1f}]"
-        lines.append(f"| {r['name']} | {r['lr']:g} | {seeds} | **{100 * r['mean']:.1f}%** | "
+        setting = setting_name(r["lr"], r.get("frozen", False))
+        lines.append(f"| {r['name']} | {setting} | {seeds} | **{100 * r['mean']:.1f}%** | "
                      f"{100 * r['interval'][0]:.1f}-{100 * r['interval'][1]:.1f} | {gain} | {seeded} |")
     lines.append(f"| majority class (trivial baseline) | | | {100 * report['majority_test_accuracy']:.1f}% | | | |")
     return "\n".join(lines)

@@ -221,8 +221,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
              max_train_examples: int | None = None, progress: bool = True,
              log: Callable[[str], None] | None = None, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
              eval_batch_size: int = 64, plot: bool = True, run_info: dict | None = None,
-             overwrite: bool = False, classifier_first: int = 0,
-             freeze_word_embeddings: bool = False) -> FinetuneResult:
+             overwrite: bool = False, classifier_first: int = 0, freeze_word_embeddings=False) -> FinetuneResult:
     """Fine-tune ``model`` (a ``BertForSequenceClassification``) on ``data``; see the module docstring.
 
     Parameters
@@ -242,8 +241,7 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
     overwrite : a run over a folder that holds a ``best/`` model is refused unless this is True.
     classifier_first : first train the classifier alone on the frozen encoder's features for this many epochs,
         then fine-tune everything (LP-FT, :mod:`.classifier_first`); 0: plain fine-tuning.
-    freeze_word_embeddings : AdamW leaves the word embeddings as they start (a checkpoint pretrained over frozen
-        word vectors, ``pretrain --freeze-word-embeddings``, keeps the vectors its encoder learned to read).
+    freeze_word_embeddings : AdamW leaves the word embeddings as they start (``pretrain --freeze-word-embeddings``).
     """
     from tqdm.auto import tqdm
 
@@ -283,9 +281,8 @@ def finetune(model, tokenizer, data, out_dir, epochs: int = 3, batch_size: int =
         training_args = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup_ratio": warmup_ratio,
                          "max_length": max_length, "patience": patience, "seed": seed,
                          "max_train_examples": max_train_examples, "train_examples": len(train),
-                         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm,
-                         "classifier_first": classifier_first, "freeze_word_embeddings": freeze_word_embeddings,
-                         **(run_info or {})}
+                         "weight_decay": weight_decay, "max_grad_norm": max_grad_norm, "classifier_first":
+                         classifier_first, "freeze_word_embeddings": freeze_word_embeddings, **(run_info or {})}
         result = FinetuneResult(label_names=list(model.label_names), train_examples=len(train))
         if classifier_first:                                        # LP-FT's phase 1: the classifier alone
             result.classifier_first = train_classifier_first(model, train, dev, classifier_first, batch_size, seed=seed,

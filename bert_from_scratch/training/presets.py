@@ -38,8 +38,8 @@ corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset 
   MLM 21.2%, NSP 84.7%, AUC 0.928 (docs/results.md, "The longer run" and "The classifier first"). Twice the steps
   (10,000) gave the same transfer (docs/results.md, "The frozen run as a preset"). Run again on 2026-12-05 (an
   Intel Xeon VM at 285 GFLOP/s, 18 min 50 s, held-out MLM 21.5%, NSP 84.8%): +2.7 [+1.1, +4.2] with the same
-  protocol; a new checkpoint of the same command moves the gain by about a point (docs/results.md, "The word
-  embeddings frozen in fine-tuning too").
+  protocol, and with ``--seed 1`` +3.7 [+2.4, +5.0]; a new checkpoint of the same command moves the gain by about a
+  point (docs/results.md, "The word embeddings frozen in fine-tuning too").
 """
 from __future__ import annotations
 

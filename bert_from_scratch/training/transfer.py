@@ -140,7 +140,7 @@ def seeds_and_examples_interval(diff: np.ndarray, samples: int = BOOTSTRAP_SAMPL
 
 
 def setting_name(lr: float, frozen: bool) -> str:
-    """A point of the grid as the table and ``dev_by_lr`` name it: ``3e-4``, or ``3e-4 frozen``."""
+    """A point of the grid as the table and ``dev_by_lr`` name it: ``0.0003``, or ``0.0003 frozen``."""
     return f"{lr:g}" + (" frozen" if frozen else "")
 
 

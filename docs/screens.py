@@ -97,12 +97,13 @@ def counts_alone(src, out, corpus: str | None = None, seed: int = 0) -> None:
 
 
 def pretrain_frozen(out, **job) -> dict:
-    """``pretrain --embeddings-init counts --freeze-word-embeddings`` (this screen came first; the option since
-    2026-12-05 gives the same weights). ``job``: other ``run_pretraining`` arguments; the report is returned."""
+    """``pretrain --embeddings-init counts --freeze-word-embeddings --word-embeddings-std 0.02`` (this screen came
+    first; the option since 2026-12-05 gives the same weights). ``job``: other ``run_pretraining`` arguments; the
+    report is returned."""
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
     return run_pretraining(out=out, embeddings_init="counts", freeze_word_embeddings=True,
-                           **{"progress": False, "log": print, **job})[1]
+                           **{"progress": False, "log": print, "word_embeddings_std": 0.02, **job})[1]
 
 
 def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
@@ -129,7 +130,8 @@ def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
     job_module.BertForPreTraining = from_src
     try:
         return job_module.run_pretraining(out=out, corpus=corpus, vocab_file=str(src / "vocab.txt"),
-                                          freeze_word_embeddings=True,
+                                          freeze_word_embeddings=True, embeddings_init="random",
+                                          word_embeddings_std=None,          # SRC's embeddings as they are
                                           **{"progress": False, "log": print, **shape, **job})[1]
     finally:
         job_module.BertForPreTraining = cls
@@ -173,7 +175,7 @@ def run(a):
                       sentiment_masking=a.sentiment_masking)
         print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")
     else:
-        preset = {k: v for k, v in PRESETS[a.preset].items() if k != "out"}    # long: steps and vocab_size
+        preset = {k: v for k, v in PRESETS[a.preset].items() if k in ("steps", "vocab_size")}   # long: its length
         preset.update({k: v for k, v in (("steps", a.steps), ("dupe_factor", a.dupe_factor)) if v is not None})
         report = pretrain_frozen(a.out, **preset)
         print(f"held-out MLM {report['held_out_mlm_accuracy']:.4f}  NSP {report['held_out_nsp_accuracy']:.4f}")

@@ -211,7 +211,9 @@ def test_explicit_options_beat_the_preset():
     args = resolved("--preset", "long", "--steps", "5", "--lr", "3e-3", "--out", "elsewhere")
     assert (args.steps, args.lr, args.out) == (5, 3e-3, "elsewhere")
     assert args.vocab_size == 16000 and args.corpus == BASE["corpus"]
-    assert set(PRESETS["long"]) == {"out", "steps", "vocab_size"}       # the rest is the main job's
+    assert set(PRESETS["long"]) == {"out", "steps", "vocab_size",       # the rest is the main job's, but for
+                                    "embeddings_init", "freeze_word_embeddings", "word_embeddings_std"}  # its recipe
+    assert (args.embeddings_init, args.freeze_word_embeddings, args.word_embeddings_std) == ("random", False, 0.02)
 
 
 def test_no_preset_is_todays_main_job():

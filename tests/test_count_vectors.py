@@ -101,6 +101,17 @@ def test_count_vectors_place_words_by_their_contexts():
     assert blind["test"] < 0.8                                  # random vectors do not carry it to unseen words
 
 
+def test_a_vocabulary_narrower_than_the_width_gives_zeros_in_the_other_dimensions():
+    """The main job starts from count vectors, so a corpus of fewer pieces than the hidden size must work too."""
+    rng = np.random.default_rng(0)
+    sentences = [rng.integers(0, 20, size=12) for _ in range(200)]
+    full = cv.count_vectors(sentences, vocab_size=20, dim=20)
+    wide = cv.count_vectors(sentences, vocab_size=20, dim=32)                  # (20, 32): 20 dimensions, 12 zero
+    assert wide.shape == (20, 32) and not wide[:, 20:].any()
+    np.testing.assert_allclose(np.abs(wide[:, :20]), np.abs(full), rtol=1e-4, atol=1e-5)    # signs may flip
+    assert cv.initial_word_embeddings(wide, 0.1).std() == pytest.approx(0.1, rel=1e-4)
+
+
 def test_mean_vectors_leave_out_special_tokens_and_padding():
     tok = Tokenizer(list(SPECIAL_TOKENS) + ["good", "bad"])
     vectors = np.arange(len(tok) * 2, dtype=float).reshape(-1, 2)
@@ -153,11 +164,11 @@ def test_pretrain_starts_from_the_count_vectors(tmp_path, capsys):
     common = ["pretrain", "--corpus", str(corpus), "--steps", "1", "--batch-size", "4", "--seq-len", "32",
               "--vocab-size", "120", "--layers", "1", "--hidden", "16", "--heads", "2", "--intermediate", "32",
               "--lr", "1e-9", "--no-progress", "--backend", "numpy"]
-    assert main(common + ["--out", str(tmp_path / "counts"), "--embeddings-init", "counts"]) == 0
-    assert main(common + ["--out", str(tmp_path / "random")]) == 0
+    assert main(common + ["--out", str(tmp_path / "counts")]) == 0             # the main job's default since 2026-12-05
+    assert main(common + ["--out", str(tmp_path / "random"), "--embeddings-init", "random"]) == 0
     assert "word embeddings: count vectors" in capsys.readouterr().out
     want = prepare_pretraining_data(str(corpus), 120, None, 32, dupe_factor=2, seed=0, log=lambda m: None,
-                                    count_vectors_dim=16).word_vectors
+                                    count_vectors_dim=16, init_std=0.1).word_vectors     # the default's std
     got = {run: load_safetensors(tmp_path / run / "checkpoint" / "model.safetensors")[WORD_EMBEDDINGS]
            for run in ("counts", "random")}
     np.testing.assert_allclose(got["counts"], want, atol=1e-6)           # one step at lr 1e-9 moves nothing visible

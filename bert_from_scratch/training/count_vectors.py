@@ -78,8 +78,11 @@ def truncated_svd_vectors(matrix: np.ndarray, dim: int, iterations: int = 4, ove
 
 
 def count_vectors(sentences, vocab_size: int, dim: int, window: int = 5) -> np.ndarray:
-    """The three steps above: ``sentences`` (iterable of piece-id arrays) -> (V, dim) PPMI-SVD vectors."""
-    return truncated_svd_vectors(ppmi(cooccurrence_counts(sentences, vocab_size, window)), dim)
+    """The three steps above: ``sentences`` (iterable of piece-id arrays) -> (V, dim) PPMI-SVD vectors. A vocabulary
+    of fewer than ``dim`` pieces (a tiny corpus) gives V dimensions and zeros in the others."""
+    k = min(dim, vocab_size)
+    vectors = truncated_svd_vectors(ppmi(cooccurrence_counts(sentences, vocab_size, window)), k)    # (V, k)
+    return np.pad(vectors, ((0, 0), (0, dim - k)))                                                   # (V, dim)
 
 
 def sentence_ids(tokenized_docs, tokenizer):

@@ -98,7 +98,8 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
 
             vectors = count_vectors(sentence_ids(tokenized, tokenizer), len(tokenizer), count_vectors_dim)
             word_vectors = initial_word_embeddings(vectors, init_std)
-            log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims) of the training documents")
+            log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims) of the training documents, "
+                f"std {init_std:g}")
         if name == "eval" and len(tokenized) < 2:
             tokenized = tokenize_documents(eval_docs + train_docs[:1], tokenizer)   # NSP needs 2 documents
         instances = create_pretraining_instances(tokenized, tokenizer, max_seq_length=max_seq_length,

@@ -167,8 +167,9 @@ def add_pretrain_arguments(p):
     p.add_argument("--no-nsp", action="store_true",
                    help="train the masked-LM loss alone on the same instances (RoBERTa's finding: NSP may not help)")
     p.add_argument("--embeddings-init", choices=("random", "counts"), default=None,
-                   help="random: BERT's normal(0, 0.02) word embeddings; counts: count-based vectors (PPMI-SVD) of "
-                        "the training documents, scaled to the same 0.02 (under a minute more of data preparation)" + _defaults("embeddings_init"))
+                   help="random: normal(0, --word-embeddings-std) word embeddings (BERT's 0.02); counts: count-based "
+                        "vectors (PPMI-SVD) of the training documents, centred and scaled to --word-embeddings-std "
+                        "(under a minute more of data preparation)" + _defaults("embeddings_init"))
     p.add_argument("--freeze-word-embeddings", action=argparse.BooleanOptionalAction, default=None,
                    help="never update the word embeddings (nor so the tied MLM decoder): MLM + NSP train the rest "
                         "around them; with --embeddings-init counts, the recipe that transfers best with few labels"

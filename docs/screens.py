@@ -97,13 +97,14 @@ def counts_alone(src, out, corpus: str | None = None, seed: int = 0) -> None:
 
 
 def pretrain_frozen(out, **job) -> dict:
-    """``pretrain --embeddings-init counts --freeze-word-embeddings --word-embeddings-std 0.02`` (this screen came
-    first; the option since 2026-12-05 gives the same weights). ``job``: other ``run_pretraining`` arguments; the
-    report is returned."""
+    """``pretrain --embeddings-init counts --freeze-word-embeddings --word-embeddings-std 0.02 --count-window 5
+    --count-upweight none`` (this screen came first; the options since 2026-12-05 give the same weights). ``job``:
+    other ``run_pretraining`` arguments; the report is returned."""
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
     return run_pretraining(out=out, embeddings_init="counts", freeze_word_embeddings=True,
-                           **{"progress": False, "log": print, "word_embeddings_std": 0.02, **job})[1]
+                           **{"progress": False, "log": print, "word_embeddings_std": 0.02, "count_window": 5,
+                              "count_upweight": None, **job})[1]
 
 
 def tapt(src, out, corpus: str = "rt-train", **job) -> dict:

@@ -168,7 +168,7 @@ def test_pretrain_starts_from_the_count_vectors(tmp_path, capsys):
     assert main(common + ["--out", str(tmp_path / "random"), "--embeddings-init", "random"]) == 0
     assert "word embeddings: count vectors" in capsys.readouterr().out
     want = prepare_pretraining_data(str(corpus), 120, None, 32, dupe_factor=2, seed=0, log=lambda m: None,
-                                    count_vectors_dim=16, init_std=0.1).word_vectors     # the default's std
+                                    count_vectors_dim=16, init_std=0.1, count_window=20).word_vectors  # the default's
     got = {run: load_safetensors(tmp_path / run / "checkpoint" / "model.safetensors")[WORD_EMBEDDINGS]
            for run in ("counts", "random")}
     np.testing.assert_allclose(got["counts"], want, atol=1e-6)           # one step at lr 1e-9 moves nothing visible

@@ -85,5 +85,5 @@ def test_the_command_line_passes_the_option_and_the_long_frozen_preset_sets_it()
     assert resolved("--no-sentiment-masking")["sentiment_masking"] is False
     assert resolved("--sentiment-masking")["sentiment_masking"] is True
     by_hand = resolved("--preset", "long", "--freeze-word-embeddings", "--embeddings-init", "counts",
-                       "--out", "runs/pretrain-long-frozen")
+                       "--word-embeddings-std", "0.1", "--out", "runs/pretrain-long-frozen")
     assert resolved("--preset", "long-frozen") == dict(by_hand, preset="long-frozen")   # the long run, frozen counts

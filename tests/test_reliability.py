@@ -171,6 +171,9 @@ def test_a_kill_between_the_two_renames_loses_nothing(finished_run, tmp_path):
     (["--resume", "--overwrite"], "choose one"),
     (["--lr", "nan"], "--lr must be a positive number"),
     (["--word-embeddings-std", "0"], "--word-embeddings-std must be a positive number"),
+    (["--count-window", "0"], "--count-window must be at least 1"),
+    (["--count-upweight", "rt-train=10"], "--count-upweight rt-train: not a part of --corpus python-docs"),
+    (["--count-upweight", "python-docs"], "--count-upweight takes SOURCE=K"),
 ])
 def test_options_that_make_a_run_useless_are_refused_before_any_work(args, expected, tmp_path):
     proc = run("pretrain", *TINY, "--out", tmp_path / "run", *args)

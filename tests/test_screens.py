@@ -56,7 +56,7 @@ def test_pretrain_frozen_trains_everything_but_the_word_embeddings(count_vector_
     from bert_from_scratch.training.pretrain_job import run_pretraining
 
     job = dict(corpus=str(count_vector_corpus), steps=3, batch_size=4, vocab_size=400, warmup=0, log=lambda m: None,
-               word_embeddings_std=0.02)                         # the screen's scale, BERT's (the main job's is 0.1)
+               word_embeddings_std=0.02, count_window=5)         # the screen's recipe (the main job's: 0.1, 20)
     start_job = dict(job, steps=1, warmup=1)                     # one update at learning rate 0: the start itself
     run_pretraining(out=tmp_path / "start", embeddings_init="counts", progress=False, **start_job)
     screens.pretrain_frozen(tmp_path / "frozen", **job)

@@ -1,6 +1,6 @@
 """``pretrain --word-embeddings-std``: the word embeddings start at that standard deviation, from count vectors or
 at random, and every other tensor starts as without the option; the report records it; the main job's
-default is 0.1 (frozen count vectors), the long presets' BERT's 0.02."""
+default is 0.1 (frozen count vectors), as is ``--preset long-frozen``'s; ``--preset long``'s is BERT's 0.02."""
 import numpy as np
 import pytest
 
@@ -41,7 +41,7 @@ def test_bad_stds_are_refused_and_the_default_is_berts():
         return vars(resolve_preset(args, args.preset))["word_embeddings_std"]
 
     assert resolved() == 0.1                                             # the main job since 2026-12-05
-    assert resolved("--preset", "long") == 0.02 and resolved("--preset", "long-frozen") == 0.02
+    assert resolved("--preset", "long") == 0.02 and resolved("--preset", "long-frozen") == 0.1
     assert resolved("--word-embeddings-std", "0.1") == 0.1
     with pytest.raises(ValueError, match="word_embeddings_std must be a positive number"):
         run_pretraining(word_embeddings_std=-1.0)

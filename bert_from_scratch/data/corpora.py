@@ -273,6 +273,12 @@ def load_text_path(path: str | os.PathLike) -> list[Document]:
     return docs
 
 
+def corpus_parts(corpus: str | os.PathLike) -> list[str]:
+    """A ``--corpus`` value -> the parts joined in it with ``+`` (a path that exists is one part, ``+`` or not)."""
+    corpus = str(corpus)
+    return [corpus] if Path(corpus).exists() or "+" not in corpus else corpus.split("+")
+
+
 def load_documents(corpus: str | os.PathLike) -> list[Document]:
     """``"bbc"`` | ``"python-docs"`` | ``"rt-train"`` | a path (file or folder) | several joined by ``+``
     -> list of ``Document``.
@@ -283,8 +289,8 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
     its non-space characters. The named corpora pass with a wide margin (BBC: 1 of 2,225 files not
     UTF-8, with 1 bad byte; words 95% of the characters. python-docs: all UTF-8; words 84%).
     """
-    if isinstance(corpus, str) and "+" in corpus and not Path(corpus).exists():
-        return [d for part in corpus.split("+") for d in load_documents(part)]
+    if isinstance(corpus, str) and len(corpus_parts(corpus)) > 1:
+        return [d for part in corpus_parts(corpus) for d in load_documents(part)]
     if isinstance(corpus, str) and corpus in NAMED_CORPORA:
         if corpus == "rt-train":
             from .domain_corpora import rt_train_documents   # imported here: it builds on labeled.py, which imports us

@@ -77,12 +77,32 @@ def truncated_svd_vectors(matrix: np.ndarray, dim: int, iterations: int = 4, ove
     return (q @ u[:, :dim]) * np.sqrt(s[:dim])                                  # (V, dim)
 
 
-def count_vectors(sentences, vocab_size: int, dim: int, window: int = 5) -> np.ndarray:
+def count_vectors(sentences, vocab_size: int, dim: int, window: int = 5, upweighted=None,
+                  weight: float = 1.0) -> np.ndarray:
     """The three steps above: ``sentences`` (iterable of piece-id arrays) -> (V, dim) PPMI-SVD vectors. A vocabulary
-    of fewer than ``dim`` pieces (a tiny corpus) gives V dimensions and zeros in the others."""
+    of fewer than ``dim`` pieces (a tiny corpus) gives V dimensions and zeros in the others.
+
+    upweighted, weight: a subset of ``sentences`` (e.g. the task's own unlabelled text) whose pairs count ``weight``
+    times in all, so that the vectors' few dimensions go to what that text's words share."""
     k = min(dim, vocab_size)
-    vectors = truncated_svd_vectors(ppmi(cooccurrence_counts(sentences, vocab_size, window)), k)    # (V, k)
+    counts = cooccurrence_counts(sentences, vocab_size, window)                                      # (V, V)
+    if upweighted is not None and weight != 1.0:
+        counts += (weight - 1.0) * cooccurrence_counts(upweighted, vocab_size, window)
+    vectors = truncated_svd_vectors(ppmi(counts), k)                                                 # (V, k)
     return np.pad(vectors, ((0, 0), (0, dim - k)))                                                   # (V, dim)
+
+
+def parse_upweight(spec: str) -> tuple[str, float]:
+    """``"SOURCE=K"`` (``pretrain --count-upweight rt-train=10``) -> ``(SOURCE, K)``; a one-line ValueError else."""
+    source, sep, weight = str(spec).partition("=")
+    try:
+        k = float(weight)
+    except ValueError:
+        k = float("nan")
+    if not sep or not source or not 1 <= k <= 1000:
+        raise ValueError(f"--count-upweight takes SOURCE=K, a part of --corpus and a weight from 1 to 1000 "
+                         f"(e.g. rt-train=10); got {spec!r}")
+    return source, k
 
 
 def sentence_ids(tokenized_docs, tokenizer):

@@ -39,6 +39,32 @@ from ..data.pretraining import create_pretraining_instances, instances_to_arrays
 from ..data.tokenizer import Tokenizer
 
 
+def applicable_upweight(count_upweight, corpus):
+    """``"SOURCE=K"`` (checked) if SOURCE is one of the parts joined in ``corpus``, else None: the main job's
+    ``rt-train=10`` changes nothing on another corpus (``pretrain`` refuses such a SOURCE given explicitly)."""
+    if not count_upweight or str(count_upweight).lower() == "none":
+        return None
+    from .count_vectors import parse_upweight
+    from ..data.corpora import corpus_parts
+
+    return count_upweight if parse_upweight(count_upweight)[0] in corpus_parts(corpus) else None
+
+
+def upweighted_sentences(count_upweight, train_docs, tokenizer):
+    """``"SOURCE=K"`` or None -> None, or ((SOURCE, K), the piece ids of SOURCE's training documents' sentences)."""
+    if not count_upweight:
+        return None
+    from .count_vectors import parse_upweight, sentence_ids
+    from ..data.corpora import CorpusError
+
+    source, weight = parse_upweight(count_upweight)
+    keys = {(d.doc_id, d.text) for d in load_documents(source)}          # two folders may both hold an a.txt
+    picked = [d for d in train_docs if (d.doc_id, d.text) in keys]
+    if not picked:
+        raise CorpusError(f"--count-upweight {source}: none of the training documents comes from {source}")
+    return (source, weight), sentence_ids(tokenize_documents(picked, tokenizer), tokenizer)
+
+
 @dataclass
 class PretrainingData:
     tokenizer: Tokenizer
@@ -61,9 +87,12 @@ EMBEDDINGS_INITS = ("random", "counts")
 def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max_seq_length=128,
                              max_predictions_per_seq=20, dupe_factor=2, eval_fraction=0.05, seed=0,
                              log=print, max_eval_sequences=MAX_EVAL_SEQUENCES, count_vectors_dim=None,
-                             init_std=0.02, sentiment_masking=False) -> PretrainingData:
+                             init_std=0.02, sentiment_masking=False, count_window=5,
+                             count_upweight=None) -> PretrainingData:
     """count_vectors_dim: also compute the training documents' PPMI-SVD vectors of that width, scaled to
-    ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document).
+    ``init_std``, as initial word embeddings (``count_vectors.py``; never from a held-out document), from the
+    pieces within ``count_window`` of each other; ``count_upweight`` ("SOURCE=K", SOURCE a part of ``corpus``):
+    the pairs of that part's training documents count K times.
     sentiment_masking: the words of a sentiment lexicon (AFINN-165, ``sentiment_words.py``) are masked first, up
     to 10% of a sequence's tokens, in the training and the held-out sequences alike (SKEP, Tian et al. 2020)."""
     preferred = None
@@ -96,10 +125,16 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
         if name == "train" and count_vectors_dim:
             from .count_vectors import count_vectors, initial_word_embeddings, sentence_ids
 
-            vectors = count_vectors(sentence_ids(tokenized, tokenizer), len(tokenizer), count_vectors_dim)
+            up, weight = upweighted_sentences(count_upweight, part, tokenizer), 1.0
+            recipe = f"window {count_window}"
+            if up is not None:
+                (source, weight), up = up
+                recipe += f", the pairs of {source}'s documents counted {weight:g} times"
+            vectors = count_vectors(sentence_ids(tokenized, tokenizer), len(tokenizer), count_vectors_dim,
+                                    count_window, up, weight)
             word_vectors = initial_word_embeddings(vectors, init_std)
-            log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims) of the training documents, "
-                f"std {init_std:g}")
+            log(f"word embeddings: count vectors (PPMI-SVD, {count_vectors_dim} dims, {recipe}) of the training "
+                f"documents, std {init_std:g}")
         if name == "eval" and len(tokenized) < 2:
             tokenized = tokenize_documents(eval_docs + train_docs[:1], tokenizer)   # NSP needs 2 documents
         instances = create_pretraining_instances(tokenized, tokenizer, max_seq_length=max_seq_length,
@@ -171,7 +206,8 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
                     intermediate=None, log=print, progress=True, device="cpu", overwrite=False, eval_every=None,
                     save_every=None, nsp=True, compile_ahead=False, embeddings_init=BASE["embeddings_init"],
                     freeze_word_embeddings=BASE["freeze_word_embeddings"],
-                    sentiment_masking=BASE["sentiment_masking"], word_embeddings_std=BASE["word_embeddings_std"]):
+                    sentiment_masking=BASE["sentiment_masking"], word_embeddings_std=BASE["word_embeddings_std"],
+                    count_window=BASE["count_window"], count_upweight=BASE["count_upweight"]):
     """Run the whole job; returns (TrainResult, report dict; None on the ranks > 0 of an mpiexec run).
 
     device: "cpu" (NumPy arrays) or "gpu" (the parameters, optimizer state and batches as CuPy
@@ -188,6 +224,7 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
     the model's ``initializer_range``, BERT's 0.02). Frozen count vectors at 0.1 let the tied decoder's logits
     grow without waiting for the MLM head's LayerNorm gain to (docs/results.md, "Frozen count vectors at 0.1").
     sentiment_masking: mask the words of a sentiment lexicon first (``prepare_pretraining_data``).
+    count_window, count_upweight: how the count vectors are counted (``prepare_pretraining_data``).
     compile_ahead: compile the Numba kernels in two background processes during the data preparation
     (``training/compile_ahead.py``; one process on the CPU only, as ``bert-from-scratch pretrain`` runs)."""
     if device not in ("cpu", "gpu"):
@@ -196,6 +233,9 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         raise ValueError(f"embeddings_init must be one of {', '.join(EMBEDDINGS_INITS)}; got {embeddings_init!r}")
     if word_embeddings_std is not None and not 0 < word_embeddings_std < float("inf"):
         raise ValueError(f"word_embeddings_std must be a positive number; got {word_embeddings_std!r}")
+    if not (isinstance(count_window, int) and count_window >= 1):
+        raise ValueError(f"count_window must be a whole number of pieces, at least 1; got {count_window!r}")
+    count_upweight = applicable_upweight(count_upweight, corpus)           # a bad spec refused before any work
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("device 'gpu'")
@@ -209,13 +249,13 @@ def run_pretraining(corpus=BASE["corpus"], out=BASE["out"], steps=BASE["steps"],
         return _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
                     dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device,
                     overwrite, eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings,
-                    sentiment_masking, word_embeddings_std)
+                    sentiment_masking, word_embeddings_std, count_window, count_upweight)
 
 
 def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length, vocab_size, vocab_file,
          dupe_factor, resume, backend, layers, hidden, heads, intermediate, log, progress, device, overwrite,
          eval_every, save_every, nsp, compile_ahead, embeddings_init, freeze_word_embeddings, sentiment_masking,
-         word_embeddings_std):
+         word_embeddings_std, count_window, count_upweight):
     from .compile_ahead import start_if_enabled, wait_on_this_host
     from .pretraining import pretrain
 
@@ -224,7 +264,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     with compiling or contextlib.nullcontext():
         # under mpiexec rank 0 alone prepares the data (the others check they were asked for the same, then wait)
         dp.check_same(data_options=repr((corpus, vocab_size, vocab_file, max_seq_length, dupe_factor, seed,
-                                         embeddings_init, sentiment_masking, word_embeddings_std)))
+                                         embeddings_init, sentiment_masking, word_embeddings_std,
+                                         count_window, count_upweight)))
         shape = dict(num_hidden_layers=layers, hidden_size=hidden, num_attention_heads=heads,
                      intermediate_size=intermediate)
         counts = embeddings_init == "counts" and not resume       # a resumed run's embeddings are its checkpoint's
@@ -233,7 +274,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
         data = prepare_pretraining_data(corpus, vocab_size, vocab_file, max_seq_length, dupe_factor=dupe_factor,
                                         seed=seed, log=log, count_vectors_dim=init.hidden_size if counts else None,
                                         init_std=std,
-                                        sentiment_masking=sentiment_masking) if dp.is_root else None
+                                        sentiment_masking=sentiment_masking, count_window=count_window,
+                                        count_upweight=count_upweight) if dp.is_root else None
         data = share_from_root(data, dp.world)
         cfg = model_config(size, len(data.tokenizer), max_seq_length, **shape)
         model = BertForPreTraining(cfg, seed=seed, backend=backend if device == "cpu" else "numpy")
@@ -271,7 +313,8 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
               "checkpoint": str(result.checkpoint_dir),
               "diverged": result.diverged, "nsp_trained": nsp,
               "word_embeddings_frozen": bool(freeze_word_embeddings), "sentiment_masking": bool(sentiment_masking),
-              "word_embeddings_std": None if resume else std}
+              "word_embeddings_std": None if resume else std,
+              "count_vectors": {"window": count_window, "upweight": count_upweight} if counts else None}
     out_path = Path(out)
     if out_path.is_dir():
         atomic_write(out_path / RESULTS_NAME, json.dumps(report, indent=2) + "\n")

@@ -11,6 +11,7 @@ OUT``) reads. They change one piece of a checkpoint at a time, to see which piec
     python docs/screens.py pretrain-frozen OUT --preset long --steps 10000 --dupe-factor 4   # twice as long
     python docs/screens.py tapt SRC OUT --steps N --lr L      # SRC pretrained further on rt-train, embeddings frozen
     python docs/screens.py tapt SRC OUT --corpus C --dupe-factor 1 --sentiment-masking   # ... on C, AFINN words first
+    python docs/screens.py count-probe SRC --windows 5,10,20 --weights 1,10,30,100   # count recipes, probed on dev
 
 These are experiments, not features: the package's own commands are what the README documents.
 """
@@ -138,11 +139,54 @@ def tapt(src, out, corpus: str = "rt-train", **job) -> dict:
         job_module.BertForPreTraining = cls
 
 
+def count_probe(src, windows=(5, 10, 20), weights=(1, 10, 30, 100), corpus=None, source="rt-train",
+                subsets=8, log=print) -> dict:
+    """How ``pretrain --count-window W --count-upweight SOURCE=K`` was chosen: count vectors of ``corpus`` (the main
+    job's) in SRC's vocabulary and width for each (W, K), averaged over a review's pieces, read by the ridge probe;
+    its DEV accuracy (never test) after training on ``subsets`` seeded draws of 1,000 training reviews (mean, sd)
+    and on all of them. Returns {(W, K): (mean, sd, all)}."""
+    from bert_from_scratch.checkpoint import resolve_model_folder
+    from bert_from_scratch.config import BertConfig
+    from bert_from_scratch.data.corpora import load_documents
+    from bert_from_scratch.data.labeled import load_classification
+    from bert_from_scratch.data.pretraining import tokenize_documents
+    from bert_from_scratch.data.tokenizer import Tokenizer
+    from bert_from_scratch.training import count_vectors as cv
+    from bert_from_scratch.training.presets import BASE
+    from bert_from_scratch.training.probe import probe_features
+
+    folder = Path(resolve_model_folder(src))                          # a run folder or its checkpoint
+    tok, dim = Tokenizer.from_pretrained(folder), BertConfig.from_json_file(folder / "config.json").hidden_size
+    docs = load_documents(corpus or BASE["corpus"])
+    keys = {(d.doc_id, d.text) for d in load_documents(source)}
+    data = load_classification("rotten_tomatoes")
+    y = {s: np.array([e.label for e in getattr(data, s)]) for s in ("train", "dev")}
+    draws = [np.sort(np.random.default_rng(k).permutation(len(y["train"]))[:1000]) for k in range(subsets)]
+
+    def ids(part):
+        return list(cv.sentence_ids(tokenize_documents(part, tok), tok))
+
+    everything, upweighted = ids(docs), ids([d for d in docs if (d.doc_id, d.text) in keys])
+    out = {}
+    for w in windows:
+        for k in weights:
+            vectors = cv.count_vectors(everything, len(tok), dim, w, upweighted, float(k))
+            x = {s: cv.mean_vectors(vectors, tok, [e.text for e in getattr(data, s)]) for s in ("train", "dev")}
+            dev = (x["dev"], y["dev"])                                  # passed as "test" too: test is never read
+            few = [probe_features((x["train"][i], y["train"][i]), dev, dev, data.num_labels)["dev"] for i in draws]
+            full = probe_features((x["train"], y["train"]), dev, dev, data.num_labels)["dev"]
+            out[(w, k)] = (float(np.mean(few)), float(np.std(few)), full)
+            log(f"window {w:3d}, {source} x{k:<4g} dev accuracy with 1,000 reviews {100 * np.mean(few):.2f} "
+                f"(sd {100 * np.std(few):.2f} over {subsets} draws), with all {100 * full:.2f}")
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, args in (("reinit", ("src", "out", "pattern")), ("scale-embeddings", ("src", "out", "scale")),
-                       ("counts-alone", ("src", "out")), ("pretrain-frozen", ("out",)), ("tapt", ("src", "out"))):
+                       ("counts-alone", ("src", "out")), ("pretrain-frozen", ("out",)), ("tapt", ("src", "out")),
+                       ("count-probe", ("src",))):
         s = sub.add_parser(name)
         for a in args:
             s.add_argument(a)
@@ -156,6 +200,9 @@ def main(argv=None):
             s.add_argument("--dupe-factor", type=int, default=10, help="times each document is masked anew")
             s.add_argument("--corpus", default="rt-train")
             s.add_argument("--sentiment-masking", action="store_true", help="mask AFINN-165's words first (SKEP)")
+        if name == "count-probe":
+            s.add_argument("--windows", default="5,10,20")
+            s.add_argument("--weights", default="1,10,30,100")
     a = p.parse_args(argv)
     try:
         run(a)
@@ -169,6 +216,9 @@ def run(a):
         print("re-initialised", ", ".join(reinit(a.src, a.out, a.pattern)))
     elif a.command == "scale-embeddings":
         print(f"word embeddings scaled by {scale_embeddings(a.src, a.out, a.scale):.4f}")
+    elif a.command == "count-probe":
+        count_probe(a.src, [int(w) for w in a.windows.split(",")], [float(k) for k in a.weights.split(",")])
+        return
     elif a.command == "counts-alone":
         counts_alone(a.src, a.out)
     elif a.command == "tapt":

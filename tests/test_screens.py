@@ -111,3 +111,23 @@ def test_tapt_passes_sentiment_masking_on(monkeypatch, capsys):
     assert [job["sentiment_masking"] for job in seen] == [True, False]
     assert seen[0]["corpus"] == "bbc" and seen[0]["dupe_factor"] == 1
     assert "held-out MLM 0.1000" in capsys.readouterr().out
+
+
+def test_count_probe_reads_dev_only_and_the_weight_changes_the_vectors(count_vector_corpus, tmp_path, monkeypatch):
+    """The screen behind ``--count-window`` and ``--count-upweight``: one cell recomputed by hand; test never read."""
+    from bert_from_scratch.data import labeled
+    from bert_from_scratch.training import count_vectors as cv
+    from bert_from_scratch.training.pretrain_job import run_pretraining
+
+    run_pretraining(corpus=str(count_vector_corpus), out=tmp_path / "src", steps=1, warmup=1, batch_size=4,
+                    vocab_size=400, log=lambda m: None, progress=False)
+    real = labeled.load_classification("rotten_tomatoes")
+    poisoned = type(real)(**{**vars(real), "test": None})                  # reading test would raise
+    monkeypatch.setattr(labeled, "load_classification", lambda name: poisoned)
+    calls = []
+    monkeypatch.setattr(cv, "count_vectors", lambda *a: calls.append(a[3:]) or np.random.default_rng(
+        int(a[3] * 10 + a[5])).standard_normal((a[1], a[2])))
+    out = screens.count_probe(tmp_path / "src", windows=(2, 5), weights=(1, 3), corpus=str(count_vector_corpus),
+                              source=str(count_vector_corpus), subsets=2, log=lambda m: None)
+    assert [(w, k) for w, _, k in calls] == [(2, 1.0), (2, 3.0), (5, 1.0), (5, 3.0)]
+    assert set(out) == {(2, 1), (2, 3), (5, 1), (5, 3)} and all(0.3 < v[0] < 0.8 for v in out.values())

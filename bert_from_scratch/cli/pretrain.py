@@ -117,14 +117,15 @@ def count_options_problem(args) -> str | None:
         return f"--count-window must be at least 1 piece; got {args.count_window}"
     if args.count_upweight:
         from ..data.corpora import corpus_parts
-        from ..training.count_vectors import parse_upweight
+        from ..training.pretrain_job import applicable_upweight
         try:
-            source, _ = parse_upweight(args.count_upweight)
+            applies = applicable_upweight(args.count_upweight, args.corpus)
         except ValueError as e:
             return str(e)
-        parts = corpus_parts(args.corpus)
-        if source not in parts:
-            return f"--count-upweight {source}: not a part of --corpus {args.corpus} (its parts: {', '.join(parts)})"
+        if applies is None:
+            source = args.count_upweight.partition("=")[0]
+            return (f"--count-upweight {source}: not a part of --corpus {args.corpus} "
+                    f"(its parts: {', '.join(corpus_parts(args.corpus))})")
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,8 @@ def test_the_workers_compile_every_kernel_a_real_step_reads(empty_cache):
     lines = []
     assert compile_ahead.start().wait(lines.append)
     assert len(lines) == 1 and lines[0].startswith("kernels: Numba compiled in 2 background processes"), lines
+    own = re.search(r"their own time: attention (\d+) s, layers (\d+) s;", lines[0])   # each worker's own seconds
+    assert own and all(0 <= int(x) < 600 for x in own.groups()), lines
     report = probe(empty_cache)
     assert EXPECTED <= set(report), sorted(report)
     assert not uncached(report), f"compiled again by the real step (name: [hits, misses]): {uncached(report)}"
@@ -114,7 +117,7 @@ def test_a_failing_worker_is_reported_in_one_line_and_the_job_goes_on():
 def test_stop_ends_the_workers_of_a_job_that_failed_early(monkeypatch):
     monkeypatch.setenv(compile_ahead.ENV_SWITCH, "1")
     with compile_ahead.start() as ahead:
-        procs = [proc for proc, _ in ahead.processes.values()]
+        procs = [proc for proc, *_ in ahead.processes.values()]
     assert all(proc.poll() is not None for proc in procs)
     assert ahead.processes == {}
 

@@ -70,9 +70,8 @@ def tiny_training_step(backend, dtype=np.float32, batch: int = 2, seq_len: int =
 class CompileAhead:
     """The running workers (:func:`start`); :meth:`wait` before the first step, :meth:`stop` on the way out."""
 
-    def __init__(self, processes: dict, started: float):
+    def __init__(self, processes: dict):
         self.processes = processes               # group -> (Popen, stderr file, stdout file: the worker's seconds)
-        self.started = started
 
     def wait(self, log: Callable[[str], None] = print, timeout: float = 600.0) -> bool:
         """Wait for every worker; True when all of them succeeded. Says in one line what happened."""
@@ -164,7 +163,7 @@ def start(groups=tuple(GROUPS)) -> CompileAhead:
         proc = subprocess.Popen([sys.executable, "-m", __name__, group], stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=err, env=worker_environment())
         processes[group] = (proc, err, out)
-    return CompileAhead(processes, time.perf_counter())
+    return CompileAhead(processes)
 
 
 def main(argv=None) -> int:

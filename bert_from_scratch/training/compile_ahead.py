@@ -90,7 +90,8 @@ class CompileAhead:
                 failed.append(f"{group}: {lines[-1] if lines else f'exit status {rc}'}")
             else:
                 out.seek(0)
-                seconds[group] = out.read().decode("ascii", "replace").strip()
+                printed = out.read().decode("ascii", "replace").split()
+                seconds[group] = printed[-1] if printed else "?"     # its last word: the seconds main() printed
             err.close()
             out.close()
         now = time.perf_counter()

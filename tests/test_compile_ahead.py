@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -164,3 +165,15 @@ def test_under_mpiexec_only_the_first_rank_of_a_host_compiles_and_its_workers_ar
     env = compile_ahead.worker_environment()
     assert not [k for k in env if k.startswith(("PMI", "OMPI_", "MPI_LOCAL"))]
     assert env["NUMBA_NUM_THREADS"] == "1" and env["PATH"] == os.environ["PATH"]
+
+
+def test_the_log_line_takes_a_workers_seconds_only_when_it_printed_a_number():
+    """The parent reads the last word a worker printed; anything but a whole number shows as "?" (never garbage)."""
+    processes = {}
+    for group, text in (("counted", "compiling...\n12"), ("chatty", "12 s, then a word")):
+        err, out = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+        proc = subprocess.Popen([sys.executable, "-c", f"print({text!r})"], stdout=out, stderr=err)
+        processes[group] = (proc, err, out)
+    lines = []
+    assert compile_ahead.CompileAhead(processes).wait(lines.append)
+    assert "(their own time: counted 12 s, chatty ? s;" in lines[0], lines

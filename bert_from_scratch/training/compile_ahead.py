@@ -91,7 +91,8 @@ class CompileAhead:
             else:
                 out.seek(0)
                 printed = out.read().decode("ascii", "replace").split()
-                seconds[group] = printed[-1] if printed else "?"     # its last word: the seconds main() printed
+                last = printed[-1] if printed else ""               # its last word: the seconds main() printed
+                seconds[group] = last if last.isdigit() else "?"
             err.close()
             out.close()
         now = time.perf_counter()

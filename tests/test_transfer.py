@@ -18,7 +18,8 @@ import pytest
 
 from bert_from_scratch.cli import main
 from bert_from_scratch.data.corpora import CorpusError, _make_document, load_documents
-from bert_from_scratch.data.domain_corpora import check_no_leak, find_leaks, normalise, rt_train_documents
+from bert_from_scratch.data.domain_corpora import rt_train_documents
+from bert_from_scratch.data.held_out import check_no_leak, classification_held_out, find_leaks, normalise
 from bert_from_scratch.data.labeled import ClassificationData, Example, load_classification
 from bert_from_scratch.training import transfer
 
@@ -31,7 +32,7 @@ def rt():
 
 def test_rt_train_corpus_holds_no_dev_or_test_text(rt):
     data, docs = rt
-    assert find_leaks(docs, data) == []
+    assert find_leaks(docs, classification_held_out(data)) == []
     text = normalise("\n".join(d.text for d in docs))
     held_out = {normalise(e.text) for e in data.dev + data.test}
     paragraphs = {normalise(p) for d in docs for p in d.text.split("\n") if p.strip()}
@@ -52,16 +53,16 @@ def test_the_leak_check_finds_planted_leaks(rt):
         _make_document("It was said that " + long_test + " Indeed.", None, "inside"),     # inside a sentence
     ]
     for doc in planted:
-        assert len(find_leaks(docs + [doc], data)) == 1, doc.doc_id
+        assert len(find_leaks(docs + [doc], classification_held_out(data))) == 1, doc.doc_id
         with pytest.raises(CorpusError, match="dev/test text"):
-            check_no_leak(docs + [doc], data)
+            check_no_leak(docs + [doc], classification_held_out(data), "rotten_tomatoes")
 
 
 def test_short_held_out_texts_count_only_as_whole_units():
-    data = ClassificationData([], [Example("a great movie", 1)], [], ["neg", "pos"])
+    held_out = classification_held_out(ClassificationData([], [Example("a great movie", 1)], [], ["neg", "pos"]))
     inside = _make_document("It is a great movie with a bad end.", None, "x")       # chance overlap: no leak
     whole = _make_document("Plot first.\n\nA  great movie", None, "y")
-    assert find_leaks([inside], data) == [] and find_leaks([whole], data) == ["a great movie"]
+    assert find_leaks([inside], held_out) == [] and find_leaks([whole], held_out) == ["a great movie"]
 
 
 def test_corpora_join_with_plus():

@@ -1,6 +1,6 @@
 """The ``bert-from-scratch`` command.
 
-    bert-from-scratch pretrain                 # the main job: pretrain a small BERT on 4.2M words of English
+    bert-from-scratch pretrain                 # the main job: pretrain a small BERT on 3.8M words of English
     bert-from-scratch distill                  # pretraining with a teacher (all-MiniLM-L6-v2)
     bert-from-scratch fill-mask --checkpoint runs/pretrain "the [MASK] rose sharply"
     bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png

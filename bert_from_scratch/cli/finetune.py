@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 
 from ..data.classification import FinetuneError
+from ..data.held_out import split_seed_warning
 from ..training.compile_ahead import start_if_enabled, wait_on_this_host
 from ..training.classification_models import INIT_CHOICES, load_for_classification, predict
 from ..training.finetuning import finetune
-from .common import command
+from .common import command, warn
 from .process import keep_freed_memory
 
 DEFAULT_OUT = "runs/finetune"
@@ -40,7 +41,9 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--dataset", default="rotten_tomatoes", choices=("rotten_tomatoes", "bbc"),
                         help="built-in dataset with a fixed, seeded 80/10/10 split (default rotten_tomatoes)")
     parser.add_argument("--split-seed", type=int, default=0,
-                        help="seed of the built-in dataset's train/dev/test split (default 0: the documented one)")
+                        help="seed of the built-in dataset's train/dev/test split (default 0: the documented one, "
+                             "whose dev and test text the pretraining corpora leave out; another seed warns when "
+                             "--init is a checkpoint)")
     parser.add_argument("--train", metavar="CSV", help="your own training data: a CSV with columns text[,text_b],label")
     parser.add_argument("--dev", metavar="CSV", help="your own dev data (needed with --train)")
     parser.add_argument("--test", metavar="CSV", help="your own test data (optional)")
@@ -77,6 +80,7 @@ def _load_data(args):
     from ..data.labeled import ClassificationData, load_classification, read_classification_csv
 
     if args.train is None and args.dev is None and args.test is None:
+        warn(split_seed_warning(args.dataset, args.split_seed, args.init))
         return load_classification(args.dataset, seed=args.split_seed)
     if args.train is None or args.dev is None:
         raise FinetuneError("--train and --dev go together: give both CSV files (and optionally --test)")

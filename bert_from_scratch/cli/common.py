@@ -25,12 +25,6 @@ def error(message: str) -> int:
     return 2
 
 
-def warn(message: str | None) -> None:
-    """Print ``bert-from-scratch: warning: <message>`` on stderr (nothing for None); the command goes on."""
-    if message:
-        print("bert-from-scratch: warning: " + message, file=sys.stderr)
-
-
 def missing_checkpoint(folders) -> str | None:
     """The one-line message for the first ``--checkpoint`` folder that does not exist, or None."""
     for folder in folders:

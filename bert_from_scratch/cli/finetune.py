@@ -11,11 +11,11 @@ import json
 from pathlib import Path
 
 from ..data.classification import FinetuneError
-from ..data.held_out import split_seed_warning
+from ..data.held_out import warn_on_another_split
 from ..training.compile_ahead import start_if_enabled, wait_on_this_host
 from ..training.classification_models import INIT_CHOICES, load_for_classification, predict
 from ..training.finetuning import finetune
-from .common import command, warn
+from .common import command
 from .process import keep_freed_memory
 
 DEFAULT_OUT = "runs/finetune"
@@ -80,7 +80,7 @@ def _load_data(args):
     from ..data.labeled import ClassificationData, load_classification, read_classification_csv
 
     if args.train is None and args.dev is None and args.test is None:
-        warn(split_seed_warning(args.dataset, args.split_seed, args.init))
+        warn_on_another_split(args.dataset, args.split_seed, args.init)
         return load_classification(args.dataset, seed=args.split_seed)
     if args.train is None or args.dev is None:
         raise FinetuneError("--train and --dev go together: give both CSV files (and optionally --test)")

@@ -9,8 +9,7 @@ import json
 from pathlib import Path
 
 from ..data.classification import FinetuneError
-from ..data.held_out import split_seed_warning
-from .common import warn
+from ..data.held_out import warn_on_another_split
 
 DEFAULT_TRAIN_SENTENCES = 3000      # of 45,689: a default run of ~15 minutes on 2 cores (--all-train for all)
 TASKS = ("text-classification", "token-classification", "fill-mask", "question-answering", "feature-extraction")
@@ -28,7 +27,7 @@ def finetune_tokens(args) -> int:
     if init not in ("minilm", "random") and not Path(init).exists():
         raise FinetuneError(f"--init {init}: not 'minilm', 'random' or an existing checkpoint folder")
     data = load_brown_pos(seed=args.split_seed)
-    warn(split_seed_warning("brown_pos", args.split_seed, init))
+    warn_on_another_split("brown_pos", args.split_seed, init)
     max_train = None if args.all_train else (args.max_train_examples or DEFAULT_TRAIN_SENTENCES)
     model, tokenizer = load_for_token_classification(init, len(data.label_names), seed=args.seed, like=args.like,
                                                      log=print)

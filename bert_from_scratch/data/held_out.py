@@ -26,6 +26,8 @@ document and in a training one is the task's training text as well. Each part is
 """
 from __future__ import annotations
 
+import warnings
+
 from .corpora import CorpusError, Document
 
 #: the task split whose dev and test text the named pretraining corpora leave out
@@ -116,7 +118,7 @@ TASK_CORPUS = {"rotten_tomatoes": "rt-train", "bbc": "bbc", "brown_pos": "brown"
 
 
 def split_seed_warning(dataset: str, split_seed: int, init) -> str | None:
-    """The one-line warning (``cli.common.warn`` prints it) when a pretrained checkpoint is fine-tuned on a split
+    """The one-line warning :func:`warn_on_another_split` gives when a pretrained checkpoint is fine-tuned on a split
     other than :data:`SPLIT_SEED`.
 
     ``init`` is ``finetune --init``: "random" and "minilm" read none of the project's corpora, so they get None."""
@@ -125,3 +127,10 @@ def split_seed_warning(dataset: str, split_seed: int, init) -> str | None:
     return (f"--split-seed {split_seed}: the pretraining corpus part {TASK_CORPUS[dataset]!r} leaves out "
             f"the dev/test text of split seed {SPLIT_SEED} only, so this split's dev/test text may have been "
             f"pretrained on (if {init} read that part)")
+
+
+def warn_on_another_split(dataset: str, split_seed: int, init) -> None:
+    """``warnings.warn`` :func:`split_seed_warning`'s message, if any (the CLI shows a warning as one line)."""
+    message = split_seed_warning(dataset, split_seed, init)
+    if message:
+        warnings.warn(message, stacklevel=2)

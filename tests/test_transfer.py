@@ -266,3 +266,72 @@ def test_checkpoints_alike_share_one_random_init_twin(tiny_review_checkpoint, mo
     assert names == [(f"random init (like {folder})", None), (f"pretrained: {folder}", f"random init (like {folder})"),
                      (f"pretrained: {same}", f"random init (like {folder})"),
                      (f"random init (like {other})", None), (f"pretrained: {other}", f"random init (like {other})")]
+
+
+def _quick(folder, out, *flags):
+    return main(["transfer", "--quick", "--no-minilm", "--checkpoint", str(folder), "--out", str(out), *flags])
+
+
+@pytest.fixture
+def counted_finetunes(monkeypatch):
+    """The fine-tunings that really run, as (row, lr, seed)."""
+    ran, real = [], transfer.finetune
+
+    def counting(model, tokenizer, data, folder, **kw):
+        ran.append((folder.parent.name, kw["lr"], kw["seed"]))
+        return real(model, tokenizer, data, folder, **kw)
+    monkeypatch.setattr(transfer, "finetune", counting)
+    return ran
+
+
+def test_a_stopped_table_resumes_with_the_runs_it_finished(tiny_review_checkpoint, tmp_path, capsys, counted_finetunes):
+    """A table stopped in its last run: --resume runs that one only and gives the same table; without --resume the
+    folder is refused in one line (nothing redone, nothing lost); --resume with a third seed runs only seed 2."""
+    folder, _, _ = tiny_review_checkpoint
+    out = tmp_path / "t"
+    assert _quick(folder, out) == 0 and len(counted_finetunes) == 4
+    whole = json.loads((out / "transfer.json").read_text())
+    (out / "transfer.json").unlink()                                  # stopped before the table was written ...
+    records = transfer.kept_runs(out)
+    assert len(records) == 4
+    records[-1].unlink()                                              # ... and inside its last fine-tuning
+    capsys.readouterr()
+    assert _quick(folder, out) == 2
+    err = capsys.readouterr().err
+    assert "3 finished fine-tunings" in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    counted_finetunes.clear()
+    assert _quick(folder, out, "--resume") == 0
+    assert len(counted_finetunes) == 1 and "(kept from an earlier run)" in capsys.readouterr().out
+    again = json.loads((out / "transfer.json").read_text())
+    for a, b in zip(whole["rows"], again["rows"]):
+        assert a["test_correct_by_seed"] == b["test_correct_by_seed"] and a["dev_by_seed"] == b["dev_by_seed"]
+    counted_finetunes.clear()
+    assert _quick(folder, out, "--resume", "--seeds", "0,1,2") == 0
+    assert sorted(seed for _, _, seed in counted_finetunes) == [2, 2]           # one new run per row
+    assert all(len(r["test_by_seed"]) == 3 for r in json.loads((out / "transfer.json").read_text())["rows"])
+    counted_finetunes.clear()
+    assert _quick(folder, out, "--overwrite") == 0 and len(counted_finetunes) == 4     # every run redone
+
+
+def test_resume_refuses_runs_made_with_other_settings(tiny_review_checkpoint, tmp_path, capsys, counted_finetunes):
+    """The checker of --resume rejects what is not the run asked for: another epoch count, a checkpoint retrained
+    into the same folder (its weights' bytes differ), a record that is not one; each in one line, nothing run."""
+    folder, _, _ = tiny_review_checkpoint
+    out = tmp_path / "t"
+    assert _quick(folder, out) == 0
+    counted_finetunes.clear()
+    capsys.readouterr()
+    assert _quick(folder, out, "--resume", "--epochs", "2") == 2
+    err = capsys.readouterr().err
+    assert "other settings (epochs 1 there, 2 now)" in err and len(err.strip().splitlines()) == 1
+    weights = next(f for f in sorted(folder.iterdir()) if f.is_file() and f.name not in ("config.json", "vocab.txt"))
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))   # one bit flipped
+    assert _quick(folder, out, "--resume") == 2
+    err = capsys.readouterr().err
+    assert "the starting point's files or the dataset" in err and f"pretrained--" in err
+    assert counted_finetunes == []                                   # the twin's runs were reused, then refused
+    transfer.kept_runs(out)[0].write_text("{}")
+    assert _quick(folder, out, "--resume") == 2
+    assert "is not a fine-tuning record" in capsys.readouterr().err
+    assert _quick(folder, out, "--resume", "--overwrite") == 2
+    assert "give one of the two" in capsys.readouterr().err

@@ -43,7 +43,12 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "hundred examples an epoch is a few steps, so a slow start can end a run at the majority "
                         "class: give --patience as large as --epochs to keep every epoch's chance")
     p.add_argument("--max-train-examples", type=int, default=None, help="a seeded subset (default: all 10,201)")
-    p.add_argument("--overwrite", action="store_true", help="replace the table an earlier run left in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the table (and redo the fine-tunings) an earlier run left in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse the fine-tunings an earlier run into --out finished with the same settings and run "
+                        "the rest (a stopped table, or more --seeds or --lrs); a run made with other settings is "
+                        "refused")
     p.add_argument("--no-minilm", action="store_true", help="leave out the all-MiniLM-L6-v2 row")
     p.add_argument("--tune-on-all-seeds", action="store_true",
                    help="choose each row's learning rate on the mean dev accuracy of every seed, not seed 0's "
@@ -80,5 +85,5 @@ def cli_transfer(args) -> int:
                              ("--classifier-first", p.classifier_first, 0)):
         if value < low:
             return error(f"{flag} must be at least {low}; got {value}")
-    run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite)
+    run_transfer(args.checkpoint, args.out, p, minilm=not args.no_minilm, overwrite=args.overwrite, resume=args.resume)
     return 0

@@ -48,6 +48,11 @@ part of each row's grid: every rate runs with them trained and with them frozen,
 dev (ties: trained). A checkpoint pretrained over frozen count vectors (``--preset long-frozen``) was trained to
 read those vectors; its random-init twin may prefer them trained. ``yes`` freezes them in every run.
 
+**Stopped, or more seeds.** Every fine-tuning, once scored, is kept in its folder with the settings that made it
+(:mod:`.transfer_runs`). ``--resume`` reuses the runs an earlier invocation into the same ``--out`` finished, when
+made with the same settings, and runs the rest: a table stopped after 40 minutes loses at most the run it was in,
+and ``--resume --seeds 0,1,...,9`` adds seven seeds to a three-seed table without redoing its 63 runs.
+
 ``--quick`` shrinks everything (200 training examples, one epoch, one learning rate, two seeds) for a
 smoke test; its numbers mean nothing.
 """
@@ -68,6 +73,7 @@ from ..files import atomic_write
 from .classification_models import load_for_classification
 from .finetuning import evaluate_classifier, finetune
 from .run_folder import RunFolderError, hold_run_folder
+from .transfer_runs import kept_run, kept_runs, run_settings, start_and_data_digest, write_run
 
 MINILM_ROW = "all-MiniLM-L6-v2"
 TRANSFER_JSON = "transfer.json"
@@ -115,6 +121,7 @@ class Row:
     gain_interval: tuple | None = None
     gain_interval_seeds: tuple | None = None   # the same gain, seeds resampled as well as test examples
     baseline: str | None = None                # the random-init row its gain is measured against
+    digest: str | None = None                  # sha256 of the starting point's files and the data (transfer_runs)
 
 
 def bootstrap_interval(values: np.ndarray, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
@@ -147,8 +154,15 @@ def setting_name(lr: float, frozen: bool) -> str:
 def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log,
              frozen: bool = False) -> tuple[float, float, np.ndarray]:
     """Fine-tune ``row`` at ``lr`` with ``seed`` (the word embeddings ``frozen`` or not) -> (dev accuracy, test
-    accuracy, test correctness (n,))."""
+    accuracy, test correctness (n,)); a run kept in its folder with the same settings is read, not run again."""
     folder = out / _slug(row.name) / (f"lr{lr:g}-seed{seed}" + ("-frozen" if frozen else ""))
+    row.digest = row.digest or start_and_data_digest(row.init, row.like, data)
+    settings = run_settings(row.digest, row.init, row.like, lr, seed, frozen, p)
+    kept = kept_run(folder, settings)
+    if kept is not None:
+        log(f"  {row.name} lr {setting_name(lr, frozen)} seed {seed}: dev {kept[0]:.4f}  test {kept[1]:.4f}  "
+            f"(kept from an earlier run)")
+        return kept
     model, tokenizer = load_for_classification(row.init, num_labels=data.num_labels, seed=seed,
                                                like=row.like or "minilm", log=lambda m: None)
     result = finetune(model, tokenizer, data, folder, epochs=p.epochs, batch_size=p.batch_size, lr=lr,
@@ -158,11 +172,13 @@ def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log,
                       freeze_word_embeddings=frozen)
     if result.diverged or result.best_epoch == 0:
         log(f"  {row.name} lr {setting_name(lr, frozen)} seed {seed}: diverged ({result.message})")
+        write_run(folder, settings, -math.inf, math.nan, np.zeros(len(data.test)))
         return -math.inf, float("nan"), np.zeros(len(data.test))
     test = encode_examples(tokenizer, data.test, p.max_length, data.num_labels, "test")
     ev = evaluate_classifier(model, test)                # the model holds the best epoch's weights
     shutil.rmtree(folder / BEST_DIR, ignore_errors=True)  # the table needs the numbers, not 20 copies of weights
     correct = (ev["predictions"] == test.labels).astype(np.float64)
+    write_run(folder, settings, float(result.best_dev_accuracy), float(ev["accuracy"]), correct)
     log(f"  {row.name} lr {setting_name(lr, frozen)} seed {seed}: dev {result.best_dev_accuracy:.4f}  "
         f"test {ev['accuracy']:.4f}  "
         f"(best epoch {result.best_epoch}, {result.seconds:.0f} s)")
@@ -199,18 +215,29 @@ def run_row(row: Row, data, out: Path, p: Protocol, log) -> Row:
 
 
 def run_transfer(checkpoints: list, out, protocol: Protocol | None = None, minilm: bool = True,
-                 dataset: str = "rotten_tomatoes", log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
+                 dataset: str = "rotten_tomatoes", log: Callable[[str], None] = print, overwrite: bool = False,
+                 resume: bool = False) -> dict:
     """Every row of the table (module docstring); writes ``out/transfer.json`` and returns its content.
 
-    A folder that holds a ``transfer.json`` already is refused unless ``overwrite``; one process at a time."""
+    A folder that holds a ``transfer.json`` or finished fine-tunings already is refused unless ``resume`` (its
+    runs made with the same settings are reused: :mod:`.transfer_runs`) or ``overwrite`` (every run is redone);
+    one process at a time."""
     from ..data.labeled import load_classification
 
     p = protocol or Protocol()
     out = Path(out)
-    if (out / TRANSFER_JSON).exists() and not overwrite:
-        raise RunFolderError(f"{out} already holds a transfer table ({TRANSFER_JSON}); --overwrite to replace it, "
+    if resume and overwrite:
+        raise RunFolderError("--resume reuses the runs in --out and --overwrite redoes them: give one of the two")
+    finished, kept = (out / TRANSFER_JSON).exists(), kept_runs(out)
+    if (finished or kept) and not (resume or overwrite):
+        what = (f"a transfer table ({TRANSFER_JSON})" if finished else
+                f"{len(kept)} finished fine-tunings of a table that did not finish")
+        raise RunFolderError(f"{out} already holds {what}; --resume to reuse its runs, --overwrite to redo them, "
                              f"or choose another --out")
     with hold_run_folder(out):
+        if overwrite:
+            for record in kept_runs(out):
+                record.unlink()
         return _run_rows(checkpoints, out, p, minilm, load_classification(dataset), dataset, log)
 
 

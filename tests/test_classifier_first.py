@@ -157,7 +157,8 @@ def test_transfer_runs_hand_the_option_to_finetune(monkeypatch, tmp_path):
     monkeypatch.setattr(transfer, "load_for_classification", lambda *a, **k: (None, None))
     p = transfer.Protocol(classifier_first=7)
     with pytest.raises(RuntimeError, match="stop here"):
-        transfer._one_run(transfer.Row("r", "random"), type("D", (), {"num_labels": 2})(), tmp_path, 1e-3, 0, p, print)
+        row = transfer.Row("r", "random", digest="0" * 64)          # a digest given: no model or data to hash
+        transfer._one_run(row, type("D", (), {"num_labels": 2})(), tmp_path, 1e-3, 0, p, print)
     assert calls == [7]
 
 

@@ -35,6 +35,11 @@ INIT_CHOICES = ("random", "minilm")       # or a checkpoint folder
 SINGLE_LABEL = "single_label_classification"
 
 
+def model_name(source):
+    """``MINILM`` for the names users give it ("minilm", any case), else ``source`` unchanged."""
+    return MINILM if str(source).lower() in ("minilm", MINILM.lower()) else source
+
+
 def load_for_classification(init, num_labels: int, seed: int = 0, like=MINILM, dtype=np.float32, log=None,
                             model_class=None):
     """``(model, tokenizer)`` to fine-tune: a ``BertForSequenceClassification`` with ``num_labels``
@@ -59,7 +64,7 @@ def load_for_classification(init, num_labels: int, seed: int = 0, like=MINILM, d
     model_class = model_class or BertForSequenceClassification
     options = {"problem_type": SINGLE_LABEL} if model_class is BertForSequenceClassification else {}
     source = like if init == "random" else init
-    name = MINILM if str(source).lower() in ("minilm", MINILM.lower()) else source
+    name = model_name(source)
     if init == "random" and name != MINILM:
         try:                                             # only config.json and vocab.txt are read
             folder = resolve_model_folder(name)

@@ -38,11 +38,10 @@ def start_and_data_digest(init: str, like: str | None, data) -> str:
     from ..checkpoint import resolve_model_folder
     from ..constants import CONFIG_NAME, VOCAB_NAME
     from ..pretrained import model_folder
-    from .classification_models import MINILM
+    from .classification_models import MINILM, model_name
 
-    source = (like or MINILM) if init == "random" else init
-    minilm = str(source).lower() in ("minilm", MINILM.lower())
-    folder = model_folder(MINILM) if minilm else resolve_model_folder(source)
+    source = model_name((like or MINILM) if init == "random" else init)
+    folder = model_folder(MINILM) if source == MINILM else resolve_model_folder(source)
     if init == "random":                                 # a twin reads only these two of its model's files
         files = [folder / CONFIG_NAME, folder / VOCAB_NAME]
     else:

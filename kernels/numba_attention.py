@@ -30,7 +30,11 @@ Backward: the probabilities are recomputed tile by tile, ``P = exp(S - m) / l``,
 One ``prange`` task owns one (batch, head): it loops over key blocks (accumulating ``dK_j``,
 ``dV_j`` in their rows of the output) and, inside, over query blocks (accumulating ``dQ``
 straight into the output, which no other task touches) -- one pass, no atomics, no second
-recomputation. With ``B * H >= 12`` tasks this keeps two cores busy (tasks are handed out one
+recomputation. The first product into each output block is written there directly and only
+later ones are added (no zeroing pass, no add pass: at T <= 64, one block each way, as in the
+default pretraining job, nothing is added at all), and ``1/sqrt(d)`` is folded into ``dS``
+as it is computed rather than applied to ``dQ`` and ``dK`` in passes of their own: together
+~10% of the backward at the default job's size (docs/performance.md). With ``B * H >= 12`` tasks this keeps two cores busy (tasks are handed out one
 at a time, see ``_dynamic_schedule``).
 
 Dropout uses the same counter hash as the reference (``dropout_keep_mask``): the keep bit of
@@ -208,7 +212,8 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
 
     One prange task = one (batch*head): key blocks outside, query blocks inside. The five tile
     products are BLAS calls on contiguous tiles (``np.dot`` with ``out``), in the "nn"/"tn"
-    forms only: ``K_j`` and ``V_j`` are transposed once per key block.
+    forms only: ``K_j`` and ``V_j`` are transposed once per key block. ``dp`` holds
+    ``dS / sqrt(d)``, so the products into dQ and dK need no rescaling afterwards.
     """
     BH, Tq, d = q.shape
     T = k.shape[1]
@@ -226,7 +231,6 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
                 acc += dout[bh, i, c] * out[bh, i, c]
             delta[i] = acc
         dq_h = dq[bh]                                  # (Tq, d), owned by this task
-        dq_h[:, :] = 0.0
         kt_buffer = np.empty(d * BLOCK_K, dt)          # K_j^T: (d, nk)
         vt_buffer = np.empty(d * BLOCK_K, dt)          # V_j^T: (d, nk)
         s_buffer = np.empty(BLOCK_Q * BLOCK_K, dt)     # S -> P -> P~: (nq, nk)
@@ -246,8 +250,6 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
             #                                            negative-index check (which stops SIMD)
             dk_acc = dk[bh, j0:j0 + nk]                # (nk, d), owned by this task
             dv_acc = dv[bh, j0:j0 + nk]
-            dk_acc[:, :] = 0.0
-            dv_acc[:, :] = 0.0
             for i0 in range(0, Tq, BLOCK_Q):
                 nq = min(BLOCK_Q, Tq - i0)
                 q_blk = q[bh, i0:i0 + nq]              # (nq, d)
@@ -269,21 +271,26 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
                             p = fast_exp(row[jj] * scale + bias[jj] - shift) * inv
                             keep = (mix32(h_row ^ (j0 + jj)) >> 8) >= drop_threshold
                             zs = keep_scale if keep else dt.type(0.0)   # Z / (1 - p)
-                            drow[jj] = p * (drow[jj] * zs - d_i)        # dS = P (dP - D)
+                            drow[jj] = p * (drow[jj] * zs - d_i) * scale  # dS / sqrt(d) = P (dP - D) / sqrt(d)
                             row[jj] = p * zs                            # P~
                     else:
                         for jj in range(nk):
                             p = fast_exp(row[jj] * scale + bias[jj] - shift) * inv
-                            drow[jj] = p * (drow[jj] - d_i)
+                            drow[jj] = p * (drow[jj] - d_i) * scale
                             row[jj] = p
-                np.dot(s.T, do_blk, kd)                # dV_j += P~^T dO
-                _add_into(dv_acc, kd)
-                np.dot(dp.T, q_blk, kd)                # dK_j += dS^T Q
-                _add_into(dk_acc, kd)
-                np.dot(dp, k_tile, qd)                 # dQ += dS K_j
-                _add_into(dq_h[i0:i0 + nq], qd)
-            dk_acc *= scale
-        dq_h *= scale
+                if i0 == 0:                            # the first query block writes, the others add
+                    np.dot(s.T, do_blk, dv_acc)        # dV_j = P~^T dO
+                    np.dot(dp.T, q_blk, dk_acc)        # dK_j = dS^T Q / sqrt(d)
+                else:
+                    np.dot(s.T, do_blk, kd)            # dV_j += P~^T dO
+                    _add_into(dv_acc, kd)
+                    np.dot(dp.T, q_blk, kd)            # dK_j += dS^T Q / sqrt(d)
+                    _add_into(dk_acc, kd)
+                if j0 == 0:                            # the first key block writes, the others add
+                    np.dot(dp, k_tile, dq_h[i0:i0 + nq])   # dQ = dS K_j / sqrt(d)
+                else:
+                    np.dot(dp, k_tile, qd)             # dQ += dS K_j / sqrt(d)
+                    _add_into(dq_h[i0:i0 + nq], qd)
 
 
 # --------------------------------------------------------------------------------------

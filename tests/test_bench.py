@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from bert_from_scratch.bench import attention as bench_attention, default_step, train_step as bench_train
+from bert_from_scratch.bench import attention as bench_attention, default_step, step_parts, train_step as bench_train
 from bert_from_scratch.cli import main
 
 
@@ -166,3 +166,53 @@ def test_the_bench_names_the_rounds_a_vm_host_slowed():
     assert default_step.steal_per_round({"ours": [0.0, 0.04], "torch_same": [None, 0.01]}) == ""
     line = default_step.steal_per_round({"ours": [0.0, 0.38], "torch_same": [None, 0.02]})
     assert "per round: ours 0%, 38%; torch_same -, 2%: rounds with steal ran slower" in line
+
+
+def test_step_parts_put_each_profiled_function_in_its_part():
+    part_of = step_parts.part_of
+    assert part_of("/x/bert_from_scratch/nn/layers.py", "linear_backward") == "linear layers: BLAS products, bias sums"
+    assert part_of("/x/bert_from_scratch/nn/layers.py", "row_sum") == "linear layers: BLAS products, bias sums"
+    assert part_of("/x/bert_from_scratch/nn/layers.py", "gelu_forward") == step_parts.GLUE      # the reference's
+    assert part_of("/x/kernels/numba_attention.py", "backward_kernel") == "attention kernels"
+    assert part_of("/x/kernels/numba_attention.py", "attention_forward") == step_parts.GLUE     # its Python wrapper
+    assert part_of("/x/kernels/numba_fused.py", "bias_gelu_backward_kernel") == "bias + GELU"
+    assert part_of("/x/kernels/numba_fused.py", "residual_layernorm_forward_kernel") == \
+        "dropout + residual + LayerNorm"
+    assert part_of("/x/kernels/numba_loss.py", "cross_entropy_kernel") == "cross-entropy"
+    assert part_of("/x/kernels/numba_heads.py", "stack_part_kernel") == "heads' split and stack"
+    assert part_of("/x/kernels/numba_optim.py", "_adamw_loop") == "AdamW"
+    assert part_of("/x/kernels/numba_elementwise.py", "dropout_kernel") == \
+        "other Numba kernels (embeddings, LayerNorm, dropout)"
+    assert part_of("~", "<method 'reshape' of 'numpy.ndarray' objects>") == step_parts.GLUE
+    stats = {("/x/nn/layers.py", 26, "linear_forward"): (4, 4, 0.8, 0.8, {}),
+             ("/x/kernels/numba_loss.py", 35, "cross_entropy_kernel"): (2, 2, 0.2, 0.2, {}),
+             ("~", 0, "<built-in method numpy.zeros>"): (6, 6, 0.06, 0.06, {})}
+    parts, glue = step_parts.split_stats(stats, steps=2)
+    assert parts["linear layers: BLAS products, bias sums"] == pytest.approx(0.4)
+    assert parts["cross-entropy"] == pytest.approx(0.1) and parts[step_parts.GLUE] == pytest.approx(0.03)
+    assert sum(parts.values()) == pytest.approx(0.53) and len(parts) == len(step_parts.PARTS) + 1
+    assert glue == [(pytest.approx(0.03), 3, "<built-in method numpy.zeros>")]
+
+
+def test_default_step_profile_prints_where_both_of_ours_steps_spend_their_time(capsys):
+    result = step_parts.profile_default_step(B=3, T=16, steps=2, vocab_size=500, keep_memory=False, warmup=1)
+    assert set(result) == {"ours", "ours_full"}
+    for step_s, parts, glue in result.values():
+        assert step_s > 0 and len(parts) == len(step_parts.PARTS) + 1 and glue
+        for part in ("linear layers: BLAS products, bias sums", "attention kernels", "bias + GELU", "cross-entropy",
+                     "AdamW", step_parts.GLUE):
+            assert parts[part] > 0, part
+    out = capsys.readouterr().out
+    assert out.count("total under the profiler") == 2 and out.count("the same step, no profiler (median)") == 2
+    shares = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in out.splitlines() if line.endswith("%")]
+    assert len(shares) == 2 * (len(step_parts.PARTS) + 1) and sum(shares) == pytest.approx(200, abs=0.6)
+    assert bench_train.main(["--case", "default-step", "--profile", "--batch", "3", "--seq", "16", "--vocab-size",
+                             "500", "--repeats", "1", "--warmup", "1", "--default-malloc"]) == 0
+    assert "ours, same work (last layer at every position): backend=" in capsys.readouterr().out
+    for flags in (["--interleave"], ["--rounds", "2"], ["--gap", "0.1"]):
+        with pytest.raises(SystemExit):
+            bench_train.main(["--case", "default-step", "--profile", *flags])
+        assert "--profile runs ours' two steps in this process" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench_train.main(["--case", "default-step", "--profile", "--repeats", "0"])
+    assert "need repeats >= 1" in capsys.readouterr().err

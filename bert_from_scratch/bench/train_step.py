@@ -252,7 +252,9 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", choices=["cpu", "gpu"],
                    help="gpu: our model on CuPy arrays, Hugging Face on torch's CUDA device")
     p.add_argument("--no-torch", action="store_true", help="skip the Hugging Face comparison")
-    p.add_argument("--profile", action="store_true", help="print a cProfile of one equal-work step")
+    p.add_argument("--profile", action="store_true",
+                   help="print a cProfile of one equal-work step; with --case default-step, where ours' two steps "
+                        "spend their time, by part (--repeats steps, default 10)")
     p.add_argument("--default-malloc", action="store_true",
                    help="leave glibc's malloc as it is (by default freed memory is kept, see cli/process.py)")
     p.add_argument("--out", help="write the rows as JSON here")
@@ -265,11 +267,16 @@ def main(argv=None):
 
         if a.device != "cpu":
             p.error("--case default-step runs on the CPU only")
-        if a.profile:
-            p.error("--profile applies to --case forward-backward")
+        if a.profile and (a.interleave or a.rounds != 1 or a.gap is not None):
+            p.error("--profile runs ours' two steps in this process: without --interleave, --rounds or --gap")
         if a.backend == "cupy":
             p.error("--backend cupy needs the GPU; --case default-step runs on the CPU")
         try:
+            if a.profile:
+                from .step_parts import profile_default_step
+                profile_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 10), a.masked, a.backend,
+                                     not a.default_malloc, a.vocab_size, a.warmup)
+                return 0
             if a.gap is not None and not a.interleave:
                 p.error("--gap applies to --interleave")
             run_default_step(given(a.batch, 128), given(a.seq, 64), given(a.repeats, 20 if a.interleave else 5),

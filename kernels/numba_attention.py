@@ -250,6 +250,9 @@ def backward_kernel(q, k, v, out, dout, key_bias, q_pos, row_max, row_inv_sum, n
             #                                            negative-index check (which stops SIMD)
             dk_acc = dk[bh, j0:j0 + nk]                # (nk, d), owned by this task
             dv_acc = dv[bh, j0:j0 + nk]
+            if Tq == 0:                                # no query rows (q_pos empty): no product writes them
+                dk_acc[:, :] = 0.0
+                dv_acc[:, :] = 0.0
             for i0 in range(0, Tq, BLOCK_Q):
                 nq = min(BLOCK_Q, Tq - i0)
                 q_blk = q[bh, i0:i0 + nq]              # (nq, d)

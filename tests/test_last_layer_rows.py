@@ -222,6 +222,12 @@ def test_attention_at_query_rows_is_the_full_attention_at_those_rows(backend):
     by_slot = np.ascontiguousarray(np.broadcast_to(np.arange(3), (B, 3)))           # the planted bug
     wrong, _ = ops.attention_forward(_rows_of(q, q_pos), k, v, mask, 0.3, 11, row_offset=5, q_pos=by_slot)
     assert not np.allclose(wrong, _rows_of(full, q_pos), rtol=1e-6)
+    # no query rows at all: nothing flows back to the keys and values (a kernel that writes dK and dV with its
+    # first product must still write zeros when there is none)
+    none, c_none = ops.attention_forward(q[:, :, :0], k, v, mask, 0.3, 11, q_pos=np.zeros((B, 0), dtype=np.int64))
+    dq_none, dk_none, dv_none = ops.attention_backward(np.zeros_like(none), c_none)
+    assert none.shape == dq_none.shape == (B, nh, 0, d)
+    assert dk_none.shape == dv_none.shape == (B, nh, T, d) and not dk_none.any() and not dv_none.any()
 
 
 def test_attention_at_query_rows_refuses_bad_positions_and_the_cuda_kernel_says_it_computes_every_row():

@@ -216,3 +216,11 @@ def test_default_step_profile_prints_where_both_of_ours_steps_spend_their_time(c
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--profile", "--repeats", "0"])
     assert "need repeats >= 1" in capsys.readouterr().err
+
+
+def test_forward_backward_profile_prints_the_same_table(capsys):
+    bench_train.run(B=2, T=16, repeats=1, masked=3, torch_too=False, profile=True, keep_memory=False)
+    out = capsys.readouterr().out
+    assert "ours, one forward + backward (backend=" in out and "total under the profiler" in out
+    row = next(line for line in out.splitlines() if line.startswith("linear layers: BLAS products"))
+    assert float(row.split()[-2]) > 0                          # its ms per step

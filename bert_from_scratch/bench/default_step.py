@@ -379,4 +379,3 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
             json.dump({"B": B, "T": T, "n_predicted": n_pred, "matmul_gflops": peak, "rounds": rounds,
                        "interleave": interleave, "rows": rows, "skipped": skipped}, f, indent=2)
     return rows
-

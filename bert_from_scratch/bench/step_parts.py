@@ -5,13 +5,13 @@ cProfile counts each function's own time (``tottime``): a Numba kernel's call is
 ``linear_forward`` / ``linear_backward``, whose own time is almost all the BLAS product it runs (``x @ W.T`` is
 an operator, not a call cProfile sees). :func:`part_of` puts every entry in one of the parts below by its file and
 name; what no part claims is Python and NumPy glue. The profiler adds its own cost to the glue (~1 us a call, a
-few thousand calls a step), so the step is also timed without it and both totals are printed.
+few thousand calls a step), so the step is also timed without it and both totals are printed. The forward-backward
+case's ``--profile`` (``train_step.profile_ours``) prints the same table for one step.
 """
 from __future__ import annotations
 
 import os
 import statistics
-import time
 
 from .train_step import WARMUP
 
@@ -57,22 +57,16 @@ def split_stats(stats: dict, steps: int, n_glue: int = 6) -> tuple[dict, list]:
     return parts, sorted(glue, reverse=True)[:n_glue]
 
 
-def profile_step(step, steps: int) -> tuple[float, dict, list]:
-    """Time ``steps`` calls of ``step()`` as they are, then profile as many: (median seconds per step without the
-    profiler, then :func:`split_stats` of the profiled steps)."""
+def profile_steps(step, steps: int) -> tuple[dict, list]:
+    """Run ``step()`` ``steps`` times under cProfile: :func:`split_stats` of those steps."""
     import cProfile
     import pstats
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(steps):
         step()
     profiler.disable()
-    return (statistics.median(times), *split_stats(pstats.Stats(profiler).stats, steps))
+    return split_stats(pstats.Stats(profiler).stats, steps)
 
 
 def format_parts(title: str, step_s: float, parts: dict, glue: list = ()) -> str:
@@ -105,8 +99,8 @@ def profile_default_step(B=128, T=64, steps=10, max_predictions=20, backend="aut
     result = {}
     for side in ("ours", "ours_full"):
         step, info = _build_side(side, cfg.to_dict(), batch, backend, keep_memory)
-        _time_steps(step, 0, warmup)
-        result[side] = profile_step(step, steps)
+        times = _time_steps(step, steps, warmup)                         # warmed up, then timed as they are
+        result[side] = (statistics.median(times), *profile_steps(step, steps))
         print(format_parts(f"{SIDES[side]}: backend={info['backend']}, B={B}, T={T}, {steps} steps each way",
                            *result[side]))
         print()

@@ -158,21 +158,22 @@ def time_torch(cfg, batch, repeats, device="cpu"):
 
 
 def profile_ours(cfg, batch, backend):
-    """cProfile one step; returns the top entries by cumulative time as text."""
-    import cProfile
-    import io
-    import pstats
+    """One forward + backward of ours under cProfile, after a warm-up and three timed without it: the table of
+    ``step_parts.py``."""
+    from .step_parts import format_parts, profile_steps
     model = BertForPreTraining(cfg, seed=0, dtype=np.float32, backend=backend)
-    model.forward(*batch, training=True)
-    model.backward()
-    pr = cProfile.Profile()
-    pr.enable()
-    model.forward(*batch, training=True)
-    model.backward()
-    pr.disable()
-    s = io.StringIO()
-    pstats.Stats(pr, stream=s).sort_stats("tottime").print_stats(18)
-    return s.getvalue()
+
+    def step():
+        model.forward(*batch, training=True)
+        model.backward()
+    step()                                          # warm-up: compilation, heap growth
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    return format_parts(f"ours, one forward + backward (backend={model.backend.name})", statistics.median(times),
+                        *profile_steps(step, 1))
 
 
 def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profile=False,

@@ -71,18 +71,23 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
     if not has_torch:
         assert len(rows) == 2 and "torch rows skipped" in table
         pytest.skip("torch rows: torch or transformers not installed")
-    assert [r["side"] for r in rows] == ["ours", "ours_full", "torch_same", "torch_hf"]
-    same = rows[2]
+    assert [r["side"] for r in rows] == ["ours", "ours_full", "torch_rows", "torch_same", "torch_hf"]
+    by_side = {r["side"]: r for r in rows}
+    same = by_side["torch_same"]
     for r in rows:
         assert r["label"] in table and r["ms_per_step"] > 0 and r["gflops"] > 0 and r["fraction_of_matmul"] > 0
         per_round = [m / t for m, t in zip(r["ms_per_round"], same["ms_per_round"])]
         assert r["vs_torch_same_per_round"] == pytest.approx(per_round)
         assert r["vs_torch_same"] == pytest.approx(sum(per_round) / 2)
-    for r in rows[:2]:                    # ours, then ours at the same work as torch
-        per_round = r["vs_torch_same_per_round"]
-        assert f"{r['side']} / torch same work, per round: " + ", ".join(f"{x:.2f}x" for x in per_round) in table
-    assert rows[3]["gflop"] > same["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
-    assert len(json.loads(out.read_text())["rows"]) == 4
+    for r, twin in zip(rows[:2], ("torch_rows", "torch_same")):   # each of ours' steps, torch doing its work
+        per_round = [m / t for m, t in zip(r["ms_per_round"], by_side[twin]["ms_per_round"])]
+        assert r["twin"] == twin and r["vs_twin_per_round"] == pytest.approx(per_round)
+        assert r["vs_twin"] == pytest.approx(sum(per_round) / 2)
+        assert f"{r['side']} / {twin} (same work), per round: " + ", ".join(f"{x:.2f}x" for x in per_round) in table
+    assert all(r["vs_twin"] is None for r in rows[2:])
+    assert by_side["torch_rows"]["gflop"] == pytest.approx(ours["gflop"])       # the job's work, both sides
+    assert rows[4]["gflop"] > same["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
+    assert len(json.loads(out.read_text())["rows"]) == 5
 
 
 def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(capsys, monkeypatch):
@@ -107,13 +112,15 @@ def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(caps
         assert r["cpu_steal_per_round"] == [0.3] * 3
     assert rows[0]["matmul_peak_gflops"] > 0
     if has_torch:
-        same = rows[2]
-        assert same["side"] == "torch_same"
+        by_side = {r["side"]: r for r in rows}
         for r in rows[:2]:
-            per_cycle = [m / t for m, t in zip(r["times_ms"], same["times_ms"])]
+            per_cycle = [m / t for m, t in zip(r["times_ms"], by_side["torch_same"]["times_ms"])]
             assert r["vs_torch_same_per_round"] == pytest.approx(per_cycle)
             assert r["vs_torch_same"] == pytest.approx(sorted(per_cycle)[1])
-            assert f"{r['side']} / torch same work, cycle by cycle: quartiles" in table
+            per_cycle = [m / t for m, t in zip(r["times_ms"], by_side[r["twin"]]["times_ms"])]
+            assert r["vs_twin_per_round"] == pytest.approx(per_cycle)
+            assert r["vs_twin"] == pytest.approx(sorted(per_cycle)[1])
+            assert f"{r['side']} / {r['twin']} (same work), cycle by cycle: quartiles" in table
     with pytest.raises(RuntimeError, match="the benchmark's side failed: ours: ValueError: .*backend"):
         default_step.run_default_step(B=3, T=16, repeats=1, warmup=0, vocab_size=500, keep_memory=False,
                                       torch_too=False, interleave=True, gap_s=0.0, backend="no-such-backend")
@@ -122,6 +129,42 @@ def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(caps
     child.close()                                       # a side's process that died: EOF, named, no hang
     with pytest.raises(RuntimeError, match="side torch_hf ended without a word"):
         default_step._expect(parent, "time", "torch_hf")
+
+
+def _torch_loss_and_grads(model, batch, side):
+    model.zero_grad(set_to_none=True)
+    from bert_from_scratch.bench import torch_step
+    loss = torch_step.pretraining_loss(model, batch, side)()
+    loss.backward()
+    return float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_torch_at_the_jobs_work_computes_the_same_loss_and_gradients(monkeypatch):
+    """The bench's torch side doing the job's work (the last layer at the heads' rows, written in torch eager) has
+    Hugging Face's loss and every gradient, dropout off; a last layer taken from the wrong place is caught."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from bert_from_scratch.bench import torch_step
+    cfg = default_step.job_config(500, 16)
+    batch = default_step.make_job_batch(cfg, 5, 16, seed=7)
+    assert batch["attention_mask"].sum() < 5 * 16                        # padding in the batch
+    model = torch_step.hf_pretraining_model(cfg).eval()
+    want, want_grads = _torch_loss_and_grads(model, batch, "torch_same")
+    for side in ("torch_rows", "torch_hf"):
+        got, grads = _torch_loss_and_grads(model, batch, side)
+        assert got == pytest.approx(want, rel=1e-6) and grads.keys() == want_grads.keys()
+        for name, g in want_grads.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    real = torch_step._trunk_and_last_layer
+    monkeypatch.setattr(torch_step, "_trunk_and_last_layer",              # planted: the first layer run last
+                        lambda m: (real(m)[0], m.bert.encoder.layer[0]))
+    _, grads = _torch_loss_and_grads(model, batch, "torch_rows")
+    assert not torch.allclose(grads["bert.encoder.layer.0.output.dense.weight"],
+                              want_grads["bert.encoder.layer.0.output.dense.weight"], rtol=1e-4, atol=1e-6)
+    labelled_cls = {**batch, "labels": batch["labels"].copy()}
+    labelled_cls["labels"][0, 0] = 7
+    with pytest.raises(ValueError, match="a \\[CLS\\] row carries an MLM label"):
+        torch_step.pretraining_loss(model, labelled_cls, "torch_rows")
 
 
 def test_default_step_bench_options_are_checked(capsys):
@@ -208,7 +251,7 @@ def test_default_step_profile_prints_where_both_of_ours_steps_spend_their_time(c
     assert len(shares) == 2 * (len(step_parts.PARTS) + 1) and sum(shares) == pytest.approx(200, abs=0.6)
     assert bench_train.main(["--case", "default-step", "--profile", "--batch", "3", "--seq", "16", "--vocab-size",
                              "500", "--repeats", "1", "--warmup", "1", "--default-malloc"]) == 0
-    assert "ours, same work (last layer at every position): backend=" in capsys.readouterr().out
+    assert "ours, last layer at every position: backend=" in capsys.readouterr().out
     for flags in (["--interleave"], ["--rounds", "2"], ["--gap", "0.1"]):
         with pytest.raises(SystemExit):
             bench_train.main(["--case", "default-step", "--profile", *flags])

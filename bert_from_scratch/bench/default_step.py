@@ -3,24 +3,23 @@
 ONE OPTIMIZER STEP of the default pretraining job (``bert-from-scratch pretrain``:
 size "tiny" = 2 layers x hidden 128, 2 heads, FFN 512, vocab 8000, T=64, B=128, ~15% of the
 non-pad tokens masked with at most 20 per sequence, MLM + NSP, AdamW with weight decay 0.01,
-gradient clipping at 1.0), CPU only, three sides, each in its own process (``multiprocessing``
+gradient clipping at 1.0), CPU only, five sides, each in its own process (``multiprocessing``
 spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc``):
 
 - ours: :func:`bert_from_scratch.training.loop.train_step` (the job's own step) with
-  :class:`~bert_from_scratch.training.optim.AdamW`; the last layer's output dense and FFN at the heads'
-  rows only ([CLS] and the masked rows: ``BertForPreTraining.last_layer_at_heads_rows``, as the job runs);
-- ours, same work: the same step with the last layer at every position (what the torch step below does);
-- torch eager, same work: Hugging Face's ``BertModel`` + its pretraining heads with the MLM head on the
-  masked rows only, cross-entropies, ``backward``, ``clip_grad_norm_``, ``torch.optim.AdamW``
-  (eps 1e-6, no decay on LayerNorm and biases, as ours), ``zero_grad(set_to_none=True)``;
-- torch ``BertForPreTraining`` as users run it (LM head at every position, labels -100 elsewhere),
-  same optimizer step.
+  :class:`~bert_from_scratch.training.optim.AdamW`; the last layer's queries, attention core, output dense and
+  FFN at the heads' rows only ([CLS] and the masked rows: ``BertForPreTraining.last_layer_at_heads_rows``, as the
+  job runs);
+- ours with the last layer at every position (``ours_full``);
+- torch eager doing each of those two steps' work (``torch_rows``: the job's, ``torch_same``: the last layer
+  everywhere, the MLM head on the masked rows only), and torch ``BertForPreTraining`` as users run it (the LM head
+  at every position), each with the same optimizer step (``torch_step.py``).
 
 Prints the median ms per step of ``--repeats`` timed steps (after warm-up steps: numba compile, heap
-growth), the ratio to torch's same-work step, and each side's matmul GFLOP/s (see :func:`model_flops`)
-as a share of the ``np.matmul`` float32 rate measured in the same run (in ours' process), and, when the VM's
-host took a noticeable share of the CPU time during a round (CPU steal, ``cpu_steal.py``), each side's steal per
-round: such rounds say more about the host than about the code.
+growth), the ratio of each of ours' steps to torch doing the same work (``TWINS``) and to ``torch_same``, and
+each side's matmul GFLOP/s (see :func:`model_flops`) as a share of the ``np.matmul`` float32 rate measured in the
+same run (in ours' process), and, when the VM's host took a noticeable share of the CPU time during a round (CPU
+steal, ``cpu_steal.py``), each side's steal per round: such rounds say more about the host than about the code.
 """
 from __future__ import annotations
 
@@ -36,17 +35,16 @@ import numpy as np
 from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
-from ..training.presets import BASE
 from .cpu_steal import NOTEWORTHY, StealMeter
+from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_steps
 from .train_step import WARMUP, model_flops, matmul_gflops
 
-JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
-JOB_WEIGHT_DECAY = 0.01
-JOB_MAX_GRAD_NORM = 1.0
+TWINS = {"ours": "torch_rows", "ours_full": "torch_same"}   # each of ours' steps and torch's doing its work
 INTERLEAVE_GAP_S = 0.2  # rest before each interleaved turn: OpenBLAS's idle threads spin ~0.1 s before they sleep
 SIDES = {"ours": "ours: train_step + AdamW (last layer at heads' rows)",
-         "ours_full": "ours, same work (last layer at every position)",
-         "torch_same": "torch eager, same work (MLM on masked rows)",
+         "ours_full": "ours, last layer at every position",
+         "torch_rows": "torch eager, the job's work (last layer at rows)",
+         "torch_same": "torch eager, last layer everywhere (MLM at masked)",
          "torch_hf": "torch BertForPreTraining (MLM at all positions)"}
 
 
@@ -80,6 +78,10 @@ def make_job_batch(cfg: BertConfig, B: int, T: int, max_predictions: int = 20, m
             "next_sentence_label": nsl}
 
 
+def _median(values):
+    return None if values is None else statistics.median(values)
+
+
 def _time_steps(step, repeats: int, warmup: int) -> list[float]:
     times = []
     for _ in range(warmup + repeats):
@@ -103,57 +105,13 @@ def _ours_steps(cfg: BertConfig, batch: dict, backend: str, heads_rows: bool = T
     return step, {"backend": model.backend.name}
 
 
-def _torch_steps(cfg: BertConfig, batch: dict, side: str):
-    import torch
-    from ..hf_import import import_transformers
-    transformers = import_transformers()
-    from ..training.optim import default_no_decay
-    torch.manual_seed(0)
-    hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
-    model = transformers.BertForPreTraining(hcfg).train()
-    named = list(model.named_parameters())                                 # the tied decoder weight once
-    groups = [{"params": [p for n, p in named if not default_no_decay(n)], "weight_decay": JOB_WEIGHT_DECAY},
-              {"params": [p for n, p in named if default_no_decay(n)], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW(groups, lr=JOB_LR, weight_decay=JOB_WEIGHT_DECAY, eps=1e-6)
-    params = [p for _, p in named]
-    ids, tt, mask, labels, nsl = (torch.from_numpy(batch[k]) for k in
-                                  ("input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"))
-    flat = labels.reshape(-1)
-    rows = torch.nonzero(flat != -100).squeeze(1)                         # the masked rows, row-major as ours
-    targets = flat[rows]
-    F = torch.nn.functional
-    H = cfg.hidden_size
-
-    if side == "torch_same":
-        def loss_fn():
-            seq, pooled = model.bert(input_ids=ids, token_type_ids=tt, attention_mask=mask, return_dict=True)[:2]
-            mlm_logits = model.cls.predictions(seq.reshape(-1, H).index_select(0, rows))    # (N, V)
-            nsp_logits = model.cls.seq_relationship(pooled)                                  # (B, 2)
-            return F.cross_entropy(mlm_logits, targets) + F.cross_entropy(nsp_logits, nsl)
-    else:
-        def loss_fn():
-            return model(input_ids=ids, token_type_ids=tt, attention_mask=mask, labels=labels,
-                         next_sentence_label=nsl).loss
-
-    def step():
-        loss = loss_fn()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, JOB_MAX_GRAD_NORM)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"the benchmark's torch step diverged (loss {float(loss)})")
-    return step, {"torch_threads": torch.get_num_threads(),
-                  "attn_implementation": getattr(model.config, "_attn_implementation", None)}
-
-
 def _build_side(side: str, cfg_dict: dict, batch: dict, backend: str, keep_memory: bool):
     """In a side's own process: glibc told to keep freed memory (or not), then the side's ``(step, info)``, with
     ``info["keep_freed_memory"]``."""
     kept = keep_freed_memory() if keep_memory else False
     cfg = BertConfig(**cfg_dict)
     step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
-                  else _torch_steps(cfg, batch, side))
+                  else torch_steps(cfg, batch, side))
     info["keep_freed_memory"] = kept
     return step, info
 
@@ -262,12 +220,12 @@ def steal_per_round(steals: dict) -> str:
 def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
                      keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0, rounds=1,
                      interleave=False, gap_s=INTERLEAVE_GAP_S):
-    """One optimizer step of the default job: ours, torch same work, torch BertForPreTraining; prints a table.
+    """One optimizer step of the default job: ours two ways, torch three ways (:data:`SIDES`); prints a table.
 
     Each side runs in its own spawned process, one after the other; ``rounds`` > 1 repeats that sequence
-    (ours, torch, torch, ours, torch, torch, ...) so that each round gives its own side-by-side ratio: the
+    (ours, ours, torch, torch, torch, ours, ...) so that each round gives its own side-by-side ratios: the
     machine's drift between processes moves single ratios by +-10% here. A side's time is the median over
-    rounds of its per-round medians, its ratio the median of its per-round ratios. Returns the rows
+    rounds of its per-round medians, a ratio the median of its per-round ratios. Returns the rows
     (dicts); the torch rows are left out when torch or transformers is not installed (or ``torch_too``
     is False).
 
@@ -296,7 +254,7 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         if missing:
             skipped = f"torch rows skipped: {', '.join(missing)} not installed"
         else:
-            sides += ["torch_same", "torch_hf"]
+            sides += ["torch_rows", "torch_same", "torch_hf"]
     runs = {side: [] for side in sides}          # side -> one worker result per round
     spawn = multiprocessing.get_context("spawn")
     if interleave:
@@ -311,15 +269,17 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     rows = []
     for side in sides:
         med = statistics.median(medians[side])
-        ratios = ([m / t for m, t in zip(medians[side], medians["torch_same"])] if "torch_same" in medians
-                  else None)
+        ratios = {to: [m / t for m, t in zip(medians[side], medians[to])] if to in medians else None
+                  for to in ("torch_same", TWINS.get(side))}      # per round
         flops = model_flops(cfg, B, T, B * T if side == "torch_hf" else n_pred,
-                            heads_rows if side == "ours" else None)
+                            heads_rows if side in ("ours", "torch_rows") else None)
         rows.append({"side": side, "label": SIDES[side], "ms_per_step": 1e3 * med,
                      "times_ms": [1e3 * t for r in runs[side] for t in r["times_s"]],
                      "ms_per_round": [1e3 * m for m in medians[side]],
-                     "vs_torch_same": None if ratios is None else statistics.median(ratios),
-                     "vs_torch_same_per_round": ratios,
+                     "vs_torch_same": _median(ratios["torch_same"]),
+                     "vs_torch_same_per_round": ratios["torch_same"],
+                     "twin": TWINS.get(side), "vs_twin": _median(ratios[TWINS.get(side)]),
+                     "vs_twin_per_round": ratios[TWINS.get(side)],
                      "gflop": flops / 1e9, "gflops": flops / med / 1e9, "matmul_peak_gflops": peak,
                      "fraction_of_matmul": flops / med / 1e9 / peak,
                      "cpu_steal_per_round": [r["cpu_steal_share"] for r in runs[side]],
@@ -346,23 +306,27 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s"
           + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")"
              if rounds > 1 and not interleave else ""))
-    head = (f"{'side':<50} {'ms/step':>8} {'vs torch same':>13} {'GFLOP':>6} {'GFLOP/s':>8} {'% np.matmul':>11}")
+    head = (f"{'side':<51} {'ms/step':>8} {'vs torch, same work':>19} {'vs torch same':>13} {'GFLOP':>6} "
+            f"{'GFLOP/s':>8} {'% np.matmul':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        ratio = "-" if r["vs_torch_same"] is None else f"{r['vs_torch_same']:.2f}x"
-        print(f"{r['label']:<50} {r['ms_per_step']:>8.1f} {ratio:>13} {r['gflop']:>6.2f} {r['gflops']:>8.1f} "
-              f"{100 * r['fraction_of_matmul']:>10.1f}%")
-    if interleave and rows[0]["vs_torch_same_per_round"] is not None and repeats > 1:
-        for r in rows[:2]:
-            quartiles = statistics.quantiles(r["vs_torch_same_per_round"], n=4, method="inclusive")
-            print(f"{r['side']} / torch same work, cycle by cycle: quartiles "
-                  + ", ".join(f"{x:.2f}x" for x in quartiles)
-                  + f", range {min(r['vs_torch_same_per_round']):.2f}x-{max(r['vs_torch_same_per_round']):.2f}x")
-    elif rounds > 1 and rows[0]["vs_torch_same_per_round"] is not None:
-        for r in rows[:2]:
-            print(f"{r['side']} / torch same work, per round: "
-                  + ", ".join(f"{x:.2f}x" for x in r["vs_torch_same_per_round"])
+        twin, same = ("-" if x is None else f"{x:.2f}x" for x in (r["vs_twin"], r["vs_torch_same"]))
+        print(f"{r['label']:<51} {r['ms_per_step']:>8.1f} {twin:>19} {same:>13} {r['gflop']:>6.2f} "
+              f"{r['gflops']:>8.1f} {100 * r['fraction_of_matmul']:>10.1f}%")
+    print("(vs torch, same work: ours / torch's job's work, ours at every position / torch same; "
+          "vs torch same: / torch with the last layer everywhere)")
+    for r in rows[:2]:
+        per = r["vs_twin_per_round"]
+        if per is None or not (rounds > 1 or interleave and repeats > 1):
+            continue
+        what = f"{r['side']} / {r['twin']} (same work)"
+        if interleave:
+            quartiles = statistics.quantiles(per, n=4, method="inclusive")
+            print(f"{what}, cycle by cycle: quartiles " + ", ".join(f"{x:.2f}x" for x in quartiles)
+                  + f", range {min(per):.2f}x-{max(per):.2f}x")
+        else:
+            print(f"{what}, per round: " + ", ".join(f"{x:.2f}x" for x in per)
                   + f" ({r['side']} {', '.join(f'{m:.0f}' for m in r['ms_per_round'])} ms)")
     if interleave:
         share = runs["ours"][0]["cpu_steal_share"]

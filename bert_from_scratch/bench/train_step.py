@@ -17,7 +17,7 @@ synchronisation).
 Prints median seconds, tokens/s, model GFLOP/s, the fraction of the machine's measured
 ``np.matmul`` float32 rate, and ours/torch.
 
-``default-step``: one optimizer step of the default pretraining job, ours against two torch variants
+``default-step``: one optimizer step of the default pretraining job, ours (two ways) against three torch variants
 (``bench/default_step.py``).
 """
 from __future__ import annotations
@@ -230,7 +230,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--case", default="forward-backward", choices=["forward-backward", "default-step"],
                    help="forward-backward: mini config, forward+backward only (equal work and default); "
-                        "default-step: one optimizer step of the default pretraining job, ours vs two torch variants")
+                        "default-step: one optimizer step of the default pretraining job, ours (two ways) vs three torch "
+                        "variants")
     p.add_argument("--batch", type=int, default=None, help="default: 32 (forward-backward), 128 (default-step)")
     p.add_argument("--seq", type=int, default=None, help="default: 128 (forward-backward), 64 (default-step)")
     p.add_argument("--repeats", type=int, default=None, help="timed steps; default: 3 (forward-backward), "

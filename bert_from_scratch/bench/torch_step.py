@@ -22,7 +22,10 @@ biases, as ours), ``zero_grad(set_to_none=True)``.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..config import BertConfig
+from ..model.attention_rows import query_slots
 from ..training.presets import BASE
 
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
@@ -65,12 +68,11 @@ def pretraining_loss(model, batch: dict, side: str):
         raise ValueError(f"unknown torch side {side!r}")
     if bool((flat[torch.arange(B) * T] != -100).any()):
         raise ValueError("a [CLS] row carries an MLM label: the heads' rows would count it twice")
-    rows, order = torch.sort(torch.cat([torch.arange(B) * T, masked]))   # (M,) the heads' rows, sorted
-    is_cls = order < B                                                    # (M,) the first B of the cat: [CLS]
-    seq = rows // T                                                       # (M,) each row's sequence
-    counts = torch.bincount(seq, minlength=B)                             # (B,)
-    slot = torch.arange(len(rows)) - (torch.cumsum(counts, 0) - counts)[seq]   # (M,) rank within its sequence
-    Tq = int(counts.max())
+    rows = np.union1d(masked.numpy(), np.arange(B) * T)                  # (M,) the heads' rows, sorted
+    seq, slot, q_pos = (torch.from_numpy(a) for a in query_slots(rows, B, T))   # ours' slots (attention_rows.py)
+    rows = torch.from_numpy(rows)
+    is_cls = rows % T == 0                                                # (M,) the [CLS] rows
+    Tq = q_pos.shape[1]
     trunk, last = _trunk_and_last_layer(model)
     sa = last.attention.self
     nh, d = sa.num_attention_heads, sa.attention_head_size

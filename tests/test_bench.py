@@ -190,6 +190,11 @@ def test_default_step_bench_options_are_checked(capsys):
     with pytest.raises(SystemExit):
         bench_train.main(["--case", "default-step", "--no-torch", "--interleave", "--gap", "-1"])
     assert "a gap >= 0; got" in capsys.readouterr().err
+    for flags, said in ((["--seq", "16"], "masked <= seq - 2"), (["--masked", "0"], "1 <= masked"),
+                        (["--repeats", "0"], "repeats >= 1")):        # the forward-backward case, before any work
+        with pytest.raises(SystemExit):
+            bench_train.main(["--no-torch", *flags])
+        assert said in capsys.readouterr().err
 
 
 def test_heads_rows_bench_prints_both_settings(capsys):

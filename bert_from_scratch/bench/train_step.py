@@ -134,12 +134,9 @@ def time_ours(cfg, batch, repeats, backend, device="cpu"):
 
 def time_torch(cfg, batch, repeats, device="cpu"):
     import torch
-    from ..hf_import import import_transformers
-    transformers = import_transformers()
-    torch.manual_seed(0)
-    hcfg = transformers.BertConfig(**{k: v for k, v in cfg.to_dict().items() if k != "is_decoder"})
+    from .torch_step import hf_pretraining_model
     target = "cuda" if device == "gpu" else "cpu"
-    model = transformers.BertForPreTraining(hcfg).train().to(target)
+    model = hf_pretraining_model(cfg).to(target)                # seed 0, training mode
     ids, tt, mask, labels, nsl = (torch.tensor(a).to(target) for a in batch)
 
     def sync():
@@ -180,6 +177,9 @@ def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profi
         keep_memory=True, out_json=None, device="cpu"):
     if device not in ("cpu", "gpu"):
         raise ValueError(f"device must be 'cpu' or 'gpu'; got {device!r}")
+    if B < 1 or repeats < 1 or T < 3 or not 1 <= masked <= T - 2:
+        raise ValueError(f"need batch >= 1, repeats >= 1, seq >= 3 and 1 <= masked <= seq - 2 (never [CLS] or the "
+                         f"last [SEP]); got batch {B}, repeats {repeats}, seq {T}, masked {masked}")
     if device == "gpu":
         from ..nn.xp import require_gpu
         require_gpu("--device gpu")

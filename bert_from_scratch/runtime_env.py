@@ -15,7 +15,15 @@ command line does. This module imports nothing but ``os`` for that reason. Measu
   unless the user set any of those thread counts. Without it N ranks would each start a thread per core. On the
   2-core VM, 2 ranks of one thread ran the default job's training steps 5-20% faster than one process of two
   threads (the parts of a step that do not split over threads run side by side; docs/performance.md).
+
+These settings suit this package, not every library: torch's eager steps, whose many small ops wake torch's OpenMP
+threads op after op, took 13-28% longer under ``OMP_WAIT_POLICY=PASSIVE`` than with torch's own settings (the
+default pretraining step, 2-vCPU AMD EPYC VM, 2026-12-06; docs/performance.md, "Torch under its own thread
+settings"). So a benchmark starts each torch side in a process of its own with
+:func:`libraries_own_defaults`: the variables this import set are taken out, and the child's import of the package
+sets none (``BERT_FROM_SCRATCH_LIBRARY_DEFAULTS=1``); what the user set stays for every side.
 """
+import contextlib
 import os
 
 #: thread-count variables of the libraries under the package (OpenBLAS, OpenMP, Numba, MKL)
@@ -50,11 +58,46 @@ def threads_per_rank(environ=os.environ) -> int | None:
     return max(1, usable_cores() // ranks)
 
 
+#: the waits this package chooses (a value already in the environment wins)
+WAIT_DEFAULTS = (("OMP_WAIT_POLICY", "PASSIVE"), ("OPENBLAS_THREAD_TIMEOUT", "4"))
+#: "1" in a process's environment: importing the package there sets nothing (:func:`libraries_own_defaults`)
+LIBRARY_DEFAULTS_VARIABLE = "BERT_FROM_SCRATCH_LIBRARY_DEFAULTS"
+#: the variables :func:`apply` set in this process (not the user), comma-separated: inherited by its children
+SET_BY_PACKAGE_VARIABLE = "BERT_FROM_SCRATCH_SET_VARIABLES"
+
+
 def apply(environ=os.environ) -> None:
-    """Set the defaults above in ``environ`` (the process's environment)."""
-    environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    """Set the defaults above in ``environ`` (the process's environment), and record which ones it set."""
+    if environ.get(LIBRARY_DEFAULTS_VARIABLE) == "1":
+        return
+    set_here = [name for name in environ.get(SET_BY_PACKAGE_VARIABLE, "").split(",") if name]
+    for name, value in WAIT_DEFAULTS:
+        if name not in environ:
+            environ[name] = value
+            set_here.append(name)
     threads = threads_per_rank(environ)
     if threads is not None:
         for name in THREAD_VARIABLES:
             environ[name] = str(threads)
+        set_here += THREAD_VARIABLES
+    if set_here:
+        environ[SET_BY_PACKAGE_VARIABLE] = ",".join(sorted(set(set_here)))
+
+
+@contextlib.contextmanager
+def libraries_own_defaults(environ=os.environ):
+    """While it lasts, ``environ`` is as the user left it, for starting a process that must run another library as
+    its users do (a benchmark's torch side): the variables :func:`apply` set are out, and the child's own import of
+    the package sets none. Everything is put back on exit."""
+    names = [n for n in environ.get(SET_BY_PACKAGE_VARIABLE, "").split(",") if n]
+    names += [SET_BY_PACKAGE_VARIABLE, LIBRARY_DEFAULTS_VARIABLE]
+    saved = {name: environ[name] for name in names if name in environ}
+    for name in names:
+        environ.pop(name, None)
+    environ[LIBRARY_DEFAULTS_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        for name in names:
+            environ.pop(name, None)
+        environ.update(saved)

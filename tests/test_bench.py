@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -23,6 +24,15 @@ def test_attention_bench_table_ratios_and_skips(tmp_path, capsys, monkeypatch):
     assert "(skipped cupy: no usable CUDA GPU)" in table and "(skipped cupy_matmul" in table
     saved = json.loads(out.read_text())
     assert len(saved["rows"]) == 4 and set(saved["skipped"]) == {"cupy", "cupy_matmul"}
+    pytest.importorskip("torch")
+    rows = bench_attention.run(("numba", "torch"), ((1, 2, 40, 16),), repeats=2, print_table=False)
+    assert [(r["backend"], r["pass"]) for r in rows] == [
+        ("numba", "forward"), ("torch", "forward"), ("numba", "forward+backward"), ("torch", "forward+backward")]
+    for r in rows:
+        assert r["median_ms"] > 0 and r["vs_torch"] == pytest.approx(rows[1 if r["pass"] == "forward" else 3]["median_ms"]
+                                                                     / r["median_ms"])
+    assert_each_side_had_its_own_thread_settings({"ours": rows[0], "torch_rows": rows[1], "torch_same": rows[3],
+                                                  "torch_hf": rows[3]})   # torch in a process of its own
 
 
 def test_attention_bench_knows_torch_cuda_and_rejects_unknown_backends(capsys):
@@ -35,14 +45,28 @@ def test_attention_bench_knows_torch_cuda_and_rejects_unknown_backends(capsys):
 
 
 def test_train_step_bench_runs_on_the_cpu_and_refuses_a_missing_gpu(capsys, monkeypatch):
-    rows = bench_train.run(B=2, T=24, repeats=1, masked=4, torch_too=False, keep_memory=False)
+    import importlib.util
+    has_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "transformers"))
+    rows = bench_train.run(B=2, T=24, repeats=1, masked=4, torch_too=has_torch, keep_memory=False)
     assert len(rows) == 2 and all(r["ours_s"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    if has_torch:                  # torch timed in a process of its own (bench_train.time_torch_apart)
+        assert all(r["torch_s"] > 0 and r["ours_over_torch"] == pytest.approx(r["ours_s"] / r["torch_s"]) for r in rows)
     assert "device=cpu" in capsys.readouterr().out
     import bert_from_scratch.nn.xp as xp
     monkeypatch.setattr(xp, "gpu_available", lambda: False)
     with pytest.raises(SystemExit):
         main(["bench", "train-step", "--device", "gpu"])
     assert "needs CuPy and a working CUDA GPU" in capsys.readouterr().err
+
+
+def assert_each_side_had_its_own_thread_settings(by_side):
+    """Ours ran under this package's OMP_WAIT_POLICY (PASSIVE unless the user chose one), torch's sides under the
+    user's alone (runtime_env.libraries_own_defaults): torch's eager steps take 13-28% longer under PASSIVE."""
+    from bert_from_scratch import runtime_env
+    package_set = "OMP_WAIT_POLICY" in os.environ.get(runtime_env.SET_BY_PACKAGE_VARIABLE, "").split(",")
+    users = None if package_set else os.environ.get("OMP_WAIT_POLICY")
+    assert by_side["ours"]["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY") == ("PASSIVE" if package_set else users)
+    assert all(by_side[s]["omp_wait_policy"] == users for s in ("torch_rows", "torch_same", "torch_hf"))
 
 
 def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_path, capsys):
@@ -85,6 +109,7 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
         assert r["vs_twin"] == pytest.approx(sum(per_round) / 2)
         assert f"{r['side']} / {twin} (same work), per round: " + ", ".join(f"{x:.2f}x" for x in per_round) in table
     assert all(r["vs_twin"] is None for r in rows[2:])
+    assert_each_side_had_its_own_thread_settings(by_side)
     assert by_side["torch_rows"]["gflop"] == pytest.approx(ours["gflop"])       # the job's work, both sides
     assert rows[4]["gflop"] > same["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
     assert len(json.loads(out.read_text())["rows"]) == 5
@@ -121,6 +146,7 @@ def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(caps
             assert r["vs_twin_per_round"] == pytest.approx(per_cycle)
             assert r["vs_twin"] == pytest.approx(sorted(per_cycle)[1])
             assert f"{r['side']} / {r['twin']} (same work), cycle by cycle: quartiles" in table
+        assert_each_side_had_its_own_thread_settings(by_side)
     with pytest.raises(RuntimeError, match="the benchmark's side failed: ours: ValueError: .*backend"):
         default_step.run_default_step(B=3, T=16, repeats=1, warmup=0, vocab_size=500, keep_memory=False,
                                       torch_too=False, interleave=True, gap_s=0.0, backend="no-such-backend")

@@ -31,16 +31,21 @@ CPU ``torch`` row.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import multiprocessing
+import os
 import statistics
 import time
 import tracemalloc
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from ..nn.attention import attention_backward_reference, attention_forward_reference
 from ..nn.xp import gpu_available
+from ..runtime_env import libraries_own_defaults
 
 DEFAULT_BACKENDS = ("numpy", "numba", "torch", "cupy")
 ALL_BACKENDS = ("numpy", "numba", "torch", "cupy", "cupy_matmul", "torch_cuda")
@@ -231,13 +236,52 @@ def run(backends=DEFAULT_BACKENDS, shapes=DEFAULT_SHAPES, repeats=5, out_json=No
         backends.append("cupy_matmul")
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1; got {repeats}")
-    rows: list[dict] = []
     skipped = {}
     for b in backends:
         why = _available(b)
         if why:
             skipped[b] = why
     rng = np.random.default_rng(seed)
+    with contextlib.ExitStack() as stack:
+        rows = _measure_all(backends, skipped, shapes, rng, repeats, stack)
+    if print_table:
+        print(format_table(rows, skipped))
+    if out_json:
+        with open(out_json, "w") as f:
+            json.dump({"rows": rows, "skipped": skipped}, f, indent=1)
+    return rows
+
+
+def _torch_process(stack: contextlib.ExitStack):
+    """One spawned process for every CPU torch measurement of a run, started with the libraries' own thread
+    settings: this package's ``OMP_WAIT_POLICY=PASSIVE`` (runtime_env.py) slows torch's ops, which wake its
+    OpenMP threads one after another."""
+    with libraries_own_defaults():
+        pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")))
+        pool.submit(int).result()                              # the process starts now, in that environment
+    return pool
+
+
+def _measure(backend, arrays, which, repeats) -> dict:
+    """One row: ``backend``'s ``which`` pass on ``arrays`` (q, k, v, dout), warmed up, timed ``repeats`` times,
+    then its peak extra memory."""
+    shape = arrays[0].shape
+    fn = _make_runs(backend, arrays)[which]
+    timer = (_time_cuda if backend.startswith("cupy") else
+             _time_torch_cuda if backend == "torch_cuda" else _time_cpu)
+    time.sleep(QUIET_S)                                        # let the last backend's threads idle
+    timer(fn, 1)                                               # warm-up / compile
+    times = timer(fn, repeats)
+    peak, method = _peak_extra_mb(backend, fn)
+    median = statistics.median(times)
+    return {"backend": backend, "shape": list(shape), "pass": which, "dtype": "float32", "median_ms": median,
+            "times_ms": times, "gflops": attention_flops(shape, which) / (median * 1e6), "peak_extra_mb": peak,
+            "memory_method": method, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}   # as its process read it
+
+
+def _measure_all(backends, skipped, shapes, rng, repeats, stack) -> list[dict]:
+    rows: list[dict] = []
+    torch_pool = None
     for shape in shapes:
         shape = tuple(int(x) for x in shape)
         if len(shape) != 4:
@@ -248,28 +292,17 @@ def run(backends=DEFAULT_BACKENDS, shapes=DEFAULT_SHAPES, repeats=5, out_json=No
             for backend in backends:
                 if backend in skipped:
                     continue
-                fn = _make_runs(backend, arrays)[which]
-                timer = (_time_cuda if backend.startswith("cupy") else
-                         _time_torch_cuda if backend == "torch_cuda" else _time_cpu)
-                time.sleep(QUIET_S)                            # let the last backend's threads idle
-                timer(fn, 1)                                   # warm-up / compile
-                times = timer(fn, repeats)
-                peak, method = _peak_extra_mb(backend, fn)
-                median = statistics.median(times)
-                group.append({"backend": backend, "shape": list(shape), "pass": which, "dtype": "float32",
-                              "median_ms": median, "times_ms": times,
-                              "gflops": attention_flops(shape, which) / (median * 1e6),
-                              "peak_extra_mb": peak, "memory_method": method})
+                if backend == "torch":                         # in torch's own process: _torch_process
+                    if torch_pool is None:
+                        torch_pool = _torch_process(stack)
+                    group.append(torch_pool.submit(_measure, backend, arrays, which, repeats).result())
+                else:
+                    group.append(_measure(backend, arrays, which, repeats))
             by_name = {r["backend"]: r["median_ms"] for r in group}
             for r in group:
                 r["vs_numpy"] = by_name["numpy"] / r["median_ms"] if "numpy" in by_name else None
                 r["vs_torch"] = by_name["torch"] / r["median_ms"] if "torch" in by_name else None
             rows.extend(group)
-    if print_table:
-        print(format_table(rows, skipped))
-    if out_json:
-        with open(out_json, "w") as f:
-            json.dump({"rows": rows, "skipped": skipped}, f, indent=1)
     return rows
 
 

@@ -4,7 +4,8 @@ ONE OPTIMIZER STEP of the default pretraining job (``bert-from-scratch pretrain`
 size "tiny" = 2 layers x hidden 128, 2 heads, FFN 512, vocab 8000, T=64, B=128, ~15% of the
 non-pad tokens masked with at most 20 per sequence, MLM + NSP, AdamW with weight decay 0.01,
 gradient clipping at 1.0), CPU only, five sides, each in its own process (``multiprocessing``
-spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc``):
+spawn; glibc keeping freed memory, see cli/process.py, unless ``--default-malloc``; torch's sides with the
+libraries' own thread settings, ours with the package's: runtime_env.py, :func:`_environment`):
 
 - ours: :func:`bert_from_scratch.training.loop.train_step` (the job's own step) with
   :class:`~bert_from_scratch.training.optim.AdamW`; the last layer's queries, attention core, output dense and
@@ -23,9 +24,11 @@ steal, ``cpu_steal.py``), each side's steal per round: such rounds say more abou
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import multiprocessing
+import os
 import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +38,7 @@ import numpy as np
 from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
+from ..runtime_env import libraries_own_defaults
 from .cpu_steal import NOTEWORTHY, StealMeter
 from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_steps
 from .train_step import WARMUP, model_flops, matmul_gflops
@@ -105,6 +109,12 @@ def _ours_steps(cfg: BertConfig, batch: dict, backend: str, heads_rows: bool = T
     return step, {"backend": model.backend.name}
 
 
+def _environment(side: str):
+    """The environment a side's process starts in: torch's sides as torch's users run it (its OpenMP threads'
+    own waits, not this package's ``OMP_WAIT_POLICY=PASSIVE``: runtime_env.py), ours' as the package sets it."""
+    return libraries_own_defaults() if side.startswith("torch") else contextlib.nullcontext()
+
+
 def _build_side(side: str, cfg_dict: dict, batch: dict, backend: str, keep_memory: bool):
     """In a side's own process: glibc told to keep freed memory (or not), then the side's ``(step, info)``, with
     ``info["keep_freed_memory"]``."""
@@ -113,6 +123,7 @@ def _build_side(side: str, cfg_dict: dict, batch: dict, backend: str, keep_memor
     step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
                   else torch_steps(cfg, batch, side))
     info["keep_freed_memory"] = kept
+    info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")     # the side's OpenMP threads read it at load
     return step, info
 
 
@@ -164,7 +175,8 @@ def _interleaved_runs(sides, cfg_dict, batch, repeats, warmup, backend, keep_mem
             parent, child = spawn.Pipe()
             proc = spawn.Process(target=_side_server, args=(child, side, cfg_dict, batch, warmup, backend,
                                                             keep_memory, side == "ours"), daemon=True)
-            proc.start()
+            with _environment(side):
+                proc.start()
             child.close()                           # ours closed: the side's end is then the only one, and
             conns[side] = parent                    # a side that dies is an EOF here, not a wait forever
             procs.append(proc)
@@ -261,7 +273,7 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         runs = _interleaved_runs(sides, cfg.to_dict(), batch, repeats, warmup, backend, keep_memory, gap_s)
     for _ in range(0 if interleave else rounds):
         for side in sides:                        # a fresh process each: no thread pool, heap or JIT shared
-            with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            with _environment(side), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
                 runs[side].append(pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
                                               keep_memory, side == "ours").result())
     medians = {side: [statistics.median(r["times_s"]) for r in runs[side]] for side in sides}   # per round
@@ -301,8 +313,9 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     print(how + "; glibc keeping freed memory: "
           f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
           f"ours backend={runs['ours'][0]['backend']}"
-          + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}"
-             if torch_info else ""))
+          + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}, "
+             f"OMP_WAIT_POLICY={torch_info.get('omp_wait_policy') or 'unset'} (ours: "
+             f"{runs['ours'][0].get('omp_wait_policy') or 'unset'})" if torch_info else ""))
     print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s"
           + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")"
              if rounds > 1 and not interleave else ""))

@@ -15,7 +15,9 @@ synchronisation).
   last layer's output dense and FFN at those rows and [CLS] only (``last_layer_at_heads_rows``).
 
 Prints median seconds, tokens/s, model GFLOP/s, the fraction of the machine's measured
-``np.matmul`` float32 rate, and ours/torch.
+``np.matmul`` float32 rate, and ours/torch. Torch runs in a process of its own, with its libraries' own thread
+settings (``runtime_env.libraries_own_defaults``: this package's ``OMP_WAIT_POLICY=PASSIVE`` slows torch's eager
+steps), and glibc keeping freed memory there too unless ``--default-malloc``.
 
 ``default-step``: one optimizer step of the default pretraining job, ours (two ways) against three torch variants
 (``bench/default_step.py``).
@@ -24,14 +26,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
+from ..runtime_env import libraries_own_defaults
 
 WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buffers (see cli/process.py)
 MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
@@ -132,6 +137,20 @@ def time_ours(cfg, batch, repeats, backend, device="cpu"):
     return times[WARMUP:]
 
 
+def time_torch_apart(cfg, batch, repeats, device="cpu", keep_memory=True):
+    """:func:`time_torch` in a fresh spawned process started with the libraries' own thread settings (see the
+    module's docstring); an ImportError there (no torch) is raised here."""
+    spawn = multiprocessing.get_context("spawn")
+    with libraries_own_defaults(), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+        return pool.submit(_time_torch_child, cfg.to_dict(), batch, repeats, device, keep_memory).result()
+
+
+def _time_torch_child(cfg_dict, batch, repeats, device, keep_memory):
+    if keep_memory:
+        keep_freed_memory()
+    return time_torch(BertConfig(**cfg_dict), batch, repeats, device)
+
+
 def time_torch(cfg, batch, repeats, device="cpu"):
     import torch
     from .torch_step import hf_pretraining_model
@@ -199,7 +218,7 @@ def run(B=32, T=128, repeats=3, masked=20, backend="auto", torch_too=True, profi
         theirs = None
         if torch_too:
             try:
-                theirs = statistics.median(time_torch(cfg, batch, repeats, device))
+                theirs = statistics.median(time_torch_apart(cfg, batch, repeats, device, keep_memory))
             except ImportError:
                 torch_too = False
         rows.append({"case": label, "gflop": flops / 1e9, "ours_s": ours, "torch_s": theirs,

@@ -69,6 +69,31 @@ def assert_each_side_had_its_own_thread_settings(by_side):
     assert all(by_side[s]["omp_wait_policy"] == users for s in ("torch_rows", "torch_same", "torch_hf"))
 
 
+def test_the_thread_settings_check_rejects_torch_under_the_packages_settings(monkeypatch):
+    """The check above fails on what the bench did until 2026-12-06: torch's side started in a plain spawned process,
+    where its import of the package set PASSIVE before torch loaded (a planted bench: torch_process without
+    libraries_own_defaults)."""
+    pytest.importorskip("transformers")
+    import contextlib
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    @contextlib.contextmanager
+    def plain_process():
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
+    monkeypatch.setattr(default_step, "torch_process", plain_process)
+    rows = default_step.run_default_step(B=3, T=16, repeats=1, warmup=0, vocab_size=500, keep_memory=False,
+                                        torch_too=True)
+    by_side = {r["side"]: r for r in rows}
+    from bert_from_scratch import runtime_env
+    if "OMP_WAIT_POLICY" not in os.environ.get(runtime_env.SET_BY_PACKAGE_VARIABLE, "").split(","):
+        pytest.skip("the user set OMP_WAIT_POLICY: every side runs under it, planted or not")
+    assert by_side["torch_rows"]["omp_wait_policy"] == "PASSIVE"
+    with pytest.raises(AssertionError):
+        assert_each_side_had_its_own_thread_settings(by_side)
+
+
 def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_path, capsys):
     """The default job's optimizer step at a tiny size, each side in its own process, --rounds 2 (every side
     runs twice, in turn): the table, its numbers, and the ratio as the median of the per-round ratios."""

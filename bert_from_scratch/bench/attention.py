@@ -33,19 +33,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import multiprocessing
 import os
 import statistics
 import time
 import tracemalloc
-from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 from ..nn.attention import attention_backward_reference, attention_forward_reference
 from ..nn.xp import gpu_available
-from ..runtime_env import libraries_own_defaults
 
 DEFAULT_BACKENDS = ("numpy", "numba", "torch", "cupy")
 ALL_BACKENDS = ("numpy", "numba", "torch", "cupy", "cupy_matmul", "torch_cuda")
@@ -252,16 +249,6 @@ def run(backends=DEFAULT_BACKENDS, shapes=DEFAULT_SHAPES, repeats=5, out_json=No
     return rows
 
 
-def _torch_process(stack: contextlib.ExitStack):
-    """One spawned process for every CPU torch measurement of a run, started with the libraries' own thread
-    settings: this package's ``OMP_WAIT_POLICY=PASSIVE`` (runtime_env.py) slows torch's ops, which wake its
-    OpenMP threads one after another."""
-    with libraries_own_defaults():
-        pool = stack.enter_context(ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")))
-        pool.submit(int).result()                              # the process starts now, in that environment
-    return pool
-
-
 def _measure(backend, arrays, which, repeats) -> dict:
     """One row: ``backend``'s ``which`` pass on ``arrays`` (q, k, v, dout), warmed up, timed ``repeats`` times,
     then its peak extra memory."""
@@ -292,9 +279,10 @@ def _measure_all(backends, skipped, shapes, rng, repeats, stack) -> list[dict]:
             for backend in backends:
                 if backend in skipped:
                     continue
-                if backend == "torch":                         # in torch's own process: _torch_process
+                if backend == "torch":                         # one process of torch's own for the run
                     if torch_pool is None:
-                        torch_pool = _torch_process(stack)
+                        from .torch_step import torch_process
+                        torch_pool = stack.enter_context(torch_process())
                     group.append(torch_pool.submit(_measure, backend, arrays, which, repeats).result())
                 else:
                     group.append(_measure(backend, arrays, which, repeats))

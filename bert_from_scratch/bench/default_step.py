@@ -40,7 +40,7 @@ from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
 from ..runtime_env import libraries_own_defaults
 from .cpu_steal import NOTEWORTHY, StealMeter
-from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_steps
+from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_process, torch_steps
 from .train_step import WARMUP, model_flops, matmul_gflops
 
 TWINS = {"ours": "torch_rows", "ours_full": "torch_same"}   # each of ours' steps and torch's doing its work
@@ -110,8 +110,9 @@ def _ours_steps(cfg: BertConfig, batch: dict, backend: str, heads_rows: bool = T
 
 
 def _environment(side: str):
-    """The environment a side's process starts in: torch's sides as torch's users run it (its OpenMP threads'
-    own waits, not this package's ``OMP_WAIT_POLICY=PASSIVE``: runtime_env.py), ours' as the package sets it."""
+    """The environment an interleaved side's process starts in (a pipe-driven ``Process``, not a pool: the rounds mode
+    uses ``torch_step.torch_process``): torch's sides as torch's users run it (its OpenMP threads' own waits, not this
+    package's ``OMP_WAIT_POLICY=PASSIVE``: runtime_env.py), ours' as the package sets it."""
     return libraries_own_defaults() if side.startswith("torch") else contextlib.nullcontext()
 
 
@@ -273,7 +274,8 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
         runs = _interleaved_runs(sides, cfg.to_dict(), batch, repeats, warmup, backend, keep_memory, gap_s)
     for _ in range(0 if interleave else rounds):
         for side in sides:                        # a fresh process each: no thread pool, heap or JIT shared
-            with _environment(side), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+            with (torch_process() if side.startswith("torch") else
+                  ProcessPoolExecutor(max_workers=1, mp_context=spawn)) as pool:
                 runs[side].append(pool.submit(_side_worker, side, cfg.to_dict(), batch, repeats, warmup, backend,
                                               keep_memory, side == "ours").result())
     medians = {side: [statistics.median(r["times_s"]) for r in runs[side]] for side in sides}   # per round

@@ -22,10 +22,15 @@ biases, as ours), ``zero_grad(set_to_none=True)``.
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import numpy as np
 
 from ..config import BertConfig
 from ..model.attention_rows import query_slots
+from ..runtime_env import libraries_own_defaults
 from ..training.presets import BASE
 
 JOB_LR = BASE["lr"]     # the job's peak learning rate (training/presets.py); the step's cost does not depend on it
@@ -132,3 +137,15 @@ def torch_steps(cfg: BertConfig, batch: dict, side: str):
             raise RuntimeError(f"the benchmark's torch step diverged (loss {float(loss)})")
     return step, {"torch_threads": torch.get_num_threads(),
                   "attn_implementation": getattr(model.config, "_attn_implementation", None)}
+
+
+@contextlib.contextmanager
+def torch_process():
+    """A one-worker pool whose process (spawned) runs torch as its users do: started with the libraries' own thread
+    settings (``runtime_env.libraries_own_defaults``), not this package's ``OMP_WAIT_POLICY=PASSIVE``, which made
+    torch's eager step 13-28% slower (docs/performance.md). The process starts before the settings are put back."""
+    with libraries_own_defaults():
+        pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        pool.submit(int).result()
+    with pool:
+        yield pool

@@ -26,17 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from ..config import BertConfig
 from ..model import BertForPreTraining
 from ..cli.process import keep_freed_memory
-from ..runtime_env import libraries_own_defaults
 
 WARMUP = 3   # steps before timing starts; the first ones fault in ~2 GB of buffers (see cli/process.py)
 MINI = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
@@ -140,8 +137,8 @@ def time_ours(cfg, batch, repeats, backend, device="cpu"):
 def time_torch_apart(cfg, batch, repeats, device="cpu", keep_memory=True):
     """:func:`time_torch` in a fresh spawned process started with the libraries' own thread settings (see the
     module's docstring); an ImportError there (no torch) is raised here."""
-    spawn = multiprocessing.get_context("spawn")
-    with libraries_own_defaults(), ProcessPoolExecutor(max_workers=1, mp_context=spawn) as pool:
+    from .torch_step import torch_process
+    with torch_process() as pool:
         return pool.submit(_time_torch_child, cfg.to_dict(), batch, repeats, device, keep_memory).result()
 
 

@@ -57,6 +57,7 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
                      seed=0, log=print) -> dict:
     """Train generator and discriminator for ``steps`` (warmup a tenth, linear decay, clipping at 1 each); write
     ``out/checkpoint``; return the last step's numbers."""
+    from bert_from_scratch.files import atomic_dir, check_writable
     from bert_from_scratch.model import BertForPreTraining
     from bert_from_scratch.model.task_models import BertForMaskedLM, BertForTokenClassification
     from bert_from_scratch.training.optim import AdamW, clip_grad_norm, linear_warmup_decay
@@ -66,6 +67,7 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     folder = Path(out) / "checkpoint"
     if Path(out).exists():
         raise ValueError(f"{out} exists; choose a new folder")
+    check_writable(out)                                            # before minutes of training, not after
     data = prepare_pretraining_data(corpus, vocab_size, None, seq_len, dupe_factor=BASE["dupe_factor"], seed=seed,
                                     log=log, count_vectors_dim=model_config(size, 1, seq_len).hidden_size,
                                     init_std=BASE["word_embeddings_std"], count_window=BASE["count_window"],
@@ -111,9 +113,9 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     for name, value in discriminator.params.items():
         if name in encoder.params:
             encoder.params[name][...] = value
-    folder.mkdir(parents=True)
-    encoder.save_pretrained(folder)
-    data.tokenizer.save_pretrained(folder, model_max_length=seq_len)
+    with atomic_dir(folder) as tmp:                                # a crash never leaves half a checkpoint
+        encoder.save_pretrained(tmp)
+        data.tokenizer.save_pretrained(tmp, model_max_length=seq_len)
     return last
 
 

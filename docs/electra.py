@@ -65,8 +65,8 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     from bert_from_scratch.training.pretraining import take_batch
 
     folder = Path(out) / "checkpoint"
-    if Path(out).exists():
-        raise ValueError(f"{out} exists; choose a new folder")
+    if folder.exists():                                            # never over an earlier result
+        raise ValueError(f"{folder} exists; choose a new folder")
     check_writable(out)                                            # before minutes of training, not after
     data = prepare_pretraining_data(corpus, vocab_size, None, seq_len, dupe_factor=BASE["dupe_factor"], seed=seed,
                                     log=log, count_vectors_dim=model_config(size, 1, seq_len).hidden_size,

@@ -64,6 +64,10 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     from bert_from_scratch.training.pretrain_job import model_config, prepare_pretraining_data
     from bert_from_scratch.training.pretraining import take_batch
 
+    if not (isinstance(steps, int) and steps >= 1 and isinstance(generator_layers, int) and generator_layers >= 1
+            and lr > 0):
+        raise ValueError(f"steps and generator layers must be positive integers and lr positive; got {steps}, "
+                         f"{generator_layers}, {lr}")
     folder = Path(out) / "checkpoint"
     if folder.exists():                                            # never over an earlier result
         raise ValueError(f"{folder} exists; choose a new folder")

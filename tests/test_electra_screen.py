@@ -93,3 +93,7 @@ def test_a_run_trains_all_but_the_word_embeddings_into_a_folder_fine_tuning_read
     assert len(tokenizer) == model.config.vocab_size
     with pytest.raises(SystemExit, match="exists; choose a new folder"):      # never over an earlier result
         electra.main([str(tmp_path / "run"), "--steps", "1"])
+    for bad in (["--steps", "0"], ["--generator-layers", "0"], ["--lr", "-1"]):    # refused before any work
+        with pytest.raises(SystemExit, match="must be positive"):
+            electra.main([str(tmp_path / "bad"), *bad])
+    assert not (tmp_path / "bad").exists()

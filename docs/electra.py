@@ -12,7 +12,8 @@ tokens that are masked. Each step here:
    says of every real token whether it is the original or a replacement (mean cross-entropy; its own AdamW). A
    sample equal to the original counts as original, as in the paper.
 
-Both read the main job's data and word embeddings (the count vectors, frozen), so the two differ from the main job
+Each model trains through the package's one step (``training/loop.train_step``: clipping at 1, AdamW, the NaN
+checks). Both read the main job's data and word embeddings (the count vectors, frozen), so the two differ from the main job
 in the objective alone. No NSP; the discriminator's encoder is saved in a ``BertForPreTraining`` folder (pooler
 and heads at BERT's initialisation) that ``transfer --checkpoint OUT`` and ``finetune --init OUT`` read:
 
@@ -52,6 +53,12 @@ def gumbel_sample(logits, rng) -> np.ndarray:
     return np.argmax(np.asarray(logits, dtype=np.float64) + noise, axis=-1)
 
 
+def _stop_if_diverged(result, what: str, step: int) -> None:
+    """A NaN/inf loss, gradient or update (``train_step`` found it): one line, the step and the model named."""
+    if result.diverged:
+        raise ValueError(f"step {step}: the {what} diverged: {result.what_diverged()}; lower --lr")
+
+
 def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size=BASE["batch_size"], lr=BASE["lr"],
                      generator_layers=1, vocab_size=BASE["vocab_size"], seq_len=BASE["seq_len"], size=BASE["size"],
                      seed=0, log=print) -> dict:
@@ -60,7 +67,8 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     from bert_from_scratch.files import atomic_dir, check_writable
     from bert_from_scratch.model import BertForPreTraining
     from bert_from_scratch.model.task_models import BertForMaskedLM, BertForTokenClassification
-    from bert_from_scratch.training.optim import AdamW, clip_grad_norm, linear_warmup_decay
+    from bert_from_scratch.training.loop import train_step
+    from bert_from_scratch.training.optim import AdamW, linear_warmup_decay
     from bert_from_scratch.training.pretrain_job import model_config, prepare_pretraining_data
     from bert_from_scratch.training.pretraining import take_batch
 
@@ -93,22 +101,17 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
         b = take_batch(train, perm[at:at + batch_size], np)
         at += batch_size
         step_lr = linear_warmup_decay(step, steps, max(1, steps // 10), lr)
-        g = generator.forward(b["input_ids"], b["token_type_ids"], b["attention_mask"], labels=b["labels"],
-                              training=True)
-        sampled = gumbel_sample(g.logits, sample_rng)                                     # (N,)
+        inputs = {k: b[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+        g = train_step(generator, {**inputs, "labels": b["labels"]}, optimizers[0], step_lr, 1.0)  # the one step
+        _stop_if_diverged(g, "generator", step)
+        sampled = gumbel_sample(g.output.logits, sample_rng)                  # (N,) from the forward before the update
         ids, targets = replaced_tokens(b["input_ids"], b["labels"], b["attention_mask"], sampled)
-        d = discriminator.forward(ids, b["token_type_ids"], b["attention_mask"], labels=targets, training=True)
-        if not (np.isfinite(g.loss) and np.isfinite(d.loss)):
-            raise ValueError(f"step {step}: generator loss {g.loss}, discriminator loss {d.loss}: not finite; "
-                             f"lower --lr")
-        for model, optimizer in zip(models, optimizers):
-            grads = model.backward()
-            clip_grad_norm(grads, 1.0)
-            optimizer.step(grads, lr=step_lr)
+        d = train_step(discriminator, {**inputs, "input_ids": ids, "labels": targets}, optimizers[1], step_lr, 1.0)
+        _stop_if_diverged(d, "discriminator", step)
         real = targets != IGNORE_INDEX
         last = {"step": step + 1, "generator_loss": g.loss, "discriminator_loss": d.loss,
                 "replaced_share": float(targets[real].mean()),
-                "discriminator_accuracy": float((np.argmax(d.logits, -1)[real] == targets[real]).mean())}
+                "discriminator_accuracy": float((np.argmax(d.output.logits, -1)[real] == targets[real]).mean())}
         if step % 100 == 0 or step == steps - 1:
             log(f"step {step + 1}/{steps}: generator {g.loss:.3f}, discriminator {d.loss:.4f} (accuracy "
                 f"{last['discriminator_accuracy']:.4f}, {last['replaced_share']:.3f} replaced), "

@@ -82,13 +82,14 @@ def test_the_thread_settings_check_rejects_torch_under_the_packages_settings(mon
     def plain_process():
         with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
             yield pool
+    from bert_from_scratch import runtime_env
+    set_here = {n for n in os.environ.get(runtime_env.SET_BY_PACKAGE_VARIABLE, "").split(",") if n}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")            # as the package's import sets it, whatever the user
+    monkeypatch.setenv(runtime_env.SET_BY_PACKAGE_VARIABLE, ",".join(sorted(set_here | {"OMP_WAIT_POLICY"})))
     monkeypatch.setattr(default_step, "torch_process", plain_process)
     rows = default_step.run_default_step(B=3, T=16, repeats=1, warmup=0, vocab_size=500, keep_memory=False,
                                         torch_too=True)
     by_side = {r["side"]: r for r in rows}
-    from bert_from_scratch import runtime_env
-    if "OMP_WAIT_POLICY" not in os.environ.get(runtime_env.SET_BY_PACKAGE_VARIABLE, "").split(","):
-        pytest.skip("the user set OMP_WAIT_POLICY: every side runs under it, planted or not")
     assert by_side["torch_rows"]["omp_wait_policy"] == "PASSIVE"
     with pytest.raises(AssertionError):
         assert_each_side_had_its_own_thread_settings(by_side)

@@ -97,3 +97,11 @@ def test_a_run_trains_all_but_the_word_embeddings_into_a_folder_fine_tuning_read
         with pytest.raises(SystemExit, match="must be positive"):
             electra.main([str(tmp_path / "bad"), *bad])
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")     # lr 1e300 in float32, on purpose
+def test_a_diverging_run_stops_in_one_line_naming_the_step_and_writes_nothing(count_vector_corpus, tmp_path):
+    with pytest.raises(ValueError, match=r"^step \d+: the (generator|discriminator) diverged: .*; lower --lr$"):
+        electra.pretrain_electra(tmp_path / "nan", corpus=str(count_vector_corpus), steps=4, batch_size=4,
+                                 vocab_size=400, lr=1e300, log=lambda m: None)
+    assert not (tmp_path / "nan" / "checkpoint").exists()

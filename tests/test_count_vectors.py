@@ -41,6 +41,27 @@ def test_cooccurrence_counts_equal_a_hand_count():
         cv.cooccurrence_counts(sentences, 5, window=0)
 
 
+def one_bincount(sentences, V, window):
+    """The counts as they were summed before they were added in chunks: every pair at once, one bincount."""
+    pairs = [(ids[:-d] * V + ids[d:], np.full(len(ids) - d, 1.0 / d))
+             for ids in sentences for d in range(1, min(window, len(ids) - 1) + 1)]
+    c = np.bincount(np.concatenate([p for p, _ in pairs]), weights=np.concatenate([w for _, w in pairs]),
+                    minlength=V * V).reshape(V, V)
+    return c + c.T
+
+
+def test_counts_added_in_chunks_equal_one_bincount_to_the_bit(monkeypatch):
+    """Memory stays bounded (the pairs are added every PAIRS_PER_CHUNK), and the sums are those of one bincount of
+    all the pairs, bit for bit (the main job's count vectors did not move), whatever the chunk and wherever it ends."""
+    rng = np.random.default_rng(0)
+    sentences = [rng.integers(0, 40, rng.integers(1, 30)) for _ in range(300)]
+    reference = one_bincount(sentences, 40, 20)
+    for chunk in (1, 7, 1000, 1 << 40):
+        monkeypatch.setattr(cv, "PAIRS_PER_CHUNK", chunk)
+        assert np.array_equal(cv.cooccurrence_counts(iter(sentences), 40, 20), reference), chunk
+    assert not np.array_equal(one_bincount(sentences[:-1], 40, 20), reference)    # the last chunk is counted
+
+
 def test_ppmi_equals_its_formula():
     counts = np.random.default_rng(0).integers(0, 5, (6, 6)).astype(float)
     counts = counts + counts.T

@@ -33,6 +33,10 @@ import numpy as np
 MAX_VOCAB = 16_384           # a (V, V) float64 count matrix: 2 GiB at this size
 
 
+#: pairs gathered before they are added to the counts: memory stays ~16 bytes x this, whatever the corpus's size
+PAIRS_PER_CHUNK = 1 << 22
+
+
 def cooccurrence_counts(sentences, vocab_size: int, window: int = 5) -> np.ndarray:
     """``sentences``: iterable of 1-D int arrays of piece ids -> (V, V) float64 counts, symmetric, 1/distance."""
     if window < 1:
@@ -40,16 +44,27 @@ def cooccurrence_counts(sentences, vocab_size: int, window: int = 5) -> np.ndarr
     if vocab_size > MAX_VOCAB:
         raise ValueError(f"count vectors need a dense {vocab_size} x {vocab_size} matrix; vocabularies above "
                          f"{MAX_VOCAB:,} pieces are not supported")
-    pair_index, weights = [], []
+    counts = np.zeros(vocab_size * vocab_size)                                  # (V * V,) row-major i * V + j
+    pair_index, weights, pending = [], [], 0
+
+    def add_pending():
+        # one pair after the other, in the order gathered: the same sums, to the bit, as one bincount of them all
+        np.add.at(counts, np.concatenate(pair_index), np.concatenate(weights))
+        pair_index.clear()
+        weights.clear()
+
     for ids in sentences:
         ids = np.asarray(ids, dtype=np.int64)
         for d in range(1, min(window, len(ids) - 1) + 1):
-            pair_index.append(ids[:-d] * vocab_size + ids[d:])                  # (len - d,) row-major i * V + j
+            pair_index.append(ids[:-d] * vocab_size + ids[d:])                  # (len - d,)
             weights.append(np.full(len(ids) - d, 1.0 / d))
-    if not pair_index:
-        return np.zeros((vocab_size, vocab_size))
-    counts = np.bincount(np.concatenate(pair_index), weights=np.concatenate(weights),
-                         minlength=vocab_size * vocab_size).reshape(vocab_size, vocab_size)
+            pending += len(ids) - d
+        if pending >= PAIRS_PER_CHUNK:
+            add_pending()
+            pending = 0
+    if pair_index:
+        add_pending()
+    counts = counts.reshape(vocab_size, vocab_size)
     return counts + counts.T                                                    # both directions
 
 

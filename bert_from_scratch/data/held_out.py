@@ -58,6 +58,17 @@ def find_leaks(documents: list[Document], texts: list[str], substring: bool = Tr
     return leaks
 
 
+def without_leaks(documents: list[Document], texts: list[str]) -> list[Document]:
+    """``documents`` less those that hold one of ``texts`` by :func:`find_leaks`'s rule (whole document, paragraph or
+    sentence; inside the text for texts of ``MIN_WORDS_FOR_SUBSTRING`` words or more)."""
+    leaked = find_leaks(documents, texts)
+    if not leaked:
+        return documents
+    whole = [normalise(t) for t in leaked]
+    return [d for d in documents
+            if not (any(t in normalise(d.text) for t in whole) and find_leaks([d], leaked))]   # substring first: fast
+
+
 def check_no_leak(documents: list[Document], texts: list[str], task: str, substring: bool = True) -> None:
     """Raise ``CorpusError`` naming the first leaked text when any of ``texts`` (``task``'s held-out) is found."""
     leaks = find_leaks(documents, texts, substring)

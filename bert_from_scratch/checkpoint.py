@@ -125,6 +125,8 @@ def save_pretrained(model, folder):
         d["label2id"] = {name: int(i) for i, name in d["id2label"].items()}
     if getattr(model, "problem_type", None) is not None:
         d["problem_type"] = model.problem_type           # Hugging Face picks the same loss from it
+    if getattr(model, "pooling", "cls") != "cls":
+        d["classifier_pooling"] = model.pooling           # ours alone: Hugging Face's classifier reads the pooler
     atomic_write(folder / CONFIG_NAME, json.dumps(d, indent=2) + "\n")
     atomic_save_safetensors(model.params, folder / WEIGHTS_NAME)
 
@@ -291,6 +293,8 @@ def from_pretrained(cls, folder, dtype=np.float32, **kwargs):
     accepts = cls.__init__.__code__.co_varnames
     if "problem_type" in accepts and "problem_type" not in kwargs and raw.get("problem_type") is not None:
         kwargs["problem_type"] = raw["problem_type"]
+    if "pooling" in accepts and "pooling" not in kwargs and raw.get("classifier_pooling") is not None:
+        kwargs["pooling"] = raw["classifier_pooling"]
     if "add_pooling_layer" in accepts and "add_pooling_layer" not in kwargs:
         # an encoder saved without a pooler (from a token-classification or QA model) loads without one
         kwargs["add_pooling_layer"] = any(".pooler." in "." + n for n in tensors)

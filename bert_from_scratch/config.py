@@ -24,6 +24,7 @@ _IGNORED_HF_KEYS = {
     "pooler_type", "finetuning_task", "return_dict", "output_hidden_states", "output_attentions",
     "torchscript", "pruned_heads", "tokenizer_class", "prefix", "task_specific_params", "is_encoder_decoder",
     "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder", "num_labels",
+    "classifier_pooling",   # ours: what a sequence classifier reads (model/heads.py); read by checkpoint.py
 }
 SUPPORTED_ACTIVATIONS = ("gelu",)   # the exact erf GELU (Hugging Face's "gelu")
 _POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",

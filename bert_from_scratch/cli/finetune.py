@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..data.classification import FinetuneError
 from ..data.held_out import warn_on_another_split
+from ..model.heads import POOLINGS
 from ..training.compile_ahead import start_if_enabled, wait_on_this_host
 from ..training.classification_models import INIT_CHOICES, load_for_classification, predict
 from ..training.finetuning import finetune
@@ -69,6 +70,10 @@ def add_finetune_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--freeze-word-embeddings", action="store_true",
                         help="never update the word embeddings (for a checkpoint pretrained over frozen word "
                              "vectors: pretrain --freeze-word-embeddings, --preset long-frozen)")
+    parser.add_argument("--pooling", choices=POOLINGS, default=None,
+                        help="text-classification: what the classifier reads, 'cls' (the pooler's output, as Hugging "
+                             "Face) or 'mean' (the last layer's mean over the real tokens, as Sentence-BERT); "
+                             "default: the --init checkpoint's own, else 'cls'")
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the best/ model an earlier run left in --out (refused otherwise)")
@@ -102,6 +107,8 @@ def cli_finetune(args) -> int:
     """``bert-from-scratch finetune``: 0 on success, 1 if training diverged, 2 for a usage error."""
     keep_freed_memory()
     if args.task == "token-classification":
+        if args.pooling is not None:
+            raise FinetuneError("--pooling is for text-classification: a token classifier reads every token")
         from .tasks import finetune_tokens
         return finetune_tokens(args)
     init = args.init if args.init in INIT_CHOICES else Path(args.init)
@@ -117,7 +124,7 @@ def cli_finetune(args) -> int:
             max_train = DEFAULT_RT_SUBSET
         model, tokenizer = load_for_classification(init if isinstance(init, str) else str(init),
                                                    num_labels=len(data.label_names), seed=args.seed,
-                                                   like=args.like, log=print)
+                                                   like=args.like, log=print, pooling=args.pooling)
         wait_on_this_host(compiling, print)
     run_info = {"init": str(args.init), "like": args.like if args.init == "random" else None,
                 "dataset": data.name, "split_seed": args.split_seed}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..model.heads import POOLINGS
 from .common import command, error, missing_checkpoint
 from .process import keep_freed_memory
 
@@ -60,6 +61,9 @@ def add_transfer_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="whether fine-tuning updates the word embeddings: 'no' (default), 'yes', or 'tune': each "
                         "row runs its grid both ways and keeps the better on dev (for checkpoints pretrained over "
                         "frozen word vectors, --preset long-frozen)")
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
+                   help="what every row's classifier reads: 'cls' (default; the pooler's output, as Hugging Face) "
+                        "or 'mean' (the last layer's mean over the real tokens, as Sentence-BERT)")
     p.add_argument("--quick", action="store_true",
                    help="smoke-test size: 200 examples, 1 epoch, 1 learning rate, 2 seeds (numbers mean nothing)")
     return p
@@ -75,7 +79,7 @@ def cli_transfer(args) -> int:
     p = Protocol.quick() if args.quick else Protocol()
     for name, value in (("lrs", args.lrs), ("seeds", args.seeds), ("epochs", args.epochs),
                         ("patience", args.patience), ("max_train_examples", args.max_train_examples),
-                        ("classifier_first", args.classifier_first)):
+                        ("classifier_first", args.classifier_first), ("pooling", args.pooling)):
         if value is not None:
             setattr(p, name, value)
     p.tune_on_all_seeds = args.tune_on_all_seeds

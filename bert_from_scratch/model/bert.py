@@ -32,8 +32,9 @@ from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.xp import get_array_module, to_numpy
 from .attention_rows import scatter_query_rows
 from .blocks import EncoderOutput, encoder_backward, encoder_forward
-from .heads import (classifier_head_backward, classifier_head_forward, mlm_head_backward, mlm_head_forward,
-                    nsp_head_backward, nsp_head_forward)
+from .heads import (check_pooling, classifier_head_backward, classifier_head_forward, mlm_head_backward,
+                    mlm_head_forward, nsp_head_backward, nsp_head_forward, sequence_features_backward,
+                    sequence_features_forward)
 from .inputs import _check_labels, check_inputs
 from .params import Scope, classifier_shapes, encoder_param_shapes, init_params, pretraining_head_shapes
 from .task_heads import check_problem_type, classification_loss_backward, classification_loss_forward
@@ -346,35 +347,43 @@ class BertForPreTraining(_Encoder):
 
 
 # =======================================================================================
-# BertForSequenceClassification: pooler -> dropout -> linear
+# BertForSequenceClassification: pooler (or the tokens' mean) -> dropout -> linear
 # =======================================================================================
 class BertForSequenceClassification(_Encoder):
     """``problem_type`` as Hugging Face's config: "single_label_classification" (softmax cross-entropy),
-    "multi_label_classification" (a sigmoid per label, binary cross-entropy; float labels (B, K)) or
-    "regression" (mean squared error; ``num_labels=1``: labels (B,)); None resolves as Hugging Face does
-    (``model/task_heads.py``)."""
+    "multi_label_classification" (a sigmoid per label, binary cross-entropy; float labels (B, K)) or "regression"
+    (mean squared error; ``num_labels=1``: labels (B,)); None resolves as Hugging Face does (``task_heads.py``).
+    ``pooling``: what the classifier reads, "cls" (the pooler's output, as Hugging Face) or "mean" (the last
+    layer's mean over the real tokens, Sentence-BERT's; ``heads.sequence_features_forward``)."""
 
     def __init__(self, config: BertConfig, num_labels: int = 2, seed: int = 0, dtype=np.float32, backend="auto",
-                 problem_type=None):
+                 problem_type=None, pooling: str = "cls"):
         self.problem_type = check_problem_type(problem_type, num_labels)
+        self.pooling = check_pooling(pooling)
         self.num_labels = num_labels
         self._setup(config, seed, dtype, {**encoder_param_shapes(config, "bert."),
                                           **classifier_shapes(config, num_labels)}, backend)
+
+    def features(self, input_ids, token_type_ids=None, attention_mask=None):
+        """What the classifier reads, (B, H), without dropout and without a backward cache (LP-FT's phase 1)."""
+        out = self.encode(input_ids, token_type_ids, attention_mask)
+        mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)[2]
+        return sequence_features_forward(out.last_hidden_state, out.pooler_output, mask, self.pooling)[0]
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, training=False,
                 output_hidden_states=False, output_attentions=False) -> SequenceClassifierOutput:
         input_ids, token_type_ids, attention_mask = check_inputs(self.config, self.xp, input_ids, token_type_ids,
                                                                  attention_mask)
+        rows = self._heads_rows(*input_ids.shape, output_hidden_states) if self.pooling == "cls" else None
         enc = self._encode(input_ids, token_type_ids, attention_mask, training, output_hidden_states,
-                           output_attentions, self._heads_rows(*input_ids.shape, output_hidden_states), checked=True)
-        xp = get_array_module(enc.sequence)
-        logits, c_head = classifier_head_forward(enc.pooled, Scope(self.params, "classifier."), self.backend,
-                                                 self.config, self.rng, training,
-                                                 getattr(self, "dropout_row_offset", 0))
+                           output_attentions, rows, checked=True)
+        features, c_features = sequence_features_forward(enc.sequence, enc.pooled, attention_mask, self.pooling)
+        logits, c_head = classifier_head_forward(features, Scope(self.params, "classifier."), self.backend, self.config,
+                                                 self.rng, training, getattr(self, "dropout_row_offset", 0))
         loss, c_loss = None, None
         if labels is not None:
-            loss, c_loss = classification_loss_forward(logits, labels, self.problem_type, self.num_labels, xp)
-        self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "seq_shape": enc.sequence.shape}
+            loss, c_loss = classification_loss_forward(logits, labels, self.problem_type, self.num_labels, self.xp)
+        self._cache = {"encoder": enc.cache, "head": c_head, "loss": c_loss, "features": c_features}
         return SequenceClassifierOutput(loss, logits, enc.hidden_states, enc.attentions)
 
     def backward(self) -> dict:
@@ -385,7 +394,7 @@ class BertForSequenceClassification(_Encoder):
     def backward_from(self, d_logits) -> dict:
         cache = self._backward_setup()
         grads = {}
-        dpooled = classifier_head_backward(d_logits, cache["head"], Scope(grads, "classifier."), self.backend)
-        dseq = self.xp.zeros(cache["seq_shape"], dtype=self.dtype)       # only [CLS] feeds the classifier
-        self._encode_backward(dseq, dpooled, cache["encoder"], grads)
-        return {name: grads[name] for name in self.params}
+        dfeatures = classifier_head_backward(d_logits, cache["head"], Scope(grads, "classifier."), self.backend)
+        dseq, dpooled = sequence_features_backward(dfeatures, cache["features"], self.pooling)
+        self._encode_backward(dseq, dpooled, cache["encoder"], grads)   # dseq None: only [CLS] feeds the pooler
+        return self._zero_untouched(grads)                              # the pooler's, when it is not read

@@ -292,7 +292,7 @@ class EncoderCache(NamedTuple):
     embeddings: EmbeddingsCache
     layers: list            # L x LayerCache
     pooler: PoolerCache
-    seq_shape: tuple        # (B, T, H)
+    seq_shape: tuple        # (B, T, H), or (M, H) at the rows asked for
 
 
 class EncoderOutput(NamedTuple):

@@ -4,7 +4,9 @@ r"""The task heads on top of the encoder, each a forward/backward pair (same con
   embedding, plus its own bias: ``logits = LN(gelu(h W^T + b)) E^T + b_dec``, (N, H) -> (N, V);
 - next-sentence prediction (``cls.seq_relationship``): a linear layer on the pooled output, (B, H) -> (B, 2),
   label 0 = "B follows A", 1 = "B is random";
-- sequence classification (``classifier``): dropout then a linear layer on the pooled output, (B, H) -> (B, K).
+- sequence classification (``classifier``): dropout then a linear layer on the pooled output, (B, H) -> (B, K);
+  what it reads (:func:`sequence_features_forward`): the pooler's output (Hugging Face's ``pooling="cls"``) or the
+  last layer's mean over the real tokens (``pooling="mean"``, Sentence-BERT's).
 
 The decoder's weight *is* ``bert.embeddings.word_embeddings.weight``: its gradient is added to the
 one the embedding lookup accumulates (``G.add``), which is all weight tying takes.
@@ -14,7 +16,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from ..config import BertConfig
-from ..nn.layers import linear_bias_in_product_backward, linear_bias_in_product_forward
+from ..nn.layers import (linear_bias_in_product_backward, linear_bias_in_product_forward, masked_mean_backward,
+                         masked_mean_forward)
 from .blocks import dense_backward, dense_forward, norm_backward, norm_forward
 from .params import Scope
 
@@ -57,6 +60,32 @@ def nsp_head_forward(pooled, P: Scope):
 def nsp_head_backward(dlogits, cache, G: Scope):
     """dlogits: (B, 2) -> dpooled (B, H)."""
     return dense_backward(dlogits, cache, G)
+
+
+#: what a sequence classifier reads: "cls", the pooler's output (dense + tanh on [CLS], Hugging Face's
+#: BertForSequenceClassification), or "mean", the last layer averaged over the real tokens (Sentence-BERT)
+POOLINGS = ("cls", "mean")
+
+
+def check_pooling(pooling) -> str:
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {', '.join(map(repr, POOLINGS))}; got {pooling!r}")
+    return pooling
+
+
+def sequence_features_forward(sequence, pooled, attention_mask, pooling: str):
+    """sequence (B, T, H), pooled (B, H) (the pooler's output), attention_mask (B, T) or None -> (features (B, H),
+    cache): ``pooled`` itself for "cls", the mean of ``sequence`` over the mask's real tokens for "mean"."""
+    if pooling == "cls":
+        return pooled, None
+    return masked_mean_forward(sequence, attention_mask)
+
+
+def sequence_features_backward(dfeatures, cache, pooling: str):
+    """dfeatures (B, H) -> (dsequence (B, T, H) or None, dpooled (B, H) or None), the gradient of what it read."""
+    if pooling == "cls":
+        return None, dfeatures
+    return masked_mean_backward(dfeatures, cache), None
 
 
 class ClassifierHeadCache(NamedTuple):

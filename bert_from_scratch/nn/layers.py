@@ -303,3 +303,27 @@ def tanh_forward(x):
 def tanh_backward(dy, cache):
     y = cache
     return dy * (1.0 - y * y)
+
+
+# ---------------------------------------------------------------------------------------
+# Mean over the real tokens (Sentence-BERT's pooling):  y_b = sum_t m_bt x_bt / sum_t m_bt
+# ---------------------------------------------------------------------------------------
+def masked_mean_forward(x, mask):
+    """x: (B, T, C), mask: (B, T) of 0/1 (the attention mask: 1 = a real token) or None (all real) -> y: (B, C), the
+    mean of each sequence's real positions; [PAD] positions count for nothing. A sequence with no real token is
+    refused (its mean would be 0/0)."""
+    xp = get_array_module(x)
+    m = xp.ones(x.shape[:2], dtype=x.dtype) if mask is None else xp.asarray(mask).astype(x.dtype)      # (B, T)
+    if m.shape != x.shape[:2]:
+        raise ValueError(f"attention_mask has shape {tuple(m.shape)}; expected {tuple(x.shape[:2])}")
+    count = m.sum(axis=1, keepdims=True)                         # (B, 1)
+    if bool((count == 0).any()):
+        raise ValueError("a sequence has no real tokens (its attention_mask is all zeros)")
+    m = m[:, :, None]                                            # (B, T, 1)
+    return (x * m).sum(axis=1) / count, (m, count)
+
+
+def masked_mean_backward(dy, cache):
+    """dy: (B, C) -> dx: (B, T, C); each real position gets dy / count, a padded one 0."""
+    m, count = cache
+    return (dy / count)[:, None, :] * m                          # (B, 1, C) * (B, T, 1)

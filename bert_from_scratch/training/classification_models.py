@@ -41,7 +41,7 @@ def model_name(source):
 
 
 def load_for_classification(init, num_labels: int, seed: int = 0, like=MINILM, dtype=np.float32, log=None,
-                            model_class=None):
+                            model_class=None, pooling=None):
     """``(model, tokenizer)`` to fine-tune: a ``BertForSequenceClassification`` with ``num_labels``
     (``model_class``: another head with the same constructor, e.g. ``BertForTokenClassification``).
 
@@ -54,6 +54,8 @@ def load_for_classification(init, num_labels: int, seed: int = 0, like=MINILM, d
     like: with ``init="random"``, the model whose architecture (``config.json``) and vocabulary
         (``vocab.txt``) to copy -- ``"minilm"`` or a checkpoint folder; its weights are not used.
         All weights are then BERT's initialisation drawn with ``seed``.
+    pooling: what a sequence classifier reads, "cls" (the pooler's output) or "mean" (the tokens' mean;
+        ``model/heads.py``); None: the checkpoint's own choice, "cls" unless it was saved with another.
     """
     from ..config import BertConfig, ConfigError
     from ..model import BertForSequenceClassification
@@ -63,6 +65,8 @@ def load_for_classification(init, num_labels: int, seed: int = 0, like=MINILM, d
     log = log or print
     model_class = model_class or BertForSequenceClassification
     options = {"problem_type": SINGLE_LABEL} if model_class is BertForSequenceClassification else {}
+    if pooling is not None:
+        options["pooling"] = pooling
     source = like if init == "random" else init
     name = model_name(source)
     if init == "random" and name != MINILM:

@@ -5,7 +5,7 @@ pretrained encoder and move it before the classifier has learned what to read (K
 "Fine-Tuning can Distort Pretrained Features and Underperform Out-of-Distribution"). LP-FT fits the
 classifier alone on the frozen encoder's features first, then fine-tunes every weight from there::
 
-    phase 1   pooled = pooler(encoder(x))        (B, H)   frozen, no dropout: computed once per example
+    phase 1   pooled = pooler(encoder(x))        (B, H)   (or the tokens' mean) frozen, no dropout: once per example
               logits = pooled W^T + b            (B, K)   only W (K, H) and b (K,) are trained:
               softmax cross-entropy, AdamW, linear warmup and decay over ``epochs``; the epoch with the
               best dev accuracy is kept
@@ -42,14 +42,15 @@ class StepOutput(NamedTuple):
 
 
 def pooled_features(model, encoded: EncodedExamples, batch_size: int = 64, pad_token_id: int = 0):
-    """The pooler's output for every example, (N, H) on the model's device, in the examples' order.
+    """What the classifier reads for every example (``model.features``: the pooler's output, or the tokens' mean
+    with ``pooling="mean"``), (N, H) on the model's device, in the examples' order.
 
     No dropout; batches in length order (less padding), as :func:`.finetuning.evaluate_classifier` runs them."""
     xp = model.xp
     out = xp.empty((len(encoded), model.config.hidden_size), dtype=model.dtype)      # (N, H)
     for idx, batch in length_ordered_batches(encoded, batch_size, pad_token_id):
-        pooled = model.encode(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).pooler_output
-        out[xp.asarray(idx)] = pooled                                                   # (b, H)
+        out[xp.asarray(idx)] = model.features(batch["input_ids"], batch["token_type_ids"],
+                                              batch["attention_mask"])                 # (b, H)
     return out
 
 

@@ -36,6 +36,7 @@ from typing import Callable
 import numpy as np
 
 from ..files import atomic_write
+from ..nn.layers import masked_mean_forward
 from .metrics import wilson_interval
 from .run_folder import RunFolderError, hold_run_folder
 
@@ -50,8 +51,7 @@ def frozen_features(model, tokenizer, texts, max_length: int = 64, batch_size: i
     for i in range(0, len(texts), batch_size):
         enc = tokenizer.encode_batch(list(texts[i:i + batch_size]), max_length=max_length)
         out = model.encode(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], output_hidden_states=True)
-        m = np.asarray(enc["attention_mask"], dtype=np.float64)[..., None]                 # (B, T, 1)
-        mean = lambda h: (np.asarray(h, dtype=np.float64) * m).sum(axis=1) / m.sum(axis=1)  # (B, H)
+        mean = lambda h: masked_mean_forward(np.asarray(h, dtype=np.float64), enc["attention_mask"])[0]  # (B, H)
         parts["embeddings-mean"].append(mean(out.hidden_states[0]))
         parts["last-mean"].append(mean(out.last_hidden_state))
         parts["cls"].append(np.asarray(out.last_hidden_state[:, 0], dtype=np.float64))

@@ -48,6 +48,10 @@ part of each row's grid: every rate runs with them trained and with them frozen,
 dev (ties: trained). A checkpoint pretrained over frozen count vectors (``--preset long-frozen``) was trained to
 read those vectors; its random-init twin may prefer them trained. ``yes`` freezes them in every run.
 
+**What the classifier reads.** ``--pooling mean`` makes every row's classifier read the last layer's mean over the
+real tokens (Sentence-BERT's pooling; :func:`~bert_from_scratch.model.heads.sequence_features_forward`) instead of
+the pooler's output at [CLS] (Hugging Face's, the default): the same for every row, as every other setting.
+
 **Stopped, or more seeds.** Every fine-tuning, once scored, is kept in its folder with the settings that made it
 (:mod:`.transfer_runs`). ``--resume`` reuses the runs an earlier invocation into the same ``--out`` finished, when
 made with the same settings, and runs the rest: a table stopped after 40 minutes loses at most the run it was in,
@@ -98,6 +102,7 @@ class Protocol:
     classifier_first: int = 0                    # > 0: LP-FT, the classifier alone for this many epochs first
     # whether fine-tuning updates the word embeddings: (False,), (True,), or (False, True) to tune it on dev per row
     freeze_word_embeddings: tuple = (False,)
+    pooling: str = "cls"                         # what every row's classifier reads: "cls" (the pooler) or "mean"
 
     @classmethod
     def quick(cls) -> "Protocol":
@@ -164,7 +169,7 @@ def _one_run(row: Row, data, out: Path, lr: float, seed: int, p: Protocol, log,
             f"(kept from an earlier run)")
         return kept
     model, tokenizer = load_for_classification(row.init, num_labels=data.num_labels, seed=seed,
-                                               like=row.like or "minilm", log=lambda m: None)
+                                               like=row.like or "minilm", log=lambda m: None, pooling=p.pooling)
     result = finetune(model, tokenizer, data, folder, epochs=p.epochs, batch_size=p.batch_size, lr=lr,
                       max_length=p.max_length, patience=p.patience, seed=seed,
                       max_train_examples=p.max_train_examples, progress=False, log=lambda m: None, plot=False,
@@ -316,6 +321,8 @@ def format_table(report: dict) -> str:
     frozen_choices = tuple(p.get("freeze_word_embeddings", (False,)))
     if frozen_choices == (True,):
         trained += ", the word embeddings frozen"
+    if p.get("pooling", "cls") == "mean":
+        trained += ", the classifier reading the mean of the last layer over the real tokens"
     both_ways = " (each with the word embeddings trained and frozen)" if len(frozen_choices) > 1 else ""
     lines = [f"{report['dataset']} test ({report['n_test']} examples); fine-tuned on {trained}; "
              f"learning rate tuned on {tuned} over [{grid}]{both_ways}; "

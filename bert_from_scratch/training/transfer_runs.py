@@ -8,7 +8,8 @@ atomically: its dev and test accuracy, its right or wrong per test review, and t
   or for a random-init twin the config and vocabulary it copies; and every example of the train, dev and test
   splits. A checkpoint retrained into the same folder, or another dataset, is another run.
 - the row's starting point, the learning rate, the seed, frozen word embeddings or not, and the protocol's settings
-  of one run (epochs, patience, batch size, length, training subset, classifier-first epochs).
+  of one run (epochs, patience, batch size, length, training subset, classifier-first epochs, and the pooling
+  when it is not the pooler's).
 
 The grid and the seeds are not part of a run's settings: ``--resume`` with more ``--seeds`` or another ``--lrs``
 runs only the fine-tunings that are new. A record whose settings differ from the run asked for is refused in one
@@ -58,8 +59,9 @@ def start_and_data_digest(init: str, like: str | None, data) -> str:
 def run_settings(digest: str, init: str, like, lr: float, seed: int, frozen: bool, protocol) -> dict:
     """What decides one fine-tuning's result (module docstring)."""
     p = asdict(protocol)
+    pooling = {} if p.get("pooling", "cls") == "cls" else {"pooling": p["pooling"]}   # records before it had "cls"
     return {"digest": digest, "init": str(init), "like": None if like is None else str(like), "lr": lr,
-            "seed": seed, "frozen": frozen, **{k: p[k] for k in RUN_FIELDS}}
+            "seed": seed, "frozen": frozen, **{k: p[k] for k in RUN_FIELDS}, **pooling}
 
 
 def write_run(folder: Path, settings: dict, dev: float, test: float, correct: np.ndarray) -> None:

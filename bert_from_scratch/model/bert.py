@@ -366,9 +366,8 @@ class BertForSequenceClassification(_Encoder):
 
     def features(self, input_ids, token_type_ids=None, attention_mask=None):
         """What the classifier reads, (B, H), without dropout and without a backward cache (LP-FT's phase 1)."""
-        out = self.encode(input_ids, token_type_ids, attention_mask)
-        mask = check_inputs(self.config, self.xp, input_ids, token_type_ids, attention_mask)[2]
-        return sequence_features_forward(out.last_hidden_state, out.pooler_output, mask, self.pooling)[0]
+        out = self.encode(input_ids, token_type_ids, attention_mask)                    # checks the inputs
+        return sequence_features_forward(out.last_hidden_state, out.pooler_output, attention_mask, self.pooling)[0]
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None, training=False,
                 output_hidden_states=False, output_attentions=False) -> SequenceClassifierOutput:

@@ -13,8 +13,9 @@ tokens that are masked. Each step here:
    sample equal to the original counts as original, as in the paper.
 
 Each model trains through the package's one step (``training/loop.train_step``: clipping at 1, AdamW, the NaN
-checks). Both read the main job's data and word embeddings (the count vectors, frozen), so the two differ from the main job
-in the objective alone. No NSP; the discriminator's encoder is saved in a ``BertForPreTraining`` folder (pooler
+checks). Both read the main job's data and word embeddings (the count vectors, frozen) on the corpus it was measured
+with, ``GENERAL_MIX`` (the main job's until 2026-12-07; ``--corpus`` for another), so the two differ from that main
+job in the objective alone. No NSP; the discriminator's encoder is saved in a ``BertForPreTraining`` folder (pooler
 and heads at BERT's initialisation) that ``transfer --checkpoint OUT`` and ``finetune --init OUT`` read:
 
     python docs/electra.py OUT [--steps 1100] [--generator-layers 1] [--lr 2e-3]
@@ -29,7 +30,7 @@ import numpy as np
 
 from bert_from_scratch.constants import IGNORE_INDEX
 from bert_from_scratch.model.heads import WORD_EMBEDDINGS          # the parameter's one name
-from bert_from_scratch.training.presets import BASE
+from bert_from_scratch.training.presets import BASE, GENERAL_MIX   # measured on the mix (its docs)
 
 
 def replaced_tokens(input_ids, labels, attention_mask, sampled):
@@ -59,7 +60,7 @@ def _stop_if_diverged(result, what: str, step: int) -> None:
         raise ValueError(f"step {step}: the {what} diverged: {result.what_diverged()}; lower --lr")
 
 
-def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size=BASE["batch_size"], lr=BASE["lr"],
+def pretrain_electra(out, corpus=GENERAL_MIX, steps=BASE["steps"], batch_size=BASE["batch_size"], lr=BASE["lr"],
                      generator_layers=1, vocab_size=BASE["vocab_size"], seq_len=BASE["seq_len"], size=BASE["size"],
                      seed=0, log=print) -> dict:
     """Train generator and discriminator for ``steps`` (warmup a tenth, linear decay, clipping at 1 each); write
@@ -69,7 +70,7 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     from bert_from_scratch.model.task_models import BertForMaskedLM, BertForTokenClassification
     from bert_from_scratch.training.loop import train_step
     from bert_from_scratch.training.optim import AdamW, linear_warmup_decay
-    from bert_from_scratch.training.pretrain_job import model_config, prepare_pretraining_data
+    from bert_from_scratch.training.pretrain_job import applicable_upweight, model_config, prepare_pretraining_data
     from bert_from_scratch.training.pretraining import take_batch
 
     if not (isinstance(steps, int) and steps >= 1 and isinstance(generator_layers, int) and generator_layers >= 1
@@ -83,7 +84,7 @@ def pretrain_electra(out, corpus=BASE["corpus"], steps=BASE["steps"], batch_size
     data = prepare_pretraining_data(corpus, vocab_size, None, seq_len, dupe_factor=BASE["dupe_factor"], seed=seed,
                                     log=log, count_vectors_dim=model_config(size, 1, seq_len).hidden_size,
                                     init_std=BASE["word_embeddings_std"], count_window=BASE["count_window"],
-                                    count_upweight=BASE["count_upweight"] if corpus == BASE["corpus"] else None)
+                                    count_upweight=applicable_upweight(BASE["count_upweight"], corpus))
     cfg = model_config(size, len(data.tokenizer), seq_len)
     generator = BertForMaskedLM(model_config(size, len(data.tokenizer), seq_len, num_hidden_layers=generator_layers),
                                 seed=seed + 1)
@@ -132,7 +133,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=BASE["steps"])
     p.add_argument("--generator-layers", type=int, default=1)
     p.add_argument("--lr", type=float, default=BASE["lr"])
-    p.add_argument("--corpus", default=BASE["corpus"])
+    p.add_argument("--corpus", default=GENERAL_MIX)
     a = p.parse_args(argv)
     t = time.time()
     try:

@@ -80,17 +80,17 @@ def scale_embeddings(src, out, scale: str) -> float:
 
 def counts_alone(src, out, corpus: str | None = None, seed: int = 0) -> None:
     """A random BERT with SRC's config and vocabulary whose word embeddings are count vectors of ``corpus``
-    (default: the main job's), scaled as ``pretrain --embeddings-init counts`` scales them. No MLM, no NSP."""
+    (default: the general mix, the main job's until 2026-12-07), scaled as ``pretrain --embeddings-init counts`` scales them. No MLM, no NSP."""
     from bert_from_scratch.config import BertConfig
     from bert_from_scratch.data.tokenizer import Tokenizer
     from bert_from_scratch.model import BertForPreTraining
     from bert_from_scratch.training.count_vectors import corpus_count_vectors, initial_word_embeddings
-    from bert_from_scratch.training.presets import BASE
+    from bert_from_scratch.training.presets import GENERAL_MIX
 
     src = Path(src) / "checkpoint" if (Path(src) / "checkpoint").is_dir() else Path(src)
     cfg = BertConfig.from_json_file(src / "config.json")
     tok = Tokenizer.from_vocab_file(src / "vocab.txt")
-    vectors = corpus_count_vectors(corpus or BASE["corpus"], tok, cfg.hidden_size)
+    vectors = corpus_count_vectors(corpus or GENERAL_MIX, tok, cfg.hidden_size)
     model = BertForPreTraining(cfg, seed=seed)
     model.params[WORD_EMBEDDINGS][...] = initial_word_embeddings(vectors, cfg.initializer_range)
     model.save_pretrained(out)
@@ -152,12 +152,12 @@ def count_probe(src, windows=(5, 10, 20), weights=(1, 10, 30, 100), corpus=None,
     from bert_from_scratch.data.pretraining import tokenize_documents
     from bert_from_scratch.data.tokenizer import Tokenizer
     from bert_from_scratch.training import count_vectors as cv
-    from bert_from_scratch.training.presets import BASE
+    from bert_from_scratch.training.presets import GENERAL_MIX
     from bert_from_scratch.training.probe import probe_features
 
     folder = Path(resolve_model_folder(src))                          # a run folder or its checkpoint
     tok, dim = Tokenizer.from_pretrained(folder), BertConfig.from_json_file(folder / "config.json").hidden_size
-    docs = load_documents(corpus or BASE["corpus"])
+    docs = load_documents(corpus or GENERAL_MIX)
     keys = {(d.doc_id, d.text) for d in load_documents(source)}
     data = load_classification("rotten_tomatoes")
     y = {s: np.array([e.label for e in getattr(data, s)]) for s in ("train", "dev")}

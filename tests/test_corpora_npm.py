@@ -10,7 +10,7 @@ import pytest
 from bert_from_scratch.cli import build_parser, main
 from bert_from_scratch.data import domain_corpora, fetch, prose_corpora
 from bert_from_scratch.data.corpora import NAMED_CORPORA, CorpusError, Document, load_documents
-from bert_from_scratch.training.presets import BASE, PRESETS, preset_defaults, resolve_preset
+from bert_from_scratch.training.presets import BASE, GENERAL_MIX, PRESETS, preset_defaults, resolve_preset
 
 #: what must never be in a pretraining text: tags of the Brown corpus (word/tag), markup, JSON, editorial notes
 UNCLEAN = {
@@ -177,11 +177,18 @@ def test_bad_corpus_name_is_one_line_in_the_cli(capsys):
     assert len(err) == 1 and err[0].startswith("bert-from-scratch: error: corpus path not found: nope"), err
 
 
-def test_the_long_corpus_loads_with_the_leak_check(monkeypatch):
-    """The main job's corpus (and the long preset's) holds ~3.8M words; its rt-train part is still checked for
-    dev/test text."""
-    assert BASE["corpus"] == preset_defaults("long")["corpus"]
+def test_the_main_jobs_corpus_is_the_domain_with_english_beside_it():
+    """The main job reads ~6.9M words: the task's training reviews, the IMDb reviews, the Brown corpus."""
     docs = load_documents(BASE["corpus"])
+    assert {d.doc_id.split("/")[0] for d in docs} == {"rt-train", "imdb", "brown"}
+    assert 6.8e6 < words(docs) < 7.0e6 and len(docs) == 26731
+
+
+def test_the_long_corpus_loads_with_the_leak_check(monkeypatch):
+    """The long presets' corpus (the main job's until 2026-12-07) holds ~3.8M words; its rt-train part is still
+    checked for dev/test text."""
+    assert preset_defaults("long")["corpus"] == preset_defaults("long-frozen")["corpus"] == GENERAL_MIX
+    docs = load_documents(GENERAL_MIX)
     kinds = {d.doc_id.split("/")[0] for d in docs}
     assert kinds == {"bbc", "rt-train", "brown", "sotu", "moby-dick"}
     assert 3.7e6 < words(docs) < 3.9e6
@@ -211,8 +218,8 @@ def test_preset_long_fills_its_defaults():
 def test_explicit_options_beat_the_preset():
     args = resolved("--preset", "long", "--steps", "5", "--lr", "3e-3", "--out", "elsewhere")
     assert (args.steps, args.lr, args.out) == (5, 3e-3, "elsewhere")
-    assert args.vocab_size == 16000 and args.corpus == BASE["corpus"]
-    assert set(PRESETS["long"]) == {"out", "steps", "vocab_size",       # the rest is the main job's, but for
+    assert args.vocab_size == 16000 and args.corpus == GENERAL_MIX != BASE["corpus"]
+    assert set(PRESETS["long"]) == {"out", "steps", "vocab_size", "corpus",    # the rest is the main job's, but for
                                     "embeddings_init", "freeze_word_embeddings", "word_embeddings_std"}  # its recipe
     assert (args.embeddings_init, args.freeze_word_embeddings, args.word_embeddings_std) == ("random", False, 0.02)
 
@@ -227,7 +234,7 @@ def test_no_preset_is_todays_main_job():
     library["seq_len"] = library.pop("max_seq_length")
     assert {k: library[k] for k in BASE} == BASE
     assert (BASE["steps"], BASE["corpus"], BASE["vocab_size"], BASE["lr"]) == (
-        1100, "bbc+rt-train+brown+sotu+moby-dick", 8000, 2e-3)
+        1100, "rt-train+imdb+brown", 8000, 2e-3)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         preset_defaults("huge")
 

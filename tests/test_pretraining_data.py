@@ -223,9 +223,32 @@ def test_the_held_out_set_is_capped_to_a_seeded_subset_of_itself(tmp_path):
     assert picked == sorted(picked)
     for key, value in capped.eval.items():
         np.testing.assert_array_equal(value, full[key][picked])
-    assert f"10 held-out (a seeded subset of {n_full})" in lines[-1]
+    assert f"{n_full} held-out (the curve's evaluations read a seeded 10, the final one all)" in lines[-1]
+    assert capped.held_out is not None and full.keys() == capped.held_out.keys()
+    for key, value in full.items():                                   # the final evaluation reads them all
+        np.testing.assert_array_equal(capped.held_out[key], value)
     again = prepare_pretraining_data(path, max_eval_sequences=10, log=lambda *_: None, **kw).eval
     np.testing.assert_array_equal(again["input_ids"], capped.eval["input_ids"])
+    assert prepare_pretraining_data(path, max_eval_sequences=None, log=lambda *_: None, **kw).held_out is None
+
+    # the job's final numbers are of every held-out sequence, not of the curve's subset
+    from bert_from_scratch.model import BertForPreTraining
+    from bert_from_scratch.training.pretrain_job import final_evaluation, model_config
+    from bert_from_scratch.training.pretraining import TrainResult, evaluate
+
+    model = BertForPreTraining(model_config("tiny", len(capped.tokenizer), 32), seed=0)
+    on_subset = evaluate(model, capped.eval)
+    result = TrainResult(step=1, diverged=False, message="")
+    result.mlm_accuracy, result.nsp_accuracy, result.nsp_auc = (on_subset["mlm_accuracy"], on_subset["nsp_accuracy"],
+                                                                on_subset["nsp_auc"])
+    said = []
+    assert final_evaluation(model, capped, result, 4, said.append) is capped.held_out
+    on_all = evaluate(model, full, 4)
+    assert (result.mlm_accuracy, result.nsp_accuracy, result.nsp_auc, result.eval_loss) == (
+        on_all["mlm_accuracy"], on_all["nsp_accuracy"], on_all["nsp_auc"], on_all["loss"])
+    assert said == [f"held-out: the final evaluation over all {n_full:,} held-out sequences"]
+    result.diverged = True                                                 # a diverged run: nothing evaluated
+    assert final_evaluation(model, capped, result, 4, said.append) is capped.eval and len(said) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``bert-from-scratch`` command.
 
-    bert-from-scratch pretrain                 # the main job: pretrain a small BERT on 3.8M words of English
+    bert-from-scratch pretrain                 # the main job: a small BERT on 6.9M words of reviews and English
     bert-from-scratch distill                  # pretraining with a teacher (all-MiniLM-L6-v2)
-    bert-from-scratch fill-mask --checkpoint runs/pretrain "the [MASK] rose sharply"
+    bert-from-scratch fill-mask --checkpoint runs/pretrain "the movie was [MASK]."
     bert-from-scratch attention "The cat sat on the mat." --layer 2 --out att.png
     bert-from-scratch finetune / predict       # sentence classification
     bert-from-scratch transfer --checkpoint runs/pretrain   # does pretraining help? (the table, with intervals)

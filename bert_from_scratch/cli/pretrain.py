@@ -140,9 +140,10 @@ def add_pretrain_arguments(p):
     # the options a preset sets default to None here: training/presets.py holds their defaults, in one place
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="a named set of defaults; options given explicitly still win. default: the main job "
-                        "(~3.8M words of English: BBC, rt-train, Brown, State of the Union, Moby-Dick; an 8,000-piece "
+                        "(~6.9M words: rt-train, 25,000 IMDb reviews, the Brown corpus; an 8,000-piece "
                         "vocabulary, 1,100 steps around fixed count-vector word embeddings at std 0.1, ~5-12 min on "
-                        "2 CPU cores); long: issue 14's longer run, the same text, a 16,000-piece vocabulary, 5,000 "
+                        "2 CPU cores); long: issue 14's longer run on 3.8M words of edited English (BBC, rt-train, Brown, "
+                        "State of the Union, Moby-Dick), a 16,000-piece vocabulary, 5,000 "
                         "steps, random trained word embeddings (~20-50 min on 2 CPU cores); long-frozen: the same "
                         "around the main job's fixed count-vector word embeddings")
     p.add_argument("--corpus", default=None,
@@ -280,5 +281,5 @@ def cli_pretrain(args) -> int:
         print(f"  {'NSP ROC AUC':<14} {r['held_out_nsp_auc']:>7.3f} {f'{auc_lo:.3f}-{auc_hi:.3f}':>15} "
               f"{0.5:>9.3f}   (no signal; independent of the class balance)")
     print(f"Checkpoint: {r['checkpoint']}  (try: bert-from-scratch fill-mask --checkpoint {args.out} "
-          f"\"the [MASK] rose sharply\")")
+          f"\"the movie was [MASK].\")")
     return 0

@@ -17,7 +17,7 @@ pretraining text holds them. The classic answer from before neural word vectors 
 Two uses:
 
 - ``bert-from-scratch probe --checkpoint RUN --count-vectors CORPUS`` adds a row with these vectors, of the
-  checkpoint's vocabulary and width, averaged over a text's pieces: on the main job's corpus they read Rotten
+  checkpoint's vocabulary and width, averaged over a text's pieces: on the general mix they read Rotten
   Tomatoes sentiment far better than the 10-minute checkpoint's features (docs/results.md, "Why it does not
   transfer");
 - ``bert-from-scratch pretrain --embeddings-init counts`` starts BERT's word embeddings from the training

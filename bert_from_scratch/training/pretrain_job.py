@@ -78,7 +78,7 @@ class PretrainingData:
 
 #: at most this many held-out sequences (a seeded subset of those the held-out documents give) for each of the
 #: run's ten evaluations along the way, a forward pass over all of them: 2,048 pairs give NSP accuracy a 95%
-#: interval of about +-2 points (all 9,260 held-out sequences of the main job, ten times, would cost ~40 s more
+#: interval of about +-2 points (all 9,260 held-out sequences of the main job, ten times, would cost ~1 min more
 #: on 2 cores). The final results read every held-out sequence, once (a few seconds; the interval ~+-1 point).
 MAX_EVAL_SEQUENCES = 2048
 

@@ -7,7 +7,7 @@ these up as a whole when a model runs with ``backend="numba"`` or ``"cupy"``.
 - ``numba_math``: fast-math flags, the hash jitted, a vectorisable exp and row maximum.
 - ``numba_cache``: drops Numba's cached kernels when any source here changed (a kernel inlines others).
 - ``numba_attention``: fused attention (online softmax, FlashAttention-2 style) on the CPU.
-- ``numba_elementwise``: fused GELU, LayerNorm, dropout and embedding scatter-add kernels.
+- ``numba_elementwise``: fused GELU, LayerNorm, dropout kernels, the embeddings' sum and scatter-add.
 - ``numba_layers``: those kernels behind the signatures of the reference layers (``nn/layers.py``).
 - ``numba_fused``: the blocks' fused tails: bias + GELU, and bias + dropout + residual + LayerNorm.
 - ``numba_loss``: the masked-LM cross-entropy (softmax, loss and gradient in one pass over the logits).

@@ -55,6 +55,7 @@ Q0, Q1, Q2, Q3, Q4 = (np.float32(c) for c in _ERF_Q)
 BUG_NONE = 0
 BUG_GELU_NO_PDF_TERM = 1       # GELU backward forgets the x * phi(x) term: d/dx = Phi(x) only
 BUG_LAYERNORM_NO_MEAN_TERM = 2  # LayerNorm backward forgets the mean(dxhat) term
+BUG_EMBEDDING_FIRST_POSITION = 3  # the embedding sum adds position 0's vector at every position
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
@@ -243,6 +244,25 @@ def dropout_kernel(x, seed_h, threshold, scale, y, offset):
         for i in range(stop - start):
             keep = (mix32(seed_h ^ ((offset + start + i) & 0xFFFFFFFF)) >> 8) >= threshold
             ys[i] = xs[i] * scale if keep else zero
+
+
+# ---------------------------------------------------------------------------------------
+# Embedding sum: x[b, t] = word[ids[b, t]] + types[tt[b, t]] + position[t]
+# ---------------------------------------------------------------------------------------
+@njit(parallel=True, cache=True)
+def embedding_sum_kernel(ids, token_type_ids, word, types, position, out, planted_bug):
+    """ids, token_type_ids: (B, T) int64; word, types, position: (n, C) tables; out: (B*T, C). One parallel pass,
+    where NumPy makes two gathers and two adds on one core (the same two float adds, in the same order)."""
+    B, T = ids.shape
+    C = out.shape[1]
+    for r in prange(B * T):
+        b = r // T
+        t = r - b * T
+        w = ids[b, t]
+        y = token_type_ids[b, t]
+        p = 0 if planted_bug == BUG_EMBEDDING_FIRST_POSITION else t
+        for c in range(C):
+            out[r, c] = (word[w, c] + types[y, c]) + position[p, c]
 
 
 # ---------------------------------------------------------------------------------------

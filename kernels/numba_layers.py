@@ -97,6 +97,19 @@ def dropout_backward(dy, cache):
     return dx
 
 
+# ---- embedding sum -------------------------------------------------------------------------------
+def embedding_sum(ids, token_type_ids, word, token_type, position, planted_bug=ew.BUG_NONE):
+    """word[ids] + token_type[token_type_ids] + position[:T] -> (B, T, H): one parallel gather-and-add."""
+    dtype = word.dtype
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    token_type_ids = np.ascontiguousarray(token_type_ids, dtype=np.int64)
+    B, T = ids.shape
+    out = np.empty((B, T, word.shape[1]), dtype)
+    ew.embedding_sum_kernel(ids, token_type_ids, _flat(word, dtype), _flat(token_type, dtype),
+                            _flat(position, dtype), out.reshape(B * T, -1), planted_bug)
+    return out
+
+
 # ---- embedding backward ----------------------------------------------------------------------------
 def scatter_add_rows(target, rows, values):
     """target[rows[i]] += values[i] for every i, repeats accumulated; target: (V, C), values: (N, C)."""

@@ -279,7 +279,7 @@ def test_step_parts_put_each_profiled_function_in_its_part():
     assert part_of("/x/kernels/numba_fused.py", "residual_layernorm_forward_kernel") == \
         "dropout + residual + LayerNorm"
     assert part_of("/x/kernels/numba_loss.py", "cross_entropy_kernel") == "cross-entropy"
-    assert part_of("/x/kernels/numba_heads.py", "stack_part_kernel") == "heads' split and stack"
+    assert part_of("/x/kernels/numba_heads.py", "stack_kernel") == "heads' split and stack"
     assert part_of("/x/kernels/numba_optim.py", "_adamw_loop") == "AdamW"
     assert part_of("/x/kernels/numba_elementwise.py", "dropout_kernel") == \
         "other Numba kernels (embeddings, LayerNorm, dropout)"

@@ -43,7 +43,7 @@ print(json.dumps(report))
 EXPECTED = {"forward_kernel", "backward_kernel", "residual_layernorm_forward_kernel",
             "residual_layernorm_backward_kernel", "bias_gelu_forward_kernel", "bias_gelu_backward_kernel",
             "cross_entropy_kernel", "scatter_add_rows_kernel", "_adamw_parallel", "_adamw_serial",
-            "split_part_kernel", "stack_part_kernel"}
+            "split_kernel", "stack_kernel", "embedding_sum_kernel"}
 
 
 def probe(cache_dir) -> dict:

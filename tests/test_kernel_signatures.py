@@ -79,7 +79,7 @@ def test_every_numba_kernel_has_one_signature_per_dtype():
     assert {"numba_attention.forward_kernel", "numba_attention.backward_kernel", "numba_loss.cross_entropy_kernel",
             "numba_fused.residual_layernorm_forward_kernel", "numba_fused.residual_layernorm_backward_kernel",
             "numba_elementwise.dropout_kernel", "numba_optim._adamw_parallel",
-            "numba_optim._adamw_serial", "numba_heads.split_part_kernel", "numba_heads.stack_part_kernel"} <= set(report)
+            "numba_optim._adamw_serial", "numba_heads.split_kernel", "numba_heads.stack_kernel"} <= set(report)
     assert all(1 <= len(s) <= 2 for s in report.values()), report
     assert extra_signatures(report) == {}
 

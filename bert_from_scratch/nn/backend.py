@@ -1,8 +1,8 @@
 """The one seam between the readable reference and the fast kernels.
 
 A :class:`Backend` is a table of the operations whose implementation differs between array
-libraries and kernels: the elementwise layers (GELU, LayerNorm, dropout, the embedding's
-scatter-add), the fused tails of the encoder blocks (bias + GELU; bias + dropout + residual +
+libraries and kernels: the elementwise layers (GELU, LayerNorm, dropout, the embeddings' sum of three lookups and
+their scatter-add), the fused tails of the encoder blocks (bias + GELU; bias + dropout + residual +
 LayerNorm), the attention core, the moves between the Q/K/V projection's layout and the heads' (with the
 projection's bias), the cross-entropy of the masked-LM head and the AdamW update.
 Everything else (the matmuls of linear layers, softmax, tanh, the small heads' cross-entropies) is the
@@ -61,6 +61,7 @@ class Backend:
     bias_dropout_add_layernorm_backward: Callable  # (dy, cache) -> (d_o, d_x, dbias, dgamma, dbeta)
     split_heads_forward: Callable        # (y, bias, n_parts, n_heads) -> P x (B, nh, T, d): nn/heads.py
     split_heads_backward: Callable       # (P x (B, nh, T, d)) -> (dy (B, T, P*H), dbias)
+    embedding_sum: Callable              # (ids, token_type_ids, word, token_type, position) -> (B, T, H)
 
     @property
     def stores_attention_probabilities(self) -> bool:
@@ -86,7 +87,7 @@ def _reference_ops(name: str, attention_forward, attention_backward) -> Backend:
                    reference.cross_entropy_forward, reference.cross_entropy_backward,
                    reference.bias_gelu_forward, reference.bias_gelu_backward,
                    reference.bias_dropout_add_layernorm_forward, reference.bias_dropout_add_layernorm_backward,
-                   heads.split_heads_forward, heads.split_heads_backward)
+                   heads.split_heads_forward, heads.split_heads_backward, reference.embedding_sum)
 
 
 def _numpy() -> Backend:
@@ -110,7 +111,7 @@ def _numba() -> Backend:
                    numba_loss.cross_entropy_forward, numba_loss.cross_entropy_backward,
                    numba_fused.bias_gelu_forward, numba_fused.bias_gelu_backward,
                    numba_fused.bias_dropout_add_layernorm_forward, numba_fused.bias_dropout_add_layernorm_backward,
-                   numba_heads.split_heads_forward, numba_heads.split_heads_backward)
+                   numba_heads.split_heads_forward, numba_heads.split_heads_backward, numba_layers.embedding_sum)
 
 
 _BUILDERS = {"numpy": _numpy, "numba": _numba, "cupy": _cupy}

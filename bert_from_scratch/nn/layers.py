@@ -275,6 +275,16 @@ def embedding_backward(dy, cache):
     return dweight
 
 
+def embedding_sum(ids, token_type_ids, word, token_type, position):
+    """BERT's input embedding before its LayerNorm: ``word[ids] + token_type[token_type_ids] + position[:T]``.
+    ids, token_type_ids: (B, T) valid ids (the model checks them); tables (V, H), (n_types, H), (max_len, H) ->
+    (B, T, H). Three lookups summed (word + type first, then the positions); the backward of each lookup is
+    :func:`embedding_backward`'s scatter-add (``model/blocks.py: embeddings_backward``)."""
+    x = word[ids] + token_type[token_type_ids]                  # (B, T, H)
+    x += position[:ids.shape[1]]                                # (T, H) broadcast
+    return x
+
+
 def scatter_add_rows(target, rows, values):
     """target[rows[i]] += values[i] for every i, with repeats accumulated (unlike target[rows] += ...)."""
     if is_cupy_array(target):

@@ -261,6 +261,23 @@ def test_heads_rows_bench_prints_both_settings(capsys):
     assert "rounds >= 1" in capsys.readouterr().err
 
 
+def test_linear_backward_bench_prints_each_pair_in_turn_and_side_by_side(capsys):
+    """bench linear-backward: the default step's backward product pairs, one after the other and side by side."""
+    from bert_from_scratch.bench import linear_backward
+    shapes = [("small", 64, 32, 16), ("large", 4096, 256, 128)]
+    ms = linear_backward.run(shapes, repeats=1, rounds=1)
+    table = capsys.readouterr().out
+    if linear_backward.blas_pair._helper()[1] is None:
+        assert ms == {} and "one after the other" in table
+    else:
+        assert set(ms) == {"small", "large"} and all(a > 0 and b > 0 for a, b, _ in ms.values())
+        assert ms["small"][2] is False and "all pairs" in table and "4096 x 256 x 128" in table
+    assert [s[0] for s in linear_backward.step_shapes()][:2] == ["Q/K/V, layer 1", "attention output"]
+    with pytest.raises(SystemExit):
+        linear_backward.main(["--rounds", "0"])
+    assert "rounds >= 1" in capsys.readouterr().err
+
+
 def test_the_bench_names_the_rounds_a_vm_host_slowed():
     """No line while steal stays under 5% (or is unknown); every side's share per round once one round has more."""
     assert default_step.steal_per_round({"ours": [0.0, 0.04], "torch_same": [None, 0.01]}) == ""

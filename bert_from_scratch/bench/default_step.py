@@ -37,6 +37,7 @@ import numpy as np
 
 from ..config import BertConfig
 from ..model import BertForPreTraining
+from ..nn import blas_pair
 from ..cli.process import keep_freed_memory
 from ..runtime_env import libraries_own_defaults
 from .cpu_steal import NOTEWORTHY, StealMeter
@@ -123,6 +124,10 @@ def _build_side(side: str, cfg_dict: dict, batch: dict, backend: str, keep_memor
     cfg = BertConfig(**cfg_dict)
     step, info = (_ours_steps(cfg, batch, backend, side == "ours") if side.startswith("ours")
                   else torch_steps(cfg, batch, side))
+    if side.startswith("ours"):                                     # one more warm-up step, counting its pairs
+        before = blas_pair.pairs_run
+        step()
+        info["blas_pairs"] = blas_pair.pairs_run - before
     info["keep_freed_memory"] = kept
     info["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")     # the side's OpenMP threads read it at load
     return step, info
@@ -314,7 +319,8 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
                + (f", {rounds} rounds (medians over rounds)" if rounds > 1 else ""))
     print(how + "; glibc keeping freed memory: "
           f"{'yes' if kept else 'no'}; median of {repeats} timed step(s) after {warmup} warm-up step(s); "
-          f"ours backend={runs['ours'][0]['backend']}"
+          f"ours backend={runs['ours'][0]['backend']}, {runs['ours'][0].get('blas_pairs', 0)} backward product "
+          f"pairs side by side a step (nn/blas_pair.py)"
           + (f"; torch threads={torch_info['torch_threads']}, attention={torch_info['attn_implementation']}, "
              f"OMP_WAIT_POLICY={torch_info.get('omp_wait_policy') or 'unset'} (ours: "
              f"{runs['ours'][0].get('omp_wait_policy') or 'unset'})" if torch_info else ""))

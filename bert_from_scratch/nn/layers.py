@@ -17,6 +17,7 @@ import math
 
 from ..constants import IGNORE_INDEX
 from ..kernels.kernel_args import GOLDEN, dropout_threshold, mix32
+from .blas_pair import matmul_pair
 from .xp import erf, get_array_module, is_cupy_array
 
 
@@ -42,8 +43,9 @@ def linear_backward(dy, cache, bias=True):
     x2, weight, x_shape = cache
     # forward: y = x W^T + b
     dy2 = dy.reshape(-1, dy.shape[-1])              # (N, out)
-    dx = (dy2 @ weight).reshape(x_shape)            # (N..., in)
-    dweight = dy2.T @ x2                            # (out, in)
+    # dx = dy W (N, in) and dW = dy^T x (out, in): independent, so on 2 cores each gets one (nn/blas_pair.py)
+    dx2, dweight = matmul_pair(dy2, weight, dy2.T, x2)
+    dx = dx2.reshape(x_shape)                       # (N..., in)
     dbias = row_sum(dy2) if bias else None          # (out,)
     return dx, dweight, dbias
 

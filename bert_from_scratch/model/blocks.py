@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 
 from ..config import BertConfig
 from ..nn.attention import attention_probabilities, attention_probabilities_backward
-from ..nn.layers import linear_backward, linear_forward, tanh_backward, tanh_forward
+from ..nn.layers import embedding_cache, linear_backward, linear_forward, tanh_backward, tanh_forward
 from ..nn.xp import get_array_module
 from .attention_rows import attention_at_query_rows_backward, attention_at_query_rows_forward
 from .params import Scope
@@ -88,7 +88,7 @@ def output_backward(dy, cache, G: Scope, ops):
 # Embeddings:  LayerNorm(W_word[ids] + W_type[tt] + W_pos[:T]), then dropout
 # =======================================================================================
 class EmbeddingsCache(NamedTuple):
-    words: tuple            # the word lookup's cache, as embedding_forward's: (ids (B, T), table shape)
+    words: tuple            # the word lookup's cache (nn/layers.py: embedding_cache): (ids (B, T), table shape)
     types: tuple            # same, for the token types
     layernorm: tuple
     dropout: object
@@ -100,7 +100,7 @@ def embeddings_forward(ids, token_type_ids, P: Scope, ops, cfg: BertConfig, rng,
     T = ids.shape[1]
     word, types = P["word_embeddings.weight"], P["token_type_embeddings.weight"]
     x = ops.embedding_sum(ids, token_type_ids, word, types, P["position_embeddings.weight"])  # (B, T, H)
-    c_words, c_types = (ids, word.shape), (token_type_ids, types.shape)                     # the lookups' caches
+    c_words, c_types = embedding_cache(ids, word), embedding_cache(token_type_ids, types)   # for the backward
     y, c_ln = norm_forward(x, P / "LayerNorm", ops, cfg)
     y, c_drop = ops.dropout_forward(y, cfg.hidden_dropout_prob, rng, training, row_offset=row_offset)
     return y, EmbeddingsCache(c_words, c_types, c_ln, c_drop, T)

@@ -265,7 +265,13 @@ def cross_entropy_backward(dloss, cache):
 # ---------------------------------------------------------------------------------------
 def embedding_forward(ids, weight):
     """ids: (N...) ints, weight: (V, C) -> (N..., C)."""
-    return weight[ids], (ids, weight.shape)
+    return weight[ids], embedding_cache(ids, weight)
+
+
+def embedding_cache(ids, weight):
+    """What :func:`embedding_backward` needs of a lookup: the ids and the table's shape (also for lookups made
+    elsewhere, as the backends' ``embedding_sum``)."""
+    return ids, weight.shape
 
 
 def embedding_backward(dy, cache):

@@ -2,7 +2,10 @@
 
 Each is a default: a value the user has set in the environment wins. It only takes effect when this package is
 imported before NumPy (OpenBLAS reads its variables when NumPy loads it; Numba when it is imported), as the
-command line does. This module imports nothing but ``os`` for that reason. Measurements: docs/performance.md.
+command line does. This module imports nothing but ``os`` and ``sys`` (built in) for that reason. Measurements:
+docs/performance.md. Imported after NumPy (``import numpy`` or ``import matplotlib`` first, as most scripts and
+notebooks begin), the OpenBLAS wait below comes too late: the one training loop then warns, once
+(:func:`warn_if_numpy_came_first`: steps ~1.6x slower on 2 cores).
 
 - ``OMP_WAIT_POLICY=PASSIVE``: Numba's parallel kernels run on GNU OpenMP threads, which by default busy-wait
   after each kernel; on a 2-core machine they then take the cores that OpenBLAS's matmul threads need next.
@@ -25,6 +28,7 @@ sets none (``BERT_FROM_SCRATCH_LIBRARY_DEFAULTS=1``); what the user set stays fo
 """
 import contextlib
 import os
+import sys
 
 #: thread-count variables of the libraries under the package (OpenBLAS, OpenMP, Numba, MKL)
 THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS")
@@ -66,8 +70,19 @@ LIBRARY_DEFAULTS_VARIABLE = "BERT_FROM_SCRATCH_LIBRARY_DEFAULTS"
 SET_BY_PACKAGE_VARIABLE = "BERT_FROM_SCRATCH_SET_VARIABLES"
 
 
-def apply(environ=os.environ) -> None:
+#: True when this package set ``OPENBLAS_THREAD_TIMEOUT`` after NumPy had loaded OpenBLAS (``import numpy`` before
+#: ``import bert_from_scratch``, or ``import matplotlib``, which imports NumPy): too late, OpenBLAS reads it when it
+#: loads, and its threads keep their long busy-waits (:func:`warn_if_numpy_came_first`)
+openblas_loaded_first = False
+
+
+class NumpyFirstWarning(RuntimeWarning):
+    """NumPy was imported before this package: training runs slower (:func:`warn_if_numpy_came_first`)."""
+
+
+def apply(environ=os.environ, modules=sys.modules) -> None:
     """Set the defaults above in ``environ`` (the process's environment), and record which ones it set."""
+    global openblas_loaded_first
     if environ.get(LIBRARY_DEFAULTS_VARIABLE) == "1":
         return
     set_here = [name for name in environ.get(SET_BY_PACKAGE_VARIABLE, "").split(",") if name]
@@ -75,6 +90,8 @@ def apply(environ=os.environ) -> None:
         if name not in environ:
             environ[name] = value
             set_here.append(name)
+            if name == "OPENBLAS_THREAD_TIMEOUT" and "numpy" in modules:
+                openblas_loaded_first = True
     threads = threads_per_rank(environ)
     if threads is not None:
         for name in THREAD_VARIABLES:
@@ -101,3 +118,23 @@ def libraries_own_defaults(environ=os.environ):
         for name in names:
             environ.pop(name, None)
         environ.update(saved)
+
+
+def warn_if_numpy_came_first() -> None:
+    """A :class:`NumpyFirstWarning` (shown once per process) when NumPy's OpenBLAS loaded before this package set
+    its thread wait and runs on 2 or more threads. The one training loop calls it as it starts.
+
+    Measured on the 2-vCPU VM (2026-12-07): the default pretraining step took 241-258 ms with ``import numpy`` first
+    against 152-155 ms with ``import bert_from_scratch`` first (docs/performance.md, "Import order")."""
+    if not openblas_loaded_first:
+        return
+    from .nn.blas_pair import numpy_openblas
+    blas = numpy_openblas()
+    if blas is None or blas.get_num_threads() < 2:
+        return
+    import warnings
+    warnings.warn("NumPy was imported before bert_from_scratch, so OpenBLAS's threads keep busy-waiting after "
+                  "each product (it reads OPENBLAS_THREAD_TIMEOUT when NumPy loads), on the cores the next kernels "
+                  "need: training steps ran ~1.6x slower on 2 cores. Import bert_from_scratch before numpy and "
+                  "matplotlib, or set OPENBLAS_THREAD_TIMEOUT=4 before starting Python.", NumpyFirstWarning,
+                  stacklevel=3)

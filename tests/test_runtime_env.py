@@ -2,6 +2,7 @@
 environment overrides, and one share of the cores per rank under an MPI launcher."""
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -41,6 +42,42 @@ def test_importing_the_package_sets_the_wait_settings_unless_the_user_did():
     assert got["OMP_NUM_THREADS"] is None and got["NUMBA_NUM_THREADS"] is None
     (got,) = show(plain_env(OMP_WAIT_POLICY="ACTIVE", OPENBLAS_THREAD_TIMEOUT="28"))
     assert (got["OMP_WAIT_POLICY"], got["OPENBLAS_THREAD_TIMEOUT"]) == ("ACTIVE", "28")
+
+
+ORDER = ("import sys, warnings\n{first}\nfrom bert_from_scratch import runtime_env\n"
+         "from bert_from_scratch.nn.blas_pair import numpy_openblas\n"
+         "blas = numpy_openblas(); blas is not None and blas.set_num_threads(2)\n"
+         "with warnings.catch_warnings(record=True) as seen:\n"
+         "    warnings.simplefilter('always')\n"
+         "    runtime_env.warn_if_numpy_came_first()\n"
+         "print(repr((runtime_env.openblas_loaded_first, blas is not None, "
+         "[w.category.__name__ for w in seen if 'imported before bert_from_scratch' in str(w.message)])))")
+
+
+@pytest.mark.parametrize("first, env, flagged", [
+    ("import numpy", {}, True),                                   # NumPy's OpenBLAS loaded before the setting
+    ("import bert_from_scratch", {}, False),                      # the package first: in time
+    ("import numpy", {"OPENBLAS_THREAD_TIMEOUT": "4"}, False),    # the user set it before Python started
+])
+def test_numpy_imported_first_is_noticed_and_warned_about(first, env, flagged):
+    """``import numpy`` before the package: OpenBLAS loaded before the wait was set (docs/performance.md, "Import
+    order"); the training loop's warning fires then and only then (where NumPy's BLAS is OpenBLAS)."""
+    out = subprocess.run([sys.executable, "-c", ORDER.format(first=first)], env=plain_env(**env),
+                         capture_output=True, text=True, check=True, timeout=120).stdout.strip().splitlines()[-1]
+    noticed, has_openblas, warned = ast.literal_eval(out)
+    assert noticed is flagged
+    assert warned == (["NumpyFirstWarning"] if flagged and has_openblas else [])
+
+
+def test_the_training_loop_checks_the_import_order_as_it_starts(monkeypatch):
+    """``run_loop`` calls the check at every start (Python shows the warning itself once per process)."""
+    from bert_from_scratch.training import loop
+    calls = []
+    monkeypatch.setattr(loop, "warn_if_numpy_came_first", lambda: calls.append(1))
+    for _ in range(2):
+        loop.run_loop(None, None, iter(()), schedule=lambda s: 0.0, total_steps=1, progress=False,
+                      log=lambda m: None)
+    assert calls == [1, 1]
 
 
 def test_a_benchmarks_torch_process_starts_with_the_libraries_own_settings():

@@ -63,6 +63,11 @@ def _helper():
     return _state["executor"], _state["blas"]
 
 
+def numpy_openblas():
+    """threadpoolctl's controller of NumPy's OpenBLAS (found once per process), or None."""
+    return _helper()[1]
+
+
 def side_by_side(a1, b1, a2, b2) -> bool:
     """Whether :func:`matmul_pair` would run these two products side by side here."""
     if not ENABLED or not all(type(a) is np.ndarray for a in (a1, b1, a2, b2)):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bert_from_scratch import runtime_env
@@ -73,11 +74,34 @@ def test_the_training_loop_checks_the_import_order_as_it_starts(monkeypatch):
     """``run_loop`` calls the check at every start (Python shows the warning itself once per process)."""
     from bert_from_scratch.training import loop
     calls = []
-    monkeypatch.setattr(loop, "warn_if_numpy_came_first", lambda: calls.append(1))
+    monkeypatch.setattr(loop, "warn_if_numpy_came_first", lambda params: calls.append(params))
     for _ in range(2):
         loop.run_loop(None, None, iter(()), schedule=lambda s: 0.0, total_steps=1, progress=False,
                       log=lambda m: None)
-    assert calls == [1, 1]
+    assert calls == [None, None]
+
+
+def test_the_warning_is_for_models_on_numpy_only(monkeypatch):
+    """On a GPU (CuPy parameters) OpenBLAS does not run the step: no warning, even with NumPy first."""
+    import warnings
+
+    class FakeGpuArray:                 # stands for a cupy.ndarray: its type's module is not numpy
+        pass
+    monkeypatch.setattr(runtime_env, "openblas_loaded_first", True)
+    from bert_from_scratch.nn import blas_pair
+    blas = blas_pair.numpy_openblas()
+    if blas is None:
+        pytest.skip("NumPy's BLAS is not OpenBLAS here: the warning never applies")
+    threads = blas.get_num_threads()
+    blas.set_num_threads(2)
+    try:
+        for params, want in (({"w": FakeGpuArray()}, 0), ({"w": np.zeros(2)}, 1), (None, 1)):
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                runtime_env.warn_if_numpy_came_first(params)
+            assert sum(issubclass(w.category, runtime_env.NumpyFirstWarning) for w in seen) == want
+    finally:
+        blas.set_num_threads(threads)
 
 
 def test_a_benchmarks_torch_process_starts_with_the_libraries_own_settings():

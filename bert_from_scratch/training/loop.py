@@ -113,7 +113,7 @@ def run_loop(model, optimizer, batches: Iterable[dict], *, schedule: Callable[[i
     from tqdm.auto import tqdm
 
     log = log or tqdm.write
-    warn_if_numpy_came_first()                  # (once per process) its threads' waits were set too late
+    warn_if_numpy_came_first(getattr(model, "params", None))   # (once per process) OpenBLAS's waits set too late
     stop_at = total_steps if stop_at is None else stop_at
     state = LoopState(step=start_step, total_steps=total_steps)
     batch_iter = iter(batches)

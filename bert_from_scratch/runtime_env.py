@@ -129,9 +129,10 @@ def warn_if_numpy_came_first(params: dict | None = None) -> None:
     against 152-155 ms with ``import bert_from_scratch`` first (docs/performance.md, "Import order")."""
     if not openblas_loaded_first:
         return
-    if params and type(next(iter(params.values()))).__module__.split(".")[0] != "numpy":
-        return
     from .nn.blas_pair import numpy_openblas
+    from .nn.xp import is_cupy_array
+    if params and is_cupy_array(next(iter(params.values()))):
+        return
     blas = numpy_openblas()
     if blas is None or blas.get_num_threads() < 2:
         return

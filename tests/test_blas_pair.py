@@ -11,7 +11,7 @@ import pytest
 from bert_from_scratch.nn import blas_pair
 from bert_from_scratch.nn.layers import linear_backward, linear_forward
 
-BLAS = blas_pair._helper()[1]          # NumPy's OpenBLAS (threadpoolctl), or None under another BLAS
+BLAS = blas_pair.numpy_openblas()       # NumPy's OpenBLAS (threadpoolctl), or None under another BLAS
 
 
 def _big(rng, n=4096, n_out=256, n_in=128):

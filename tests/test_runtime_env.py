@@ -85,23 +85,27 @@ def test_the_warning_is_for_models_on_numpy_only(monkeypatch):
     """On a GPU (CuPy parameters) OpenBLAS does not run the step: no warning, even with NumPy first."""
     import warnings
 
-    class FakeGpuArray:                 # stands for a cupy.ndarray: its type's module is not numpy
+    class FakeGpuArray:                 # stands for a cupy.ndarray (CuPy need not be installed)
         pass
+
+    class TwoThreadOpenBlas:            # NumPy's OpenBLAS at 2 threads, whatever BLAS this machine has
+        def get_num_threads(self):
+            return 2
     monkeypatch.setattr(runtime_env, "openblas_loaded_first", True)
     from bert_from_scratch.nn import blas_pair
-    blas = blas_pair.numpy_openblas()
-    if blas is None:
-        pytest.skip("NumPy's BLAS is not OpenBLAS here: the warning never applies")
-    threads = blas.get_num_threads()
-    blas.set_num_threads(2)
-    try:
-        for params, want in (({"w": FakeGpuArray()}, 0), ({"w": np.zeros(2)}, 1), (None, 1)):
-            with warnings.catch_warnings(record=True) as seen:
-                warnings.simplefilter("always")
-                runtime_env.warn_if_numpy_came_first(params)
-            assert sum(issubclass(w.category, runtime_env.NumpyFirstWarning) for w in seen) == want
-    finally:
-        blas.set_num_threads(threads)
+    monkeypatch.setattr(blas_pair, "numpy_openblas", TwoThreadOpenBlas)
+    from bert_from_scratch.nn import xp
+    monkeypatch.setattr(xp, "is_cupy_array", lambda a: isinstance(a, FakeGpuArray))
+    for params, want in (({"w": FakeGpuArray()}, 0), ({"w": np.zeros(2)}, 1), (None, 1)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            runtime_env.warn_if_numpy_came_first(params)
+        assert sum(issubclass(w.category, runtime_env.NumpyFirstWarning) for w in seen) == want
+    monkeypatch.setattr(runtime_env, "openblas_loaded_first", False)        # the package first: never
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        runtime_env.warn_if_numpy_came_first({"w": np.zeros(2)})
+    assert not seen
 
 
 def test_a_benchmarks_torch_process_starts_with_the_libraries_own_settings():

@@ -45,7 +45,7 @@ def run(shapes=None, repeats: int = 15, rounds: int = 3, seed: int = 0) -> dict:
     when NumPy's OpenBLAS is not found."""
     if min(repeats, rounds) < 1:
         raise ValueError(f"need repeats >= 1 and rounds >= 1; got repeats {repeats}, rounds {rounds}")
-    blas = blas_pair._helper()[1]
+    blas = blas_pair.numpy_openblas()
     if blas is None:
         print("NumPy's BLAS is not OpenBLAS (or threadpoolctl is missing): the pair always runs one after the other")
         return {}

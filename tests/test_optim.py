@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from bert_from_scratch.training.optim import (AdamW, adamw_update, clip_grad_norm, default_no_decay,
+from bert_from_scratch.training.optim import (AdamW, adamw_update, clip_grad_norm, clip_scale, default_no_decay,
                                      global_grad_norm, linear_warmup_decay)
 from conftest import requires_torch, requires_transformers
 
@@ -114,6 +114,60 @@ def test_numba_update_is_bit_identical_to_the_reference(dtype):
     for k in a:
         assert a[k].dtype == dtype and b[k].dtype == dtype
         np.testing.assert_array_equal(a[k], b[k])
+
+
+def _steps_clipped(backend, dtype, fold, steps=4, max_norm=0.5):
+    """Parameters after ``steps`` clipped AdamW steps: the clip applied to the gradients in place first
+    (``fold=False``, as ``clip_grad_norm`` does) or handed to the update as its ``grad_scale`` (``fold=True``, as
+    the training loop does; ``fold="ignored"``: a planted update that drops it)."""
+    shapes = {"big.weight": (300, 300), "small.bias": (7,), "LayerNorm.weight": (64,)}
+    rng = np.random.default_rng(11)
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    opt = AdamW(params, lr=1e-2, backend=backend)
+    for _ in range(steps):
+        grads = random_grads(rng, params, scale=3.0)           # norm ~ 900: every step is clipped
+        if fold is False:
+            clip_grad_norm(grads, max_norm)
+            assert opt.step(grads, lr=3e-3) is True
+        else:
+            kept = {k: g.copy() for k, g in grads.items()}
+            scale = clip_scale(global_grad_norm(grads), max_norm) if fold is True else 1.0
+            assert scale < 1.0 or fold == "ignored"
+            assert opt.step(grads, lr=3e-3, grad_scale=scale) is True
+            assert all(np.array_equal(kept[k], grads[k]) for k in grads)     # the gradients are left as they were
+    return params
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_clip_factor_given_to_the_update_is_the_clip_in_place(backend, dtype):
+    """The loop's update multiplies each gradient by the clipping factor as it reads it: the same bits as scaling
+    the gradients in place first, on both backends; an update that dropped the factor is told apart."""
+    in_place, folded = _steps_clipped(backend, dtype, False), _steps_clipped(backend, dtype, True)
+    for k in in_place:
+        np.testing.assert_array_equal(in_place[k], folded[k])
+    ignored = _steps_clipped(backend, dtype, "ignored")
+    assert any(not np.array_equal(in_place[k], ignored[k]) for k in in_place)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_update_says_whether_the_weights_it_wrote_are_finite(backend):
+    """``AdamW.step`` returns False when an update makes a weight non-finite, even one value of a large tensor (the
+    parallel loop), and True otherwise; frozen tensors are not updated, so not looked at."""
+    rng = np.random.default_rng(12)
+    params = {"big.weight": rng.standard_normal((300, 300)).astype(np.float32),
+              "small.bias": rng.standard_normal(7).astype(np.float32)}
+    params["big.weight"][123, 45] = 3.4e38                       # float32's largest is 3.4028e38
+    grads = {k: np.zeros_like(p) for k, p in params.items()}
+    opt = AdamW(params, lr=1e-3, weight_decay=0.0, backend=backend)
+    assert opt.step(grads) is True
+    grads["big.weight"][123, 45] = -1.0        # at t = 2: m / (sqrt(v / bc2) + eps) = -0.14, times -lr / bc1: +7e36
+    with np.errstate(over="ignore"):
+        assert opt.step(grads, lr=1e37) is False
+    big = params["big.weight"]
+    assert np.isinf(big[123, 45]) and np.isfinite(np.delete(big, 123 * 300 + 45)).all()
+    frozen = AdamW({"a": np.array([np.inf], np.float32), "b": np.ones(3, np.float32)}, frozen=["a"], backend=backend)
+    assert frozen.step({"a": np.ones(1, np.float32), "b": np.ones(3, np.float32)}) is True
 
 
 def test_numba_and_reference_backends_agree_in_float32():

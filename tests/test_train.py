@@ -133,6 +133,39 @@ def test_batch_order_is_a_permutation_per_epoch_and_restorable():
         BatchOrder(n=2, batch_size=3, seed=5)
 
 
+# ------------------------------------------------------------------------------ one step
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_train_step_is_the_clipped_update(backend):
+    """``train_step`` hands the clipping factor to the update instead of scaling the gradients first: its weights
+    are those of forward, backward, ``clip_grad_norm`` in place and ``AdamW.step``, to the bit, with the clip active.
+    The same comparison tells a step without the clip apart."""
+    from bert_from_scratch.training.loop import train_step
+    from bert_from_scratch.training.optim import AdamW, clip_grad_norm
+
+    rows = take_batch(TRAIN, np.arange(8), np)
+    batch = {k: rows[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+    batch["next_sentence_label"] = rows["next_sentence_labels"]
+
+    def weights(clip):
+        model = BertForPreTraining(tiny_config(), seed=0, backend=backend)
+        optimizer = AdamW(model.params, lr=1e-3, weight_decay=0.01, backend=model.backend)
+        if clip == "loop":
+            result = train_step(model, batch, optimizer, 1e-3, max_grad_norm=0.05)
+            assert not result.diverged and result.grad_norm > 0.05          # the clip was active
+        else:
+            model.forward(**batch, training=True)
+            grads = model.backward()
+            if clip:
+                clip_grad_norm(grads, 0.05)
+            assert optimizer.step(grads, lr=1e-3)
+        return model.params
+
+    loop, by_hand, unclipped = weights("loop"), weights(True), weights(False)
+    for name in loop:
+        np.testing.assert_array_equal(loop[name], by_hand[name], err_msg=name)
+    assert any(not np.array_equal(loop[name], unclipped[name]) for name in loop)
+
+
 # ------------------------------------------------------------------------------ divergence
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning",
                             "ignore:invalid value encountered:RuntimeWarning")

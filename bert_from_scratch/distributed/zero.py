@@ -58,10 +58,11 @@ class ShardedAdamW:
         """Bytes of AdamW moments this rank holds (replicated AdamW: ``2 x`` the parameters' bytes)."""
         return 0 if self.inner is None else sum(m.nbytes for m in self.inner.exp_avg.values()) * 2
 
-    def step(self, grads: Mapping, lr: float | None = None) -> None:
-        """Update this rank's tensors, then gather every rank's updated tensors (``Allgatherv``)."""
+    def step(self, grads: Mapping, lr: float | None = None, grad_scale: float = 1.0) -> bool:
+        """Update this rank's tensors, then gather every rank's updated tensors (``Allgatherv``). Returns whether
+        every tensor is finite afterwards: the same answer on every rank, which all hold the same gathered values."""
         if self.inner is not None:
-            self.inner.step({n: grads[n] for n in self.mine}, lr=lr)
+            self.inner.step({n: grads[n] for n in self.mine}, lr=lr, grad_scale=grad_scale)
         self.step_count += 1
         order = list(self.params)
         mine = self._flat[self.world.rank]
@@ -77,6 +78,7 @@ class ShardedAdamW:
                 p = self.params[n]
                 p[...] = gathered[r][offsets[r]:offsets[r] + p.size].reshape(p.shape)
             offsets[r] += self.params[n].size
+        return all(bool(np.isfinite(part).all()) for part in gathered)
 
     # ---- checkpoints: the replicated format ---------------------------------------------------
     def consolidate(self) -> None:

@@ -9,8 +9,9 @@ One step (:func:`train_step`) on a batch, for a model with ``forward(**inputs, t
 
 The loss is checked before the backward and the gradient norm before the update: a NaN/inf
 skips the update and ends the loop ("diverged"). A finite gradient can still make non-finite
-weights (a learning rate of 1e300); the weights are checked after the update too, and such a step
-ends the loop as well, before any callback could save them. Either way the job's last checkpoint
+weights (a learning rate of 1e300); the update checks the weights it writes (``AdamW.step`` returns
+whether they are finite), and such a step ends the loop as well, before any callback could save them.
+The clipping factor is not applied to the gradients in a pass of its own either: the update takes it. Either way the job's last checkpoint
 stays as it was, and the message names the step it holds.
 
 :func:`run_loop` draws batches, runs steps, keeps the progress bar and the clock, and after each
@@ -25,9 +26,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
-from ..nn.xp import get_array_module
 from ..runtime_env import warn_if_numpy_came_first
-from .optim import clip_grad_norm
+from .optim import clip_scale, global_grad_norm
 
 
 @dataclass
@@ -49,13 +49,9 @@ class StepResult:
                 f"stopped, and they are not saved")
 
 
-def weights_finite(params: dict) -> bool:
-    """True when every parameter is finite (one pass over the model: cheap next to a training step)."""
-    return all(bool(get_array_module(p).isfinite(p).all()) for p in params.values())
-
-
 def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float, sync=None) -> StepResult:
-    """forward -> finite check -> backward -> clip -> finite check -> AdamW update at ``lr`` -> finite check.
+    """forward -> finite check -> backward -> global gradient norm, finite check -> AdamW update at ``lr`` of the
+    clipped gradients (``grads * clip_scale``), which says whether the weights it wrote are finite.
 
     ``sync`` (data-parallel runs, :class:`~bert_from_scratch.distributed.gradients.GradientSync`): the loss
     becomes the whole batch's (summed over the ranks), each rank's backward weights its shard by its share of
@@ -69,11 +65,11 @@ def train_step(model, inputs: dict, optimizer, lr: float, max_grad_norm: float, 
         grads = model.backward(**backward_kwargs)
         if sync is not None:
             grads = sync.gradients(grads, grad_scale)
-        grad_norm = clip_grad_norm(grads, max_grad_norm)
+        grad_norm = global_grad_norm(grads)
     if not (math.isfinite(loss) and math.isfinite(grad_norm)):
         return StepResult(loss, grad_norm, out, diverged=True, updated=False)
-    optimizer.step(grads, lr=lr)
-    return StepResult(loss, grad_norm, out, diverged=not weights_finite(model.params))
+    finite = optimizer.step(grads, lr=lr, grad_scale=clip_scale(grad_norm, max_grad_norm))
+    return StepResult(loss, grad_norm, out, diverged=not finite)
 
 
 @dataclass

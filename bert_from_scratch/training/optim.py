@@ -81,6 +81,17 @@ def global_grad_norm(grads: Mapping[str, object]) -> float:
     return math.sqrt(total_sq)
 
 
+def clip_scale(total_norm: float, max_norm: float, eps: float = 1e-6) -> float:
+    r"""The factor global-norm clipping multiplies every gradient by: :math:`\min(1, \text{max\_norm} / (N + \epsilon))`
+    for the global norm :math:`N` (as ``torch.nn.utils.clip_grad_norm_``). 1.0 when :math:`N` is not finite (the
+    caller stops instead)."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm must be positive, got {max_norm}")
+    if not math.isfinite(total_norm):
+        return 1.0
+    return min(1.0, max_norm / (total_norm + eps))
+
+
 def clip_grad_norm(grads: Mapping[str, object], max_norm: float, eps: float = 1e-6) -> float:
     r"""Scale all gradients in place so that their global norm is at most ``max_norm``.
 
@@ -89,17 +100,17 @@ def clip_grad_norm(grads: Mapping[str, object], max_norm: float, eps: float = 1e
         g_k \leftarrow g_k \cdot \min\!\big(1,\ \tfrac{\text{max\_norm}}{N + \epsilon}\big)
 
     as ``torch.nn.utils.clip_grad_norm_`` does. Returns ``N`` (before clipping). When ``N`` is not
-    finite the gradients are left untouched and the caller is expected to stop (see ``train.py``).
+    finite the gradients are left untouched and the caller is expected to stop (see ``loop.py``).
+    The training loop does not scale the gradients in a pass of their own: it hands the factor
+    (:func:`clip_scale`) to :meth:`AdamW.step`, whose update multiplies each gradient as it reads it.
     """
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm}")
     total_norm = global_grad_norm(grads)
-    if not math.isfinite(total_norm):
-        return total_norm
-    clip_coef = max_norm / (total_norm + eps)
-    if clip_coef < 1.0:
+    coef = clip_scale(total_norm, max_norm, eps)
+    if coef < 1.0:
         for g in grads.values():
-            g *= g.dtype.type(clip_coef)
+            g *= g.dtype.type(coef)
     return total_norm
 
 
@@ -107,14 +118,19 @@ def clip_grad_norm(grads: Mapping[str, object], max_norm: float, eps: float = 1e
 # The update of one parameter: the reference
 # --------------------------------------------------------------------------------------
 def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay, beta1, beta2, eps,
-               bias_correction1, bias_correction2):
+               bias_correction1, bias_correction2, grad_scale=1.0) -> bool:
     """One AdamW update of one parameter, in place, with NumPy or CuPy and one scratch buffer.
 
     ``param, grad, exp_avg, exp_avg_sq, scratch`` all have the parameter's shape; ``scratch`` is
-    overwritten. Operation order follows torch's single-tensor AdamW.
+    overwritten. Operation order follows torch's single-tensor AdamW. ``grad_scale`` is the clipping
+    factor (:func:`clip_scale`): the update sees ``grad * grad_scale``, as if the gradient had been
+    scaled in place first (``grad`` itself is left as it is). Returns whether the updated parameter is
+    finite: a finite gradient can still make non-finite weights (a learning rate of 1e300).
     """
     xp = get_array_module(param)
     dtype = param.dtype.type
+    if grad_scale != 1.0:
+        grad = grad * dtype(grad_scale)                           # g <- g * clip factor
     if weight_decay != 0.0:
         param *= dtype(1.0 - lr * weight_decay)                   # theta <- theta (1 - lr wd)
     exp_avg *= dtype(beta1)                                       # m <- b1 m + (1 - b1) g
@@ -130,6 +146,7 @@ def adamw_update(param, grad, exp_avg, exp_avg_sq, scratch, *, lr, weight_decay,
     xp.divide(exp_avg, scratch, out=scratch)                      # m / denom
     scratch *= dtype(-lr / bias_correction1)                      # * -(lr / bc1)
     param += scratch
+    return bool(xp.isfinite(param).all())
 
 
 # --------------------------------------------------------------------------------------
@@ -220,9 +237,10 @@ class AdamW:
             if g.shape != p.shape:
                 raise ValueError(f"gradient {name!r} has shape {g.shape}, parameter has {p.shape}")
 
-    def step(self, grads: Mapping[str, object], lr: float | None = None) -> None:
+    def step(self, grads: Mapping[str, object], lr: float | None = None, grad_scale: float = 1.0) -> bool:
         """Apply one AdamW update to every parameter but the frozen ones, in place (``grads`` has the same
-        keys/shapes)."""
+        keys/shapes; each gradient is taken times ``grad_scale``, the clipping factor, and left as it is).
+        Returns whether every parameter it updated is finite afterwards (the others have not changed)."""
         self._check_grads(grads)
         lr = self.lr if lr is None else float(lr)
         beta1, beta2 = self.betas
@@ -230,6 +248,7 @@ class AdamW:
         t = self.step_count
         bias_correction1 = 1.0 - beta1 ** t
         bias_correction2 = 1.0 - beta2 ** t
+        finite = True
         for name, p in self.params.items():
             if name in self.frozen:
                 continue
@@ -237,9 +256,11 @@ class AdamW:
             wd = self.decay[name]
             if g.dtype != p.dtype:
                 g = g.astype(p.dtype)
-            self.backend.adamw_update(p, g, m, v, self._scratch_like(p), lr=lr, weight_decay=wd, beta1=beta1,
-                                      beta2=beta2, eps=self.eps, bias_correction1=bias_correction1,
-                                      bias_correction2=bias_correction2)
+            finite &= self.backend.adamw_update(p, g, m, v, self._scratch_like(p), lr=lr, weight_decay=wd,
+                                                beta1=beta1, beta2=beta2, eps=self.eps,
+                                                bias_correction1=bias_correction1,
+                                                bias_correction2=bias_correction2, grad_scale=grad_scale)
+        return finite
 
     # ------------------------------------------------------------------ saving
     def state_dict(self) -> dict:

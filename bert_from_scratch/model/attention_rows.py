@@ -85,7 +85,7 @@ def attention_at_query_rows_backward(dctx, dx_rows, cache: QueryRowsCache, G: Sc
     # forward: ctx = merge_heads(attention(q, k, v))[seq, slot]; the unused slots get no gradient
     dctx_q = xp.zeros((B, cache.Tq, nh, d), dtype=dctx.dtype)
     dctx_q[cache.seq, cache.slot] = dctx.reshape(M, nh, d)
-    dctx_q = xp.ascontiguousarray(dctx_q.transpose(0, 2, 1, 3))                           # (B, nh, Tq, d)
+    dctx_q = dctx_q.transpose(0, 2, 1, 3)                                                 # (B, nh, Tq, d), a view
     dq, dk, dv = ops.attention_backward(dctx_q, cache.core)
     dq_rows = dq.transpose(0, 2, 1, 3)[cache.seq, cache.slot].reshape(M, H)               # (M, H)
     dx_q, dw_q, db_q = linear_backward(dq_rows, cache.query)                              # (M, H)

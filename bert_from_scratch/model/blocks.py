@@ -173,7 +173,7 @@ def attention_block_forward(x, mask, P: Scope, ops, cfg: BertConfig, rng, traini
     if output_attentions:
         probs = c_core["probs"] if "probs" in c_core else attention_probabilities(q, k, mask)
         kept = (probs, q, k)
-    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                                      # merge heads
+    ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, H)                # merge heads (no copy from the Numba kernel)
     row_ids = None
     if rows is not None:
         ctx, x = ctx.reshape(B * T, H)[rows], x.reshape(B * T, H)[rows]                  # (M, H) each
@@ -200,8 +200,9 @@ def attention_block_backward(dy, cache: AttentionBlockCache, P: Scope, G: Scope,
         dctx[cache.rows] = dctx_rows                            # the rows are distinct: no repeats to add
         dx[cache.rows] = dx_rows
         dctx, dx = dctx.reshape(B, T, H), dx.reshape(B, T, H)
-    # forward: ctx = merge_heads(attention(q, k, v))
-    dctx = xp.ascontiguousarray(dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3))          # (B, nh, T, d)
+    # forward: ctx = merge_heads(attention(q, k, v)); the split is a view (each backend copies what it needs:
+    # the Numba kernel reads the merged rows as they are)
+    dctx = dctx.reshape(B, T, nh, d).transpose(0, 2, 1, 3)                                 # (B, nh, T, d)
     dq, dk, dv = ops.attention_backward(dctx, cache.core)
     if dprobs is not None:
         dq_p, dk_p = attention_probabilities_backward(dprobs, *cache.probs)

@@ -1,10 +1,8 @@
 r"""Fused attention on the CPU with Numba: FlashAttention-2 without the ``T x T`` matrix.
 
-The NumPy reference (``bert_from_scratch.attention``) builds the whole ``(B, H, T, T)``
-probability tensor. This kernel never does: for a block of ``BLOCK_Q`` query rows it walks
-over the keys in tiles of ``BLOCK_K`` and keeps a running ("online") softmax.
-
-Forward, for one (batch, head) and one query block, with ``m`` the running row maximum,
+The NumPy reference (``bert_from_scratch.attention``) builds the whole ``(B, H, T, T)`` probability tensor. This
+kernel never does: for a block of ``BLOCK_Q`` query rows it walks over the keys in tiles of ``BLOCK_K`` and keeps a
+running ("online") softmax. Forward, for one (batch, head) and one query block, with ``m`` the running row maximum,
 ``l`` the running row sum and ``O`` the running (unnormalised) output:
 
 .. math::
@@ -33,42 +31,36 @@ straight into the output, which no other task touches) -- one pass, no atomics, 
 recomputation. The first product into each output block is written there directly and only
 later ones are added (no zeroing pass, no add pass: at T <= 64, one block each way, as in the
 default pretraining job, nothing is added at all), and ``1/sqrt(d)`` is folded into ``dS``
-as it is computed rather than applied to ``dQ`` and ``dK`` in passes of their own: together
-~10% of the backward at the default job's size (docs/performance.md). With ``B * H >= 12`` tasks this keeps two cores busy (tasks are handed out one
-at a time, see ``_dynamic_schedule``).
+as it is computed rather than applied to ``dQ`` and ``dK`` in passes of their own: together ~10% of the backward
+at the default job's size (docs/performance.md). With ``B * H >= 12`` tasks this keeps two cores busy (tasks are
+handed out one at a time, see ``_dynamic_schedule``).
 
-Dropout uses the same counter hash as the reference (``dropout_keep_mask``): the keep bit of
-``(b, h, i, j)`` is ``mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ (b*H+h)) ^ i) ^ j) >> 8 >= threshold``,
-so the backward regenerates the mask and all backends agree bit for bit.
+Dropout uses the same counter hash as the reference (``dropout_keep_mask``): the keep bit of ``(b, h, i, j)`` is
+``mix32(mix32(mix32(mix32(seed ^ GOLDEN) ^ (b*H+h)) ^ i) ^ j) >> 8 >= threshold``, so the backward regenerates the
+mask and all backends agree bit for bit.
 
-Layout: ``q, k, v`` come in as (B, H, T, d), each head's rows contiguous (the split of the fused Q/K/V
-product makes them so, ``numba_heads.py``). The output is written with the heads already merged, (B, T, H, d),
-which is how the block reads it: :func:`attention_forward` returns it as a (B, H, T, d) view, and the block's
-merge (``transpose(0, 2, 1, 3).reshape(B, T, H * d)``) is then free. The backward takes ``dO`` in the same merged
-layout, without a copy, and gathers each head's rows into a contiguous tile for the products. That removed two
-transposing copies of the context per layer, forward and backward: the attention of the default job's first
-layer (B = 128, T = 64, 2 heads of 64, dropout 0.1), forward and backward with those copies, went from
-11.3-12.1 ms to 10.0-10.9 ms (alternating, 120 pairs each, 2-vCPU AMD EPYC VM, 2026-12-07).
+Layout: ``q, k, v`` come in as contiguous (B, H, T, d). The output is written with the heads merged, (B, T, H, d),
+as the block reads it, and returned as a (B, H, T, d) view: the block's merge copies nothing. The backward takes
+``dO`` in that layout, without a copy, and gathers each head's rows into a contiguous tile for BLAS. At the
+default job's size this took 0.9-1.3 ms off the first layer's attention with its copies (docs/performance.md).
 
-Extra memory: ``O(T)`` per (batch, head) for ``m``, ``1/l``, ``D``, the backward's ``(T, d)`` tile of ``dO``,
-and per-task tiles of ``BLOCK_Q x BLOCK_K``; nothing grows with ``T^2``.
+Extra memory: ``O(T)`` per (batch, head) for ``m``, ``1/l``, ``D``, the backward's ``(T, d)`` tile of ``dO``, and
+per-task tiles of ``BLOCK_Q x BLOCK_K``; nothing grows with ``T^2``.
 
 Speed notes (2-core AVX-512 CPU, float32, one (batch, head), T = 512, one thread):
 
-- The tile products are BLAS calls: ``np.dot(a, b, out)`` on contiguous 64 x 64 tiles, which
-  Numba turns into ``sgemm``/``dgemm`` (SciPy's OpenBLAS) at ~110 GFLOP/s per core, against
-  20-35 GFLOP/s for the best hand-written loops (4 rows of ``C`` per pass, innermost loop over a
-  contiguous row: LLVM vectorises it, but every ``C`` element is loaded and stored once per
-  ``k``). 64 x 64 x 64 is exactly OpenBLAS's single-thread limit (m n k <= 2^18), so BLAS never
-  starts threads of its own inside a ``prange`` task. Only the "nn" and "tn" gemm forms are
-  used ("nt" is ~1.5x slower here): the forward keeps ``S^T`` (keys x queries), the backward
-  transposes ``K_j``, ``V_j`` once per key block.
-- ``exp`` is written out (range reduction + polynomial, ~1 cycle per element in 16-wide
-  AVX-512) because Numba has no vectorised ``exp`` without Intel SVML.
-- Two things silently stop LLVM's vectoriser and cost more than the arithmetic: indexing with
-  a computed index (``a[j0 + jj]``: Numba adds a negative-index check; slice first, then index
-  with the loop variable) and array expressions on slices (``a[i0:i1] += b``); see
-  ``_add_into``.
+- The tile products are BLAS calls: ``np.dot(a, b, out)`` on contiguous 64 x 64 tiles, which Numba turns into
+  ``sgemm``/``dgemm`` (SciPy's OpenBLAS) at ~110 GFLOP/s per core, against 20-35 GFLOP/s for the best hand-written
+  loops (4 rows of ``C`` per pass, innermost loop over a contiguous row: LLVM vectorises it, but every ``C``
+  element is loaded and stored once per ``k``). 64 x 64 x 64 is exactly OpenBLAS's single-thread limit
+  (m n k <= 2^18), so BLAS never starts threads of its own inside a ``prange`` task. Only the "nn" and "tn" gemm
+  forms are used ("nt" is ~1.5x slower here): the forward keeps ``S^T`` (keys x queries), the backward transposes
+  ``K_j``, ``V_j`` once per key block.
+- ``exp`` is written out (range reduction + polynomial, ~1 cycle per element in 16-wide AVX-512) because Numba
+  has no vectorised ``exp`` without Intel SVML.
+- Two things silently stop LLVM's vectoriser and cost more than the arithmetic: indexing with a computed index
+  (``a[j0 + jj]``: Numba adds a negative-index check; slice first, then index with the loop variable) and array
+  expressions on slices (``a[i0:i1] += b``); see ``_add_into``.
 - Result: the gemms alone take ~74% of the forward's time and ~86% of the backward's.
 
 Set ``NUMBA_DISABLE_JIT=1`` to step through the kernels in Python.

@@ -354,8 +354,8 @@ def attention_forward(q, k, v, mask=None, dropout_p=0.0, seed=0, row_offset=0, q
 
     Returns ``(out, cache)`` with out (B, H, Tq, d): a view of (B, Tq, H, d) memory, the heads already merged
     as the block reads them (``out.transpose(0, 2, 1, 3).reshape(B, Tq, H * d)`` copies nothing), and
-    :func:`attention_backward` takes ``dout`` in that layout without a copy. ``planted_bug`` (tests only) makes the kernel
-    deliberately wrong, to show the comparison against the reference catches it.
+    :func:`attention_backward` takes ``dout`` in that layout without a copy. ``planted_bug`` (tests only) makes
+    the kernel deliberately wrong, to show the comparison against the reference catches it.
     """
     _check_inputs(q, k, v, mask, dropout_p, q_pos)
     B, H, Tq, d = q.shape

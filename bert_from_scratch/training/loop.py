@@ -11,8 +11,8 @@ The loss is checked before the backward and the gradient norm before the update:
 skips the update and ends the loop ("diverged"). A finite gradient can still make non-finite
 weights (a learning rate of 1e300); the update checks the weights it writes (``AdamW.step`` returns
 whether they are finite), and such a step ends the loop as well, before any callback could save them.
-The clipping factor is not applied to the gradients in a pass of its own either: the update takes it. Either way the job's last checkpoint
-stays as it was, and the message names the step it holds.
+Either way the job's last checkpoint stays as it was, and the message names the step it holds. (Nor
+are the gradients scaled by the clipping factor in a pass of their own: the update takes the factor.)
 
 :func:`run_loop` draws batches, runs steps, keeps the progress bar and the clock, and after each
 step calls the job's callbacks with a :class:`LoopState` (then updates the bar): they record

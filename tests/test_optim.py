@@ -375,3 +375,30 @@ def test_adamw_on_cupy_matches_numpy():
         opt_dev.step(grads_dev)
     for k in host:
         np.testing.assert_allclose(cp.asnumpy(device[k]), host[k], rtol=1e-12, atol=1e-15)
+
+
+def test_clip_refuses_a_non_positive_max_norm_in_one_line_leaving_the_gradients():
+    grads = {"a": np.ones(3)}
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_norm must be positive"):
+            clip_grad_norm(grads, bad)
+        with pytest.raises(ValueError, match="max_norm must be positive"):
+            clip_scale(1.0, bad)
+    assert np.array_equal(grads["a"], np.ones(3))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero1_says_whether_the_gathered_weights_are_finite(backend):
+    """ZeRO-1's step answers for every tensor after the gather (the same on every rank); one in a process here."""
+    from bert_from_scratch.distributed.world import World
+    from bert_from_scratch.distributed.zero import ShardedAdamW
+
+    params = {"w": np.full((300, 300), 1.0, np.float32), "b": np.zeros(7, np.float32)}
+    params["w"][5, 6] = 3.4e38
+    opt = ShardedAdamW(params, World(), lr=1e-3, weight_decay=0.0, backend=backend)
+    grads = {k: np.zeros_like(p) for k, p in params.items()}
+    assert opt.step(grads) is True
+    grads["w"][5, 6] = -1.0
+    with np.errstate(over="ignore"):
+        assert opt.step(grads, lr=1e37) is False
+    assert np.isinf(params["w"][5, 6])

@@ -104,10 +104,8 @@ def clip_grad_norm(grads: Mapping[str, object], max_norm: float, eps: float = 1e
     The training loop does not scale the gradients in a pass of their own: it hands the factor
     (:func:`clip_scale`) to :meth:`AdamW.step`, whose update multiplies each gradient as it reads it.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm}")
     total_norm = global_grad_norm(grads)
-    coef = clip_scale(total_norm, max_norm, eps)
+    coef = clip_scale(total_norm, max_norm, eps)                   # refuses max_norm <= 0 before anything changes
     if coef < 1.0:
         for g in grads.values():
             g *= g.dtype.type(coef)

@@ -110,6 +110,8 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
     assert len(ours["ms_per_round"]) == 2 and len(ours["times_ms"]) == 2 and "2 rounds" in table
     assert ours["ms_per_step"] == pytest.approx(sum(ours["ms_per_round"]) / 2)       # the median of two
     assert 0 < ours["fraction_of_matmul"] <= 1 and ours["matmul_peak_gflops"] > 0
+    assert ours["products_ms"] > 0 and "the step's linear-layer products alone" in table    # step_products.py
+    assert f"ours' np.matmul ({ours['products_library']}) {ours['products_ms']:.1f} ms" in table
     assert len(ours["cpu_steal_per_round"]) == 2 and all(x is None or 0 <= x <= 1 for x in ours["cpu_steal_per_round"])
     n_pred = json.loads(out.read_text())["n_predicted"]
     cfg = default_step.job_config(500, 16)
@@ -137,6 +139,10 @@ def test_default_step_bench_prints_ours_and_both_torch_rows_round_by_round(tmp_p
     assert all(r["vs_twin"] is None for r in rows[2:])
     assert_each_side_had_its_own_thread_settings(by_side)
     assert by_side["torch_rows"]["gflop"] == pytest.approx(ours["gflop"])       # the job's work, both sides
+    theirs = by_side["torch_rows"]                            # its products timed in torch's own library
+    assert theirs["products_ms"] > 0 and all(by_side[s]["products_ms"] is None for s in ("ours_full", "torch_same"))
+    assert (f"torch's torch.matmul ({theirs['products_library']}) {theirs['products_ms']:.1f} ms, in each side's "
+            f"process: torch's library {ours['products_ms'] / theirs['products_ms']:.2f}x as fast") in table
     assert rows[4]["gflop"] > same["gflop"] == full["gflop"]          # Hugging Face's head runs at every position
     assert len(json.loads(out.read_text())["rows"]) == 5
 
@@ -161,9 +167,11 @@ def test_default_step_bench_interleaved_takes_one_step_of_each_side_in_turn(caps
         assert len(r["times_ms"]) == len(r["ms_per_round"]) == 3 and r["times_ms"] == r["ms_per_round"]
         assert r["ms_per_step"] == pytest.approx(sorted(r["times_ms"])[1])                # the median of three
         assert r["cpu_steal_per_round"] == [0.3] * 3
-    assert rows[0]["matmul_peak_gflops"] > 0
+    assert rows[0]["matmul_peak_gflops"] > 0 and rows[0]["products_ms"] > 0
+    assert "the step's linear-layer products alone" in table
     if has_torch:
         by_side = {r["side"]: r for r in rows}
+        assert by_side["torch_rows"]["products_ms"] > 0 and "torch's torch.matmul" in table
         for r in rows[:2]:
             per_cycle = [m / t for m, t in zip(r["times_ms"], by_side["torch_same"]["times_ms"])]
             assert r["vs_torch_same_per_round"] == pytest.approx(per_cycle)

@@ -19,8 +19,10 @@ libraries' own thread settings, ours with the package's: runtime_env.py, :func:`
 Prints the median ms per step of ``--repeats`` timed steps (after warm-up steps: numba compile, heap
 growth), the ratio of each of ours' steps to torch doing the same work (``TWINS``) and to ``torch_same``, and
 each side's matmul GFLOP/s (see :func:`model_flops`) as a share of the ``np.matmul`` float32 rate measured in the
-same run (in ours' process), and, when the VM's host took a noticeable share of the CPU time during a round (CPU
-steal, ``cpu_steal.py``), each side's steal per round: such rounds say more about the host than about the code.
+same run (in ours' process), what the step's linear-layer products alone take in ours' library and in torch's
+(``step_products.py``: each side's process times them after its steps), and, when the VM's host took a noticeable
+share of the CPU time during a round (CPU steal, ``cpu_steal.py``), each side's steal per round: such rounds say
+more about the host than about the code.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ from ..nn import blas_pair
 from ..cli.process import keep_freed_memory
 from ..runtime_env import libraries_own_defaults
 from .cpu_steal import NOTEWORTHY, StealMeter
+from .step_products import TIMED_SIDES, job_products, products_flops, side_products
 from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_process, torch_steps
 from .train_step import WARMUP, model_flops, matmul_gflops
 
@@ -142,6 +145,7 @@ def _side_worker(side: str, cfg_dict: dict, batch: dict, repeats: int, warmup: i
     info.update(times_s=times, cpu_steal_share=steal.share())
     if measure_matmul:
         info["matmul_gflops"] = matmul_gflops()
+    info.update(side_products(side, BertConfig(**cfg_dict), batch))
     return info
 
 
@@ -160,6 +164,7 @@ def _side_server(conn, side: str, cfg_dict: dict, batch: dict, warmup: int, back
             step()
             conn.send(("time", time.perf_counter() - t))
         info["matmul_gflops"] = matmul_gflops() if measure_matmul else None
+        info.update(side_products(side, BertConfig(**cfg_dict), batch))
         conn.send(("info", info))
     except (EOFError, BrokenPipeError):                      # the parent stopped (another side failed): quietly
         return
@@ -235,6 +240,20 @@ def steal_per_round(steals: dict) -> str:
             + ": rounds with steal ran slower than this machine can, and their ratios are unreliable")
 
 
+def _products_line(by_side: dict, gflop: float) -> str:
+    """What the step's linear-layer products alone cost in each side's library (step_products.py)."""
+    ours, theirs = by_side["ours"], by_side.get("torch_rows")
+    line = (f"the step's linear-layer products alone ({gflop:.2f} of its {ours['gflop']:.2f} GFLOP; each product's "
+            f"median of 5 calls, summed; bench/step_products.py): ours' np.matmul ({ours['products_library']}) "
+            f"{ours['products_ms']:.1f} ms")
+    if theirs is None:
+        return line
+    return (line + f", torch's torch.matmul ({theirs['products_library']}) {theirs['products_ms']:.1f} ms, in each "
+            f"side's process: torch's library {ours['products_ms'] / theirs['products_ms']:.2f}x as fast; ours' "
+            f"products alone take {ours['products_ms'] / theirs['ms_per_step']:.2f}x of torch's step doing the "
+            f"job's work")
+
+
 def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto", torch_too=True,
                      keep_memory=True, out_json=None, vocab_size=8000, warmup=WARMUP, seed=0, rounds=1,
                      interleave=False, gap_s=INTERLEAVE_GAP_S):
@@ -302,8 +321,10 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
                      "gflop": flops / 1e9, "gflops": flops / med / 1e9, "matmul_peak_gflops": peak,
                      "fraction_of_matmul": flops / med / 1e9 / peak,
                      "cpu_steal_per_round": [r["cpu_steal_share"] for r in runs[side]],
+                     "products_ms": (1e3 * statistics.median(r["products_s"] for r in runs[side])
+                                     if side in TIMED_SIDES else None),
                      **{k: v for k, v in runs[side][0].items()
-                        if k not in ("times_s", "matmul_gflops", "cpu_steal_share")}})
+                        if k not in ("times_s", "matmul_gflops", "cpu_steal_share", "products_s")}})
     kept = runs["ours"][0]["keep_freed_memory"]
     torch_info = runs["torch_same"][0] if "torch_same" in runs else {}
     print(f"One optimizer step of the default pretraining job: tiny config (L={cfg.num_hidden_layers}, "
@@ -327,6 +348,7 @@ def run_default_step(B=128, T=64, repeats=5, max_predictions=20, backend="auto",
     print(f"np.matmul float32 (4096x256 @ 256x1024, in ours' process): {peak:.0f} GFLOP/s"
           + (" (per round: " + ", ".join(f"{r['matmul_gflops']:.0f}" for r in runs["ours"]) + ")"
              if rounds > 1 and not interleave else ""))
+    print(_products_line({r["side"]: r for r in rows}, products_flops(job_products(cfg, batch)) / 1e9))
     head = (f"{'side':<51} {'ms/step':>8} {'vs torch, same work':>19} {'vs torch same':>13} {'GFLOP':>6} "
             f"{'GFLOP/s':>8} {'% np.matmul':>11}")
     print(head)

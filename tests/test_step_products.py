@@ -19,10 +19,11 @@ def _attention_core_flops(cfg, B, T, last_layer_rows=None):
 
 
 @pytest.mark.parametrize("L,B,T,n_pred,rows", [(2, 128, 64, 1229, 1357), (2, 3, 16, 6, 9), (3, 4, 32, 10, None),
-                                                (1, 5, 16, 7, 12)])
+                                                (1, 5, 16, 7, 12), (2, 2, 8, 4, 16)])
 def test_the_products_are_model_flops_less_the_attention_core(L, B, T, n_pred, rows):
-    """The products' FLOPs are model_flops less the attention core, plus the decoder's folded bias column; a list
-    that forgets the last layer runs at the heads' rows is told apart."""
+    """The products' FLOPs are model_flops less the attention core, plus the decoder's folded bias column (the last
+    layer at rows as many as B T included: its Q apart from K and V all the same); a list that forgets the last
+    layer runs at the heads' rows is told apart."""
     cfg = default_step.job_config(500, T)
     cfg.num_hidden_layers = L
     H, I, V = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
@@ -30,7 +31,7 @@ def test_the_products_are_model_flops_less_the_attention_core(L, B, T, n_pred, r
     assert len(products) == 3 * (4 * L + (1 if rows is not None else 0) + 4)
     expected = model_flops(cfg, B, T, n_pred, rows) - _attention_core_flops(cfg, B, T, rows) + 3 * 2 * n_pred * V
     assert step_products.products_flops(products) == pytest.approx(expected, rel=1e-12)
-    if rows is not None:
+    if rows is not None and rows < B * T:
         everywhere = step_products.linear_products(H, I, L, V, B, T, n_pred, None)
         assert step_products.products_flops(everywhere) != pytest.approx(expected, rel=1e-6)
 
@@ -51,20 +52,23 @@ def test_the_forward_products_are_the_shapes_ours_step_hands_to_linear_forward(m
     step, _ = default_step._ours_steps(cfg, batch, "numpy")
     step()
     products = step_products.job_products(cfg, batch)
-    forward = Counter((m, k, n) for (m, k, n, transposed) in products[0::3])
-    assert not any(transposed for (*_, transposed) in products[0::3])
+    forward = Counter((m, k, n) for (m, k, n, *_) in products[0::3])
+    assert all(p[3:] == (False, True) for p in products[0::3])                                   # x @ W^T
     assert Counter(seen) == forward
     n_pred = int((batch["labels"] != -100).sum())
     everywhere = step_products.linear_products(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers,
                                                cfg.vocab_size, 5, 16, n_pred, None)
-    assert Counter(seen) != Counter((m, k, n) for (m, k, n, _) in everywhere[0::3])
+    assert Counter(seen) != Counter((m, k, n) for (m, k, n, *_) in everywhere[0::3])
     # each forward's two backward products: the input's gradient, and the weight's with a transposed left operand
-    for (m, k, n, _), (m1, k1, n1, t1), (m2, k2, n2, t2) in zip(products[0::3], products[1::3], products[2::3]):
-        assert (m1, k1, n1, t1) == (m, n, k, False) and (m2, k2, n2, t2) == (n, m, k, True)
+    for (m, k, n, *_), gx, gw in zip(products[0::3], products[1::3], products[2::3]):
+        assert gx == (m, n, k, False, False) and gw == (n, m, k, True, False)
 
 
 def test_the_products_time_in_either_library_and_bad_arguments_are_refused():
     products = step_products.linear_products(128, 512, 1, 500, 2, 16, 4, 6)
+    for (m, k, n, a_t, b_t), (a, b) in zip(products, step_products._operands(products)):
+        assert a.shape == (m, k) and b.shape == (k, n)                   # transposed views where the flags say
+        assert (a.flags.c_contiguous, b.flags.c_contiguous) == (not a_t, not b_t)
     seconds = step_products.time_products(products, "numpy", repeats=1)
     assert 0 < seconds < 10
     assert step_products.library_name("numpy")

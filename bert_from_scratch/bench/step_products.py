@@ -34,20 +34,22 @@ import numpy as np
 
 
 def linear_products(H: int, I: int, L: int, V: int, B: int, T: int, n_predicted: int,
-                    last_layer_rows: int | None = None) -> list[tuple[int, int, int, bool]]:
-    """``(m, k, n, a_transposed)`` for each product of one step: an (m, k) @ (k, n) product, its left operand a
-    transposed view when ``a_transposed`` (the weight gradient's ``dy^T``). Sizes as ``model_flops``'s."""
+                    last_layer_rows: int | None = None) -> list[tuple[int, int, int, bool, bool]]:
+    """``(m, k, n, a_transposed, b_transposed)`` for each product of one step: an (m, k) @ (k, n) product, an
+    operand a transposed view where its flag says so (the forward's ``W^T``, the weight gradient's ``dy^T``).
+    Sizes as ``model_flops``'s."""
     products = []
 
     def linear(rows: int, n_in: int, n_out: int):
-        products.extend([(rows, n_in, n_out, False),         # forward: x W^T
-                         (rows, n_out, n_in, False),         # input gradient: dy W
-                         (n_out, rows, n_in, True)])         # weight gradient: dy^T x
+        products.extend([(rows, n_in, n_out, False, True),   # forward: x W^T
+                         (rows, n_out, n_in, False, False),  # input gradient: dy W
+                         (n_out, rows, n_in, True, False)])  # weight gradient: dy^T x
 
     BT = B * T
     for layer in range(L):
-        rows = BT if last_layer_rows is None or layer < L - 1 else last_layer_rows
-        if rows == BT:
+        at_rows = last_layer_rows is not None and layer == L - 1
+        rows = last_layer_rows if at_rows else BT
+        if not at_rows:
             linear(BT, H, 3 * H)                             # Q, K, V in one product
         else:
             linear(BT, H, 2 * H)                             # K, V at every position
@@ -64,15 +66,16 @@ def linear_products(H: int, I: int, L: int, V: int, B: int, T: int, n_predicted:
 
 def products_flops(products) -> float:
     """2 m k n summed: the FLOPs of the products."""
-    return float(sum(2 * m * k * n for m, k, n, _ in products))
+    return float(sum(2 * m * k * n for m, k, n, *_ in products))
 
 
 def _operands(products, seed: int = 0):
     rng = np.random.default_rng(seed)
     pairs = []
-    for m, k, n, a_transposed in products:
+    for m, k, n, a_transposed, b_transposed in products:
         a = rng.standard_normal((k, m) if a_transposed else (m, k), dtype=np.float32)
-        pairs.append((a.T if a_transposed else a, rng.standard_normal((k, n), dtype=np.float32)))
+        b = rng.standard_normal((n, k) if b_transposed else (k, n), dtype=np.float32)
+        pairs.append((a.T if a_transposed else a, b.T if b_transposed else b))
     return pairs
 
 
@@ -85,8 +88,9 @@ def time_products(products, library: str = "numpy", repeats: int = 5) -> float:
     pairs = _operands(products)
     if library == "torch":
         import torch
-        pairs = [(torch.from_numpy(a.T).T if not a.flags.c_contiguous else torch.from_numpy(a), torch.from_numpy(b))
-                 for a, b in pairs]
+        def tensor(x):                                       # the same memory, the same layout
+            return torch.from_numpy(x) if x.flags.c_contiguous else torch.from_numpy(x.T).T
+        pairs = [(tensor(a), tensor(b)) for a, b in pairs]
     elif library != "numpy":
         raise ValueError(f"library must be 'numpy' or 'torch', got {library!r}")
     total = 0.0
@@ -119,7 +123,7 @@ def library_name(library: str = "numpy") -> str:
 TIMED_SIDES = {"ours": "numpy", "torch_rows": "torch"}
 
 
-def job_products(cfg, batch: dict) -> list[tuple[int, int, int, bool]]:
+def job_products(cfg, batch: dict) -> list[tuple[int, int, int, bool, bool]]:
     """The products of the default job's step on ``batch`` (``bench/default_step.py``'s): the last layer at the
     heads' rows, the predicted rows and the [CLS] rows."""
     labels = np.asarray(batch["labels"])

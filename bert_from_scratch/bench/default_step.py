@@ -43,7 +43,7 @@ from ..nn import blas_pair
 from ..cli.process import keep_freed_memory
 from ..runtime_env import libraries_own_defaults
 from .cpu_steal import NOTEWORTHY, StealMeter
-from .step_products import TIMED_SIDES, job_products, products_flops, side_products
+from .step_products import REPEATS as PRODUCT_REPEATS, TIMED_SIDES, job_products, products_flops, side_products
 from .torch_step import JOB_LR, JOB_MAX_GRAD_NORM, JOB_WEIGHT_DECAY, torch_process, torch_steps
 from .train_step import WARMUP, model_flops, matmul_gflops
 
@@ -244,8 +244,8 @@ def _products_line(by_side: dict, gflop: float) -> str:
     """What the step's linear-layer products alone cost in each side's library (step_products.py)."""
     ours, theirs = by_side["ours"], by_side.get("torch_rows")
     line = (f"the step's linear-layer products alone ({gflop:.2f} of its {ours['gflop']:.2f} GFLOP; each product's "
-            f"median of 5 calls, summed; bench/step_products.py): ours' np.matmul ({ours['products_library']}) "
-            f"{ours['products_ms']:.1f} ms")
+            f"median of {PRODUCT_REPEATS} calls, summed; bench/step_products.py): ours' np.matmul "
+            f"({ours['products_library']}) {ours['products_ms']:.1f} ms")
     if theirs is None:
         return line
     return (line + f", torch's torch.matmul ({theirs['products_library']}) {theirs['products_ms']:.1f} ms, in each "

@@ -79,7 +79,11 @@ def _operands(products, seed: int = 0):
     return pairs
 
 
-def time_products(products, library: str = "numpy", repeats: int = 5) -> float:
+#: calls per product, each product's time their median (the bench's line names it)
+REPEATS = 5
+
+
+def time_products(products, library: str = "numpy", repeats: int = REPEATS) -> float:
     """Seconds: each product's median over ``repeats`` calls (after two untimed ones), summed over the products.
     ``library``: "numpy" (``np.matmul``, NumPy's BLAS) or "torch" (``torch.matmul`` on CPU tensors sharing the same
     float32 values and layouts), each with the thread count its process already has."""

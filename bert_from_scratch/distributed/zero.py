@@ -61,7 +61,8 @@ class ShardedAdamW:
     def step(self, grads: Mapping, lr: float | None = None, grad_scale: float = 1.0) -> bool:
         """Update this rank's tensors, then gather every rank's updated tensors (``Allgatherv``). Returns whether
         every tensor is finite afterwards: the same answer on every rank, which all hold the same gathered values."""
-        if self.inner is not None:
+        if self.inner is not None:                  # its finite answer covers this rank's tensors only: the
+            #                                           gathered values below answer for all, alike on every rank
             self.inner.step({n: grads[n] for n in self.mine}, lr=lr, grad_scale=grad_scale)
         self.step_count += 1
         order = list(self.params)

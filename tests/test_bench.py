@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from bert_from_scratch.bench import attention as bench_attention, default_step, step_parts, train_step as bench_train
+from bert_from_scratch.bench import (attention as bench_attention, default_step, step_parts, step_products,
+                                    train_step as bench_train)
 from bert_from_scratch.cli import main
 
 
@@ -298,6 +299,9 @@ def test_step_parts_put_each_profiled_function_in_its_part():
     assert part_of("/x/bert_from_scratch/nn/layers.py", "linear_backward") == "linear layers: BLAS products, bias sums"
     assert part_of("/x/bert_from_scratch/nn/layers.py", "row_sum") == "linear layers: BLAS products, bias sums"
     assert part_of("/x/bert_from_scratch/nn/layers.py", "gelu_forward") == step_parts.GLUE      # the reference's
+    assert part_of("/x/bert_from_scratch/nn/blas_pair.py", "matmul_pair") == \
+        "linear layers: BLAS products, bias sums"                                               # a backward's pair
+    assert part_of("/x/bert_from_scratch/nn/blas_pair.py", "side_by_side") == step_parts.GLUE   # its checks
     assert part_of("/x/kernels/numba_attention.py", "backward_kernel") == "attention kernels"
     assert part_of("/x/kernels/numba_attention.py", "attention_forward") == step_parts.GLUE     # its Python wrapper
     assert part_of("/x/kernels/numba_fused.py", "bias_gelu_backward_kernel") == "bias + GELU"
@@ -322,13 +326,18 @@ def test_step_parts_put_each_profiled_function_in_its_part():
 def test_default_step_profile_prints_where_both_of_ours_steps_spend_their_time(capsys):
     result = step_parts.profile_default_step(B=3, T=16, steps=2, vocab_size=500, keep_memory=False, warmup=1)
     assert set(result) == {"ours", "ours_full"}
-    for step_s, parts, glue in result.values():
-        assert step_s > 0 and len(parts) == len(step_parts.PARTS) + 1 and glue
+    for step_s, parts, glue, products_s in result.values():
+        assert step_s > 0 and len(parts) == len(step_parts.PARTS) + 1 and glue and products_s > 0
         for part in ("linear layers: BLAS products, bias sums", "attention kernels", "bias + GELU", "cross-entropy",
                      "AdamW", step_parts.GLUE):
             assert parts[part] > 0, part
     out = capsys.readouterr().out
     assert out.count("total under the profiler") == 2 and out.count("the same step, no profiler (median)") == 2
+    alone = [line for line in out.splitlines() if line.startswith("the step's linear-layer products alone")]
+    assert len(alone) == 2 and all(f"median of {step_products.REPEATS} calls" in line for line in alone)
+    for line, (_, parts, _, products_s) in zip(alone, result.values()):
+        in_step = parts["linear layers: BLAS products, bias sums"]
+        assert line.endswith(f"{1e3 * in_step:.1f} ms for its first part inside the step")
     shares = [float(line.rsplit(None, 1)[1].rstrip("%")) for line in out.splitlines() if line.endswith("%")]
     assert len(shares) == 2 * (len(step_parts.PARTS) + 1) and sum(shares) == pytest.approx(200, abs=0.6)
     assert bench_train.main(["--case", "default-step", "--profile", "--batch", "3", "--seq", "16", "--vocab-size",

@@ -59,6 +59,11 @@ def test_the_forward_products_are_the_shapes_ours_step_hands_to_linear_forward(m
     everywhere = step_products.linear_products(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers,
                                                cfg.vocab_size, 5, 16, n_pred, None)
     assert Counter(seen) != Counter((m, k, n) for (m, k, n, *_) in everywhere[0::3])
+    # the equal-work step (the last layer at every position): its own list, the every-position one
+    assert step_products.job_products(cfg, batch, heads_rows=False) == everywhere
+    seen.clear()
+    default_step._ours_steps(cfg, batch, "numpy", heads_rows=False)[0]()
+    assert Counter(seen) == Counter((m, k, n) for (m, k, n, *_) in everywhere[0::3])
     # each forward's two backward products: the input's gradient, and the weight's with a transposed left operand
     for (m, k, n, *_), gx, gw in zip(products[0::3], products[1::3], products[2::3]):
         assert gx == (m, n, k, False, False) and gw == (n, m, k, True, False)

@@ -1,9 +1,10 @@
 """Where one training step's time goes, by part: ``bench train-step --case default-step --profile``
 (:func:`profile_default_step`: ours' two steps of ``default_step.py``, the job's and the equal-work one).
 
-cProfile counts each function's own time (``tottime``): a Numba kernel's call is one entry, and so is each
-``linear_forward`` / ``linear_backward``, whose own time is almost all the BLAS product it runs (``x @ W.T`` is
-an operator, not a call cProfile sees). :func:`part_of` puts every entry in one of the parts below by its file and
+cProfile counts each function's own time (``tottime``) on the thread that runs the step: a Numba kernel's call is
+one entry, and so is each ``linear_forward`` / ``linear_backward`` / ``matmul_pair`` (``nn/blas_pair.py``: a
+backward's two products side by side), whose own time is almost all the BLAS products it runs (``x @ W.T`` is an
+operator, not a call cProfile sees; a pair's wait for its helper thread is a lock's ``acquire``, left in the glue). :func:`part_of` puts every entry in one of the parts below by its file and
 name; what no part claims is Python and NumPy glue. The profiler adds its own cost to the glue (~1 us a call, a
 few thousand calls a step), so the step is also timed without it and both totals are printed. The forward-backward
 case's ``--profile`` (``train_step.profile_ours``) prints the same table for one step.
@@ -13,17 +14,19 @@ from __future__ import annotations
 import os
 import statistics
 
+from .step_products import REPEATS as PRODUCT_REPEATS, job_products, time_products
 from .train_step import WARMUP
 
-#: (part, file's base name, test on the function's name), in the order printed; the first that matches wins
+#: (part, the files' base names, test on the function's name), in the order printed; the first that matches wins
 PARTS = (
-    ("linear layers: BLAS products, bias sums", "layers.py", lambda n: n.startswith("linear_") or n == "row_sum"),
-    ("attention kernels", "numba_attention.py", lambda n: n.endswith("_kernel")),
-    ("bias + GELU", "numba_fused.py", lambda n: n.startswith("bias_gelu") and n.endswith("_kernel")),
-    ("dropout + residual + LayerNorm", "numba_fused.py", lambda n: n.startswith("residual_layernorm")),
-    ("cross-entropy", "numba_loss.py", lambda n: n.endswith("_kernel")),
-    ("heads' split and stack", "numba_heads.py", lambda n: n.endswith("_kernel")),
-    ("AdamW", "numba_optim.py", lambda n: n.startswith("_adamw")),
+    ("linear layers: BLAS products, bias sums", ("layers.py", "blas_pair.py"),
+     lambda n: n.startswith("linear_") or n in ("row_sum", "matmul_pair")),
+    ("attention kernels", ("numba_attention.py",), lambda n: n.endswith("_kernel")),
+    ("bias + GELU", ("numba_fused.py",), lambda n: n.startswith("bias_gelu") and n.endswith("_kernel")),
+    ("dropout + residual + LayerNorm", ("numba_fused.py",), lambda n: n.startswith("residual_layernorm")),
+    ("cross-entropy", ("numba_loss.py",), lambda n: n.endswith("_kernel")),
+    ("heads' split and stack", ("numba_heads.py",), lambda n: n.endswith("_kernel")),
+    ("AdamW", ("numba_optim.py",), lambda n: n.startswith("_adamw")),
     ("other Numba kernels (embeddings, LayerNorm, dropout)", None, lambda n: n.endswith("_kernel")),
 )
 GLUE = "Python and NumPy glue"
@@ -33,11 +36,11 @@ KERNEL_FILES_PREFIX = "numba_"       # the Numba backend's modules: kernels/numb
 def part_of(filename: str, name: str) -> str:
     """The part a profiled function ``name`` of file ``filename`` belongs to (``GLUE`` when none claims it)."""
     base = os.path.basename(filename)
-    for part, file, test in PARTS:
-        if file is None:
+    for part, files, test in PARTS:
+        if files is None:
             if base.startswith(KERNEL_FILES_PREFIX) and test(name):
                 return part
-        elif base == file and test(name):
+        elif base in files and test(name):
             return part
     return GLUE
 
@@ -69,9 +72,9 @@ def profile_steps(step, steps: int) -> tuple[dict, list]:
     return split_stats(pstats.Stats(profiler).stats, steps)
 
 
-def format_parts(title: str, step_s: float, parts: dict, glue: list = ()) -> str:
+def format_parts(title: str, step_s: float, parts: dict, glue: list = (), products_s: float | None = None) -> str:
     """A table: each part's ms per step and share of the profiled step, then both totals, then the largest glue
-    entries."""
+    entries; with ``products_s``, the step's linear-layer products timed alone (``bench/step_products.py``)."""
     total = sum(parts.values())
     width = max(len(p) for p in parts)
     lines = [title, f"{'part':<{width}}  ms/step  share", "-" * (width + 16)]
@@ -82,14 +85,19 @@ def format_parts(title: str, step_s: float, parts: dict, glue: list = ()) -> str
     if glue:
         lines.append("largest glue entries (ms/step, calls/step): " + "; ".join(
             f"{where} {1e3 * seconds:.2f} ({calls:g})" for seconds, calls, where in glue))
+    if products_s is not None:
+        lines.append(f"the step's linear-layer products alone (bench/step_products.py: each product's median of "
+                     f"{PRODUCT_REPEATS} calls, summed, no pairs): {1e3 * products_s:.1f} ms, against "
+                     f"{1e3 * parts[PARTS[0][0]]:.1f} ms for its first part inside the step")
     return "\n".join(lines)
 
 
 def profile_default_step(B=128, T=64, steps=10, max_predictions=20, backend="auto", keep_memory=True,
                          vocab_size=8000, warmup=WARMUP, seed=0) -> dict:
     """``--profile``: where ours' two steps (the job's, and the equal-work one) spend their time, by part
-    (:data:`PARTS`), in this process, one side after the other, each warmed up first. Prints a table per side
-    and returns ``{side: (seconds per step without the profiler, {part: seconds per step}, largest glue entries)}``."""
+    (:data:`PARTS`), in this process, one side after the other, each warmed up first, and what the step's
+    linear-layer products take alone. Prints a table per side and returns ``{side: (seconds per step without the
+    profiler, {part: seconds per step}, largest glue entries, the products alone in seconds)}``."""
     from .default_step import SIDES, _build_side, _time_steps, job_config, make_job_batch
     if steps < 1 or warmup < 0 or B < 1 or T < 8 or max_predictions < 1:
         raise ValueError(f"need repeats >= 1, warmup >= 0, batch >= 1, seq >= 8 and masked >= 1; got repeats "
@@ -100,7 +108,8 @@ def profile_default_step(B=128, T=64, steps=10, max_predictions=20, backend="aut
     for side in ("ours", "ours_full"):
         step, info = _build_side(side, cfg.to_dict(), batch, backend, keep_memory)
         times = _time_steps(step, steps, warmup)                         # warmed up, then timed as they are
-        result[side] = (statistics.median(times), *profile_steps(step, steps))
+        profiled = (statistics.median(times), *profile_steps(step, steps))
+        result[side] = (*profiled, time_products(job_products(cfg, batch, heads_rows=side == "ours")))
         print(format_parts(f"{SIDES[side]}: backend={info['backend']}, B={B}, T={T}, {steps} steps each way",
                            *result[side]))
         print()

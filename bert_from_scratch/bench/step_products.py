@@ -127,14 +127,15 @@ def library_name(library: str = "numpy") -> str:
 TIMED_SIDES = {"ours": "numpy", "torch_rows": "torch"}
 
 
-def job_products(cfg, batch: dict) -> list[tuple[int, int, int, bool, bool]]:
+def job_products(cfg, batch: dict, heads_rows: bool = True) -> list[tuple[int, int, int, bool, bool]]:
     """The products of the default job's step on ``batch`` (``bench/default_step.py``'s): the last layer at the
-    heads' rows, the predicted rows and the [CLS] rows."""
+    heads' rows (the predicted rows and the [CLS] rows), or at every position with ``heads_rows`` False (the
+    equal-work step's)."""
     labels = np.asarray(batch["labels"])
     B, T = labels.shape
     n_predicted = int((labels != -100).sum())
     return linear_products(cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, cfg.vocab_size, B, T,
-                           n_predicted, n_predicted + B)
+                           n_predicted, n_predicted + B if heads_rows else None)
 
 
 def side_products(side: str, cfg, batch: dict) -> dict:

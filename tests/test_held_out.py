@@ -99,3 +99,40 @@ def test_fine_tuning_a_checkpoint_on_another_split_warns(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")                     # split 0 warns nothing
         _load_data(argparse.Namespace(**{**vars(args), "split_seed": 0}))
+
+
+def _search_every_text(documents, texts):
+    """find_leaks's rule written plainly: every long text searched for in the whole normalised corpus."""
+    units = {normalise(u) for d in documents for u in [d.text, *d.text.split("\n"), *d.sentences]}
+    corpus = "\n".join(normalise(d.text) for d in documents)
+    return [x for x in texts if (t := normalise(x)) and
+            (t in units or (len(t.split()) >= held_out.MIN_WORDS_FOR_SUBSTRING and t in corpus))]
+
+
+def test_the_search_inside_text_finds_what_searching_for_every_text_finds(monkeypatch):
+    """Held-out texts planted at random places (inside words too, across a paragraph break, in other case and
+    spacing), and texts that are not there: find_leaks finds exactly what the plain search finds. Looking up a word
+    that may be cut (words 2-8 of an 8-word text: its last one) is caught."""
+    import random
+    rng = random.Random(0)
+    words = "the a film story plot cast scene end good bad slow quiet loud fun dark long short odd".split()
+    sentence = lambda n: " ".join(rng.choice(words) for _ in range(n))                     # noqa: E731
+    texts = [sentence(rng.randrange(3, 14)) for _ in range(120)]
+    docs = []
+    for i in range(60):
+        body = [sentence(rng.randrange(5, 30)) for _ in range(3)]
+        if i % 2:                                      # a planted text: glued into a word, spaced, capitalised
+            text = rng.choice(texts)
+            cut = rng.randrange(len(body[1]) + 1)
+            planted = text.upper().replace(" ", rng.choice([" ", "  ", "\t", "\n"]))
+            body[1] = body[1][:cut] + rng.choice(["", " ", "x"]) + planted + rng.choice(["", " ", "y"]) + body[1][cut:]
+        text = "\n".join(body)
+        docs.append(_make_document(text, None, f"t/{i}"))
+    glued = "a film story plot cast scene end good"                                         # 8 words
+    docs.append(_make_document("one two " + glued + "ness three", None, "t/glued"))      # its last word cut
+    texts.append(glued)
+    expected = _search_every_text(docs, texts)
+    assert glued in expected and 10 < len(expected) < len(texts)
+    assert find_leaks(docs, texts) == expected
+    monkeypatch.setattr(held_out, "KEY_WORDS", held_out.MIN_WORDS_FOR_SUBSTRING - 1)     # planted: words 2-8
+    assert glued not in find_leaks(docs, texts)

@@ -35,6 +35,9 @@ SPLIT_SEED = 0
 #: held-out texts at least this long are also searched for inside longer text (shorter ones, e.g. "a great movie",
 #: occur inside other text by chance: only whole documents, paragraphs and sentences count for them)
 MIN_WORDS_FOR_SUBSTRING = 8
+#: :func:`find_leaks` looks up words 2 to 1 + KEY_WORDS of a long held-out text among the corpus's words first (at
+#: most ``MIN_WORDS_FOR_SUBSTRING - 2``: the words of a text found inside other text that are whole words there)
+KEY_WORDS = 6
 
 
 def normalise(text: str) -> str:
@@ -43,17 +46,32 @@ def normalise(text: str) -> str:
 
 
 def find_leaks(documents: list[Document], texts: list[str], substring: bool = True) -> list[str]:
-    """The ``texts`` found in ``documents`` (see the module docstring), in the order given."""
+    """The ``texts`` found in ``documents`` (see the module docstring), in the order given.
+
+    The search inside the text reads the corpus once for all texts. A normalised text of ``n`` >= 8 words found
+    inside normalised text has a space on each side of its words 2 to ``n - 1``, so those are whole words there,
+    one after the other: its words 2-7 are six consecutive words of the corpus. One pass over the corpus's words
+    collects which texts' six words occur, and only those texts are searched for in the text: the same answer as
+    searching for every one, much sooner (the 2,132 Rotten Tomatoes dev and test texts in the 5.7M-word IMDb
+    corpus: ~33 s searched one by one on the 2-vCPU VM)."""
     units: set[str] = set()
-    for d in documents:
-        units.add(normalise(d.text))
+    normalised_docs = [normalise(d.text) for d in documents]
+    for d, text in zip(documents, normalised_docs):
+        units.add(text)
         units.update(normalise(p) for p in d.text.split("\n"))
         units.update(normalise(s) for s in d.sentences)
-    corpus = "\n".join(normalise(d.text) for d in documents) if substring else ""
+    wanted = {t: tuple(t.split()[1:1 + KEY_WORDS]) for t in map(normalise, texts)
+              if substring and len(t.split()) >= MIN_WORDS_FOR_SUBSTRING and t not in units}
+    keys = set(wanted.values())
+    present = set()
+    for text in normalised_docs if keys else ():
+        words = text.split()
+        present.update(gram for gram in zip(*(words[i:] for i in range(KEY_WORDS))) if gram in keys)
+    corpus = "\n".join(normalised_docs) if present else ""
     leaks = []
     for text in texts:
         t = normalise(text)
-        if t and (t in units or (substring and len(t.split()) >= MIN_WORDS_FOR_SUBSTRING and t in corpus)):
+        if t and (t in units or (t in wanted and wanted[t] in present and t in corpus)):
             leaks.append(text)
     return leaks
 

@@ -4,10 +4,11 @@
 cProfile counts each function's own time (``tottime``) on the thread that runs the step: a Numba kernel's call is
 one entry, and so is each ``linear_forward`` / ``linear_backward`` / ``matmul_pair`` (``nn/blas_pair.py``: a
 backward's two products side by side), whose own time is almost all the BLAS products it runs (``x @ W.T`` is an
-operator, not a call cProfile sees; a pair's wait for its helper thread is a lock's ``acquire``, left in the glue). :func:`part_of` puts every entry in one of the parts below by its file and
-name; what no part claims is Python and NumPy glue. The profiler adds its own cost to the glue (~1 us a call, a
-few thousand calls a step), so the step is also timed without it and both totals are printed. The forward-backward
-case's ``--profile`` (``train_step.profile_ours``) prints the same table for one step.
+operator, not a call cProfile sees; a pair's wait for its helper thread is a lock's ``acquire``, left in the glue).
+:func:`part_of` puts every entry in one of the parts below by its file and name; what no part claims is Python and
+NumPy glue. The profiler adds its own cost to the glue (~1 us a call, a few thousand calls a step), so the step is
+also timed without it and both totals are printed. The forward-backward case's ``--profile``
+(``train_step.profile_ours``) prints the same table for one step.
 """
 from __future__ import annotations
 

@@ -60,20 +60,20 @@ def find_leaks(documents: list[Document], texts: list[str], substring: bool = Tr
         units.add(text)
         units.update(normalise(p) for p in d.text.split("\n"))
         units.update(normalise(s) for s in d.sentences)
-    wanted = {t: tuple(t.split()[1:1 + KEY_WORDS]) for t in map(normalise, texts)
-              if substring and len(t.split()) >= MIN_WORDS_FOR_SUBSTRING and t not in units}
+    normalised_texts = [normalise(text) for text in texts]
+    wanted = {}                                           # long text -> its words 2-7
+    for t in normalised_texts if substring else ():
+        words = t.split()
+        if len(words) >= MIN_WORDS_FOR_SUBSTRING and t not in units:
+            wanted[t] = tuple(words[1:1 + KEY_WORDS])
     keys = set(wanted.values())
     present = set()
     for text in normalised_docs if keys else ():
         words = text.split()
         present.update(gram for gram in zip(*(words[i:] for i in range(KEY_WORDS))) if gram in keys)
     corpus = "\n".join(normalised_docs) if present else ""
-    leaks = []
-    for text in texts:
-        t = normalise(text)
-        if t and (t in units or (t in wanted and wanted[t] in present and t in corpus)):
-            leaks.append(text)
-    return leaks
+    return [text for text, t in zip(texts, normalised_texts)
+            if t and (t in units or (t in wanted and wanted[t] in present and t in corpus))]
 
 
 def without_leaks(documents: list[Document], texts: list[str]) -> list[Document]:
